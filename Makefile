@@ -1,0 +1,39 @@
+# `make run` and `make test` set up .venv on first use (Python 3.11) and reuse it after.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU build by default; a CUDA build of torch already in .venv is kept (see README).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
+export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK ?= true
+export PYTHONUNBUFFERED ?= 1
+
+.PHONY: venv run test ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: train on the embedded defaults (local Ray, MLflow in ./mlflow.db); ARGS="key=value ..."
+run: $(STAMP)
+	$(PY) -m jobs.train $(ARGS)
+
+## test: the test suite
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## ui: the MLflow UI on the project's runs at http://127.0.0.1:5000
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+## clean: remove generated data, checkpoints and results (keeps .venv and mlflow.db)
+clean:
+	rm -rf runs results

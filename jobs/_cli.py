@@ -1,0 +1,30 @@
+"""Shared command-line handling: key=value arguments, one-line errors, exit code 2."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from pipeline.config import ConfigError
+
+USAGE = """usage: python -m jobs.{job} [GROUP=NAME ...] [key=value ...]
+
+Configuration: conf/config.yaml, then group files (experiment=NAME reads
+conf/experiment/NAME.yaml), then key=value overrides, e.g.
+  python -m jobs.{job} experiment=smoke train.epochs=3 name=my-run
+"""
+
+
+def run(job: str, main: Callable[[list[str]], int | None]) -> None:
+    args = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE.format(job=job))
+        sys.exit(0)
+    try:
+        code = main(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as e:  # a data path that is not there
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

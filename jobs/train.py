@@ -1,0 +1,80 @@
+"""Train one order policy across many products with DirectBackprop on Ray.
+
+    python -m jobs.train [experiment=NAME] [key=value ...]
+
+Reads the config, writes (or finds) the product histories as Parquet, opens the MLflow run
+of this run name, trains on Ray Train fed by Ray Data, then evaluates the best checkpoint
+on the held-out products against the baselines and logs the table, checkpoint and plots.
+"""
+from __future__ import annotations
+
+import time
+
+from jobs import _cli
+from pipeline.config import load_config, resolve_path, to_yaml
+
+
+def main(args: list[str]) -> int:
+    cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
+    from pipeline import checkpoint as ckpt
+    from pipeline.data import materialize, read_products
+    from pipeline.evaluate import format_table, test_report
+    from pipeline.plots import learning_curve, order_vs_on_hand
+    from pipeline.problems import get_problem
+    from pipeline.ray_train import fit, init_ray
+    from pipeline.tracking import Tracker
+
+    started = time.time()
+    out_dir = resolve_path(cfg.output_dir)
+    run_dir = out_dir / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    problem = get_problem(cfg.problem.name)
+    width = problem.state_width(cfg.data.lead_time_range[1])
+
+    print("[data] preparing product histories ...", flush=True)
+    splits = materialize(cfg.data, cfg.seed, out_dir)
+    print(f"[data] {splits['train'].parent}", flush=True)
+
+    tracker = Tracker(cfg)
+    run_id = tracker.start(cfg)
+    print(f"[mlflow] run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
+    try:
+        init_ray(cfg)
+        fit(cfg, splits, run_dir, tracker.uri, run_id, width)
+
+        print("[eval] evaluating the best checkpoint on held-out products ...", flush=True)
+        best = run_dir / "checkpoints" / "best" / ckpt.FILE
+        policy, _, state = ckpt.load_policy(best)
+        test, train = read_products(splits["test"]), read_products(splits["train"])
+        table, baselines = test_report(cfg, policy, problem, train, test, width)
+
+        tracker.log_table(table, "evaluation")
+        tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)
+                             for row in table.itertuples() for k in table.columns if k != "policy"})
+        tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
+        tracker.log_artifact(best, "checkpoint")
+        history = {"train loss": tracker.metric_history("train/loss"),
+                   "validation cost": tracker.metric_history("valid/avg_cost")}
+        tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
+        tracker.log_figure(order_vs_on_hand(policy, {k: v for k, v in baselines.items() if k != "best_constant"},
+                                            test, cfg.eval.start, width, cfg.eval.plot_products),
+                           "plots/order_vs_on_hand.png")
+        table.to_csv(run_dir / "evaluation.csv", index=False)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+
+    print(f"\nHeld-out products: {test.size}, periods {cfg.eval.start}..{test.periods - 1} "
+          f"(first {cfg.eval.warmup} not scored), {cfg.problem.objective} objective")
+    print(format_table(table))
+    print(f"\nResults:    {run_dir}/evaluation.csv")
+    print(f"MLflow run: {run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
+    print(f"            open with `make ui`, then http://127.0.0.1:5000/{tracker.run_url()}")
+    print(f"Wall time:  {time.time() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run("train", main)

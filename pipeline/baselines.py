@@ -1,0 +1,165 @@
+"""Baseline policies, treated by the evaluator exactly like the network.
+
+- ``omniscient``: knows each product's true demand distribution. Lead time 0: the
+  newsvendor level at the critical fractile (optimal for i.i.d. demand). Lead time > 0:
+  the best base-stock level, found by simulating the true distribution.
+- ``estimated``: base-stock at the empirical critical-fractile quantile of (L+1)-period
+  demand over the history the policy has seen before the rollout starts.
+- ``best_constant``: one base-stock level for the whole population, the best on the
+  training products.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.data import ProductBatch, demand_pmf, demand_std, sample_demand
+from pipeline.rollout import period_loss, rollout
+
+
+def critical_fractile(batch: ProductBatch, objective: str) -> Tensor:
+    """Underage / (underage + overage) per product for a lost-sales newsvendor.
+    Purchase cost is paid only on units sold in steady state, so it lowers underage."""
+    h, p, c = batch.holding_cost, batch.shortage_cost, batch.unit_cost
+    under = p - c + (batch.price if objective == "reward" else 0.0)
+    return (under / (under + h)).clamp(0.0, 1.0)
+
+
+@dataclass
+class BaseStockPolicy:
+    """Order up to ``levels`` (inventory position: on hand plus pipeline)."""
+
+    problem: object
+    levels: Tensor  # [B]
+
+    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:
+        return self.levels.to(batch.demand.device, batch.demand.dtype)
+
+    def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
+        return torch.relu(levels - self.problem.inventory_position(state))
+
+
+def newsvendor_levels(batch: ProductBatch, objective: str) -> Tensor:
+    """Smallest S with F(S) >= critical fractile, from the true pmf."""
+    std = demand_std(batch.true_dist, batch.true_mean.numpy(), batch.true_shape.numpy())
+    top = int(np.ceil((batch.true_mean.numpy() + 12 * std).max())) + 10
+    cdf = torch.cumsum(demand_pmf(batch.true_dist, batch.true_mean, batch.true_shape, top), dim=1)
+    u = critical_fractile(batch, objective).double()[:, None]
+    return (cdf < u - 1e-12).sum(dim=1).to(torch.float32)
+
+
+def newsvendor_cost(batch: ProductBatch, levels: Tensor) -> Tensor:
+    """Exact expected per-period cost h E(S-D)^+ + p E(D-S)^+ + c E min(S, D) at levels S."""
+    std = demand_std(batch.true_dist, batch.true_mean.numpy(), batch.true_shape.numpy())
+    top = int(np.ceil((batch.true_mean.numpy() + 12 * std).max())) + 10
+    pmf = demand_pmf(batch.true_dist, batch.true_mean, batch.true_shape, top)
+    d = torch.arange(top + 1, dtype=torch.float64)[None, :]
+    S = levels.double()[:, None]
+    over = (pmf * torch.relu(S - d)).sum(1)
+    under = (pmf * torch.relu(d - S)).sum(1)
+    sold = (pmf * torch.minimum(S, d)).sum(1)
+    return (batch.holding_cost.double() * over + batch.shortage_cost.double() * under
+            + batch.unit_cost.double() * sold)
+
+
+def _repeat(batch: ProductBatch, k: int) -> ProductBatch:
+    idx = np.repeat(np.arange(batch.size), k)
+    return batch.select(idx)
+
+
+def simulated_level_costs(problem, batch: ProductBatch, candidates: Tensor, width: int,
+                          start: int, horizon: int, warmup: int, objective: str) -> Tensor:
+    """Average per-period loss of base-stock at each candidate level [B, K], all candidates
+    of a product on the same demand path (common random numbers)."""
+    B, K = candidates.shape
+    rep = _repeat(batch, K)
+    traj = rollout(problem, BaseStockPolicy(problem, candidates.reshape(-1)), rep, start, horizon,
+                   width)
+    return period_loss(traj, rep, objective)[:, warmup:].mean(dim=1).reshape(B, K)
+
+
+def search_levels(cost_of: callable, center: Tensor, spread: Tensor, points: int = 13) -> Tensor:
+    """Coarse-to-fine integer search of a unimodal cost in S, per product.
+
+    ``cost_of(candidates [B, K]) -> [B, K]``. Starts with a grid of ``points`` around
+    ``center`` spaced ``spread / 4`` (at least 1 unit) and halves the spacing around the
+    best point until it is one unit, then checks the neighbours."""
+    step = torch.clamp(torch.round(spread / 4), min=1.0)
+    best = torch.round(center)
+    offsets = torch.arange(points, dtype=center.dtype) - points // 2
+    while True:
+        cand = torch.clamp(best[:, None] + step[:, None] * offsets[None, :], min=0.0)
+        costs = cost_of(cand)
+        best = cand.gather(1, costs.argmin(dim=1, keepdim=True))[:, 0]
+        if bool((step <= 1).all()):
+            return best
+        step = torch.clamp(torch.floor(step / 2), min=1.0)
+        offsets = torch.arange(-2, 3, dtype=center.dtype)
+
+
+def omniscient_levels(problem, batch: ProductBatch, width: int, objective: str, seed: int,
+                      sim_periods: int = 4000, burn_in: int = 100) -> Tensor:
+    """Per-product optimal (L = 0) or best base-stock (L > 0) level from the true law."""
+    levels = newsvendor_levels(batch, objective)
+    lagged = (batch.lead_time > 0).nonzero()[:, 0]
+    if len(lagged):
+        sub = batch.select(lagged)
+        rng = np.random.default_rng(seed)
+        sim = sub.with_demand(torch.as_tensor(sample_demand(
+            rng, sub.true_dist, sub.true_mean.numpy(), sub.true_shape.numpy(), sim_periods + 1)))
+        L = sub.lead_time.to(torch.float32) + 1
+        std = torch.as_tensor(demand_std(sub.true_dist, sub.true_mean.numpy(), sub.true_shape.numpy()),
+                              dtype=torch.float32)
+        cost_of = lambda cand: simulated_level_costs(  # noqa: E731
+            problem, sim, cand, width, 1, sim_periods, burn_in, objective)
+        levels[lagged] = search_levels(cost_of, sub.true_mean * L + 0.5 * std * L.sqrt(),
+                                       std * L.sqrt())
+    return levels
+
+
+def empirical_levels(batch: ProductBatch, start: int, objective: str) -> Tensor:
+    """Critical-fractile quantile of (L+1)-period demand sums in the history before start:
+    the smallest observed sum whose empirical CDF reaches the fractile."""
+    u = critical_fractile(batch, objective).double()
+    levels = torch.empty(batch.size)
+    history = batch.demand[:, :start].float()
+    for L in torch.unique(batch.lead_time).tolist():
+        m = batch.lead_time == L
+        sums = history[m].unfold(1, L + 1, 1).sum(dim=2).sort(dim=1).values  # rolling sums
+        n = sums.shape[1]
+        rank = torch.clamp(torch.ceil(u[m] * n - 1e-6).long() - 1, 0, n - 1)
+        levels[m] = sums.gather(1, rank[:, None])[:, 0]
+    return levels
+
+
+def best_constant_level(problem, batch: ProductBatch, width: int, start: int, horizon: int,
+                        warmup: int, objective: str) -> float:
+    """The single base-stock level with the lowest total loss over ``batch``."""
+    def cost_of(cand: Tensor) -> Tensor:  # cand [1, K]
+        K = cand.shape[1]
+        levels = cand[0].repeat(batch.size)  # product-major: product i gets all K levels
+        costs = simulated_level_costs(problem, batch, levels.reshape(batch.size, K), width,
+                                      start, horizon, warmup, objective)
+        return costs.mean(dim=0, keepdim=True)
+
+    ld = batch.demand[:, :start].mean() * (batch.lead_time.float().mean() + 1)
+    return float(search_levels(cost_of, ld.reshape(1), ld.reshape(1) ** 0.5 * 2)[0])
+
+
+def baseline_policies(problem, train: ProductBatch, test: ProductBatch, width: int, start: int,
+                      horizon: int, warmup: int, objective: str, seed: int,
+                      which=("omniscient", "estimated", "best_constant"),
+                      sim_periods: int = 4000) -> dict[str, BaseStockPolicy]:
+    out = {}
+    if "omniscient" in which:
+        out["omniscient"] = BaseStockPolicy(problem, omniscient_levels(
+            problem, test, width, objective, seed, sim_periods))
+    if "estimated" in which:
+        out["estimated"] = BaseStockPolicy(problem, empirical_levels(test, start, objective))
+    if "best_constant" in which:
+        level = best_constant_level(problem, train, width, start, horizon, warmup, objective)
+        out["best_constant"] = BaseStockPolicy(problem, torch.full((test.size,), level))
+    return out

@@ -1,0 +1,251 @@
+"""One typed configuration tree.
+
+The schema (types, and what each key means) is the dataclasses below; the values live in
+``conf/config.yaml``, so there is one place to read every default. A job's config is
+``conf/config.yaml``, then any group files named on the command line (``experiment=smoke``
+reads ``conf/experiment/smoke.yaml``), then ``key=value`` overrides, validated into these
+dataclasses. User mistakes raise ``ConfigError`` with a one-line message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake; the message is one line naming the key."""
+
+
+@dataclass
+class ProblemConfig:
+    name: str = MISSING            # lost_sales
+    objective: str = MISSING       # cost: minimise costs; reward: maximise revenue - costs
+    discount: float = MISSING      # per-period discount factor in (0, 1]
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = None     # folder with train/ valid/ test/ Parquet shards; null: synthetic
+    num_products: int = MISSING
+    periods: int = MISSING         # history length of every product
+    distributions: List[str] = MISSING  # poisson, negbin, zip (zero-inflated Poisson)
+    mean_range: List[float] = MISSING   # demand mean, drawn log-uniformly
+    negbin_shape_range: List[float] = MISSING
+    zero_prob_range: List[float] = MISSING
+    holding_cost_range: List[float] = MISSING
+    shortage_cost_range: List[float] = MISSING
+    unit_cost_range: List[float] = MISSING
+    price_range: List[float] = MISSING
+    lead_time_range: List[int] = MISSING   # inclusive
+    valid_fraction: float = MISSING
+    test_fraction: float = MISSING
+    shard_rows: int = MISSING
+
+
+@dataclass
+class PolicyConfig:
+    kind: str = MISSING            # cnn (GUIDE 3) or mlp (no demand encoder)
+    window: int = MISSING          # periods of demand the CNN sees
+    channels: int = MISSING
+    dilations: List[int] = MISSING
+    hidden: List[int] = MISSING
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING      # products per step (per worker)
+    lr: float = MISSING
+    lr_final_fraction: float = MISSING  # cosine decay from lr to lr * this
+    history: int = MISSING         # earliest rollout start: periods of history before it
+    horizon: int = MISSING         # periods per rollout
+    warmup: int = MISSING          # first periods left out of the loss
+    grad_clip: float = MISSING     # max gradient norm; 0 disables
+    num_workers: int = MISSING     # Ray Train workers; 0 runs in the driver process
+    use_gpu: bool = MISSING
+    cpus_per_worker: int = MISSING
+    checkpoint_every: int = MISSING  # epochs between checkpoints
+
+
+@dataclass
+class EvalConfig:
+    start: int = MISSING           # evaluation rollouts run from this period to the end
+    warmup: int = MISSING
+    round_actions: bool = MISSING  # whole-unit orders where the problem is discrete
+    baselines: List[str] = MISSING  # omniscient, estimated, best_constant
+    omniscient_sim_periods: int = MISSING
+    plot_products: int = MISSING
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # null: start a local Ray in-process (or use RAY_ADDRESS)
+    num_cpus: Optional[int] = None
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db
+    experiment: str = MISSING
+
+
+@dataclass
+class Config:
+    name: str = MISSING            # run name; running again with the same name resumes
+    seed: int = MISSING
+    output_dir: str = MISSING      # data, checkpoints and results (relative: to the project)
+    problem: ProblemConfig = field(default_factory=ProblemConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+PROBLEM_NAMES = ("lost_sales",)
+BASELINES = ("omniscient", "estimated", "best_constant")
+DISTRIBUTIONS = ("poisson", "negbin", "zip")
+
+
+def _load_yaml(path: Path):
+    try:
+        return OmegaConf.load(path)
+    except Exception as e:  # a YAML syntax error in a user's file
+        raise ConfigError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def _explain(e: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    first = str(e).splitlines()[0]
+    if isinstance(e, ConfigKeyError) or "not in" in first:
+        return ConfigError(f"unknown config key {key!r} (from {source})")
+    if isinstance(e, ValidationError):
+        return ConfigError(f"bad value for {key!r} (from {source}): {first}")
+    return ConfigError(f"config error at {key!r} (from {source}): {first}")
+
+
+def load_config(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> Config:
+    """Merge conf/config.yaml, group files and key=value overrides into a validated Config."""
+    args = list(args or [])
+    cfg = OmegaConf.structured(Config)
+    layers = [(str(conf_dir / "config.yaml"), _load_yaml(conf_dir / "config.yaml"))]
+    overrides = []
+    groups = [p.name for p in conf_dir.iterdir() if p.is_dir()]
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"expected key=value, got {arg!r}")
+        key, value = arg.split("=", 1)
+        if key in groups:
+            path = conf_dir / key / f"{value}.yaml"
+            if not path.exists():
+                known = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+                raise ConfigError(f"unknown {key} {value!r}; known: {', '.join(known)}")
+            layers.append((str(path), _load_yaml(path)))
+            if key == "problem":
+                overrides.append(f"problem.name={value}")
+        else:
+            overrides.append(arg)
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            raise _explain(e, source) from None
+    for item in overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, f"command line {item!r}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config key {missing[0]!r} has no value")
+    config: Config = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _range(values, key: str, low: float = 0.0, integer: bool = False) -> None:
+    _check(len(values) == 2, key, f"must be [low, high], got {list(values)}")
+    _check(values[0] <= values[1], key, f"must have low <= high, got {list(values)}")
+    _check(values[0] >= low, key, f"must be >= {low}, got {list(values)}")
+
+
+def validate(c: Config) -> None:
+    _check(c.name.strip() != "" and "/" not in c.name, "name", f"must be a plain non-empty name, got {c.name!r}")
+    _check(c.problem.name in PROBLEM_NAMES, "problem.name", f"must be one of {', '.join(PROBLEM_NAMES)}, got {c.problem.name!r}")
+    _check(c.problem.objective in ("cost", "reward"), "problem.objective", f"must be cost or reward, got {c.problem.objective!r}")
+    _check(0 < c.problem.discount <= 1, "problem.discount", f"must be in (0, 1], got {c.problem.discount}")
+    d = c.data
+    _check(d.num_products >= 3, "data.num_products", f"must be >= 3, got {d.num_products}")
+    _check(len(d.distributions) > 0 and set(d.distributions) <= set(DISTRIBUTIONS), "data.distributions",
+           f"must be a non-empty subset of {', '.join(DISTRIBUTIONS)}, got {list(d.distributions)}")
+    _range(d.mean_range, "data.mean_range", low=1e-6)
+    _range(d.negbin_shape_range, "data.negbin_shape_range", low=1e-6)
+    _range(d.zero_prob_range, "data.zero_prob_range")
+    _check(d.zero_prob_range[1] < 1, "data.zero_prob_range", f"must stay below 1, got {list(d.zero_prob_range)}")
+    for name in ("holding_cost", "shortage_cost", "unit_cost", "price"):
+        _range(getattr(d, f"{name}_range"), f"data.{name}_range")
+    _range(d.lead_time_range, "data.lead_time_range")
+    _check(0 <= d.valid_fraction < 1 and 0 < d.test_fraction < 1 and d.valid_fraction + d.test_fraction < 1,
+           "data.valid_fraction/test_fraction", "must be fractions that leave training products")
+    _check(d.shard_rows >= 1, "data.shard_rows", f"must be >= 1, got {d.shard_rows}")
+    p = c.policy
+    _check(p.kind in ("cnn", "mlp"), "policy.kind", f"must be cnn or mlp, got {p.kind!r}")
+    _check(len(p.hidden) >= 1 and min(p.hidden) >= 1, "policy.hidden", f"must list layer widths >= 1, got {list(p.hidden)}")
+    if p.kind == "cnn":
+        _check(1 + sum(p.dilations) == p.window, "policy.dilations",
+               f"must add up to policy.window - 1 = {p.window - 1} (kernel 2), got {list(p.dilations)}")
+    t = c.train
+    for key in ("epochs", "batch_size", "horizon", "checkpoint_every", "cpus_per_worker"):
+        _check(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _check(0 < t.lr_final_fraction <= 1, "train.lr_final_fraction", f"must be in (0, 1], got {t.lr_final_fraction}")
+    _check(0 <= t.warmup < t.horizon, "train.warmup", f"must be in [0, train.horizon), got {t.warmup}")
+    _check(t.num_workers >= 0, "train.num_workers", f"must be >= 0, got {t.num_workers}")
+    _check(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {t.grad_clip}")
+    min_history = p.window if p.kind == "cnn" else 1
+    _check(t.history >= min_history, "train.history", f"must be >= the policy window {min_history}, got {t.history}")
+    _check(t.history + t.horizon <= d.periods, "train.horizon",
+           f"plus train.history must fit in data.periods={d.periods}, got {t.history}+{t.horizon}")
+    e = c.eval
+    _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
+    _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
+    _check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
+    _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
+
+
+def to_yaml(c: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(c))
+
+
+def flatten(c: Config) -> dict[str, str]:
+    """``{"train.lr": "0.003", ...}`` for tracking."""
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = str(v)
+
+    walk(OmegaConf.to_container(OmegaConf.structured(c)), "")
+    return out
+
+
+def resolve_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p

@@ -1,0 +1,259 @@
+"""Product histories: the batch type, the synthetic population, Parquet I/O.
+
+One product per row. Columns: ``product_id``, ``demand`` (list of float, one value per
+period), the economics ``holding_cost``, ``shortage_cost``, ``unit_cost``, ``price``,
+``lead_time``, and the ground truth ``true_dist``, ``true_mean``, ``true_shape`` that only
+the omniscient baseline reads (a policy never sees distribution parameters).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+DISTRIBUTIONS = ("poisson", "negbin", "zip")
+ECONOMICS = ("holding_cost", "shortage_cost", "unit_cost", "price")
+
+
+@dataclass
+class ProductBatch:
+    """A batch of product histories as tensors (demand [B, N], the rest [B])."""
+
+    demand: Tensor
+    holding_cost: Tensor
+    shortage_cost: Tensor
+    unit_cost: Tensor
+    price: Tensor
+    lead_time: Tensor  # long
+    true_mean: Tensor  # ground truth, omniscient baseline only
+    true_shape: Tensor
+    true_dist: np.ndarray  # str per product
+    product_id: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return self.demand.shape[0]
+
+    @property
+    def periods(self) -> int:
+        return self.demand.shape[1]
+
+    def to(self, device, dtype=None) -> "ProductBatch":
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                cast = dtype if (dtype is not None and v.is_floating_point()) else None
+                v = v.to(device=device, dtype=cast)
+            moved[f.name] = v
+        return ProductBatch(**moved)
+
+    def select(self, index) -> "ProductBatch":
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                out[f.name] = v[torch.as_tensor(index, device=v.device)]
+            else:
+                out[f.name] = v[np.asarray(index if not isinstance(index, Tensor) else index.cpu())]
+        return ProductBatch(**out)
+
+    def with_demand(self, demand: Tensor) -> "ProductBatch":
+        return replace(self, demand=demand)
+
+
+def _stack(column) -> np.ndarray:
+    """A list column arrives as a 2-D array or as an object array of 1-D arrays."""
+    arr = np.asarray(column)
+    if arr.dtype == object:
+        lengths = {len(a) for a in arr}
+        if len(lengths) > 1:
+            raise ValueError(f"demand histories of different lengths in one batch: {sorted(lengths)}")
+        arr = np.stack(arr) if len(arr) else np.zeros((0, 0))
+    return arr.astype(np.float32)
+
+
+def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
+    """Build a batch from a dict of numpy columns (a Ray Data numpy batch or a table)."""
+    f = lambda k: torch.as_tensor(np.array(cols[k], dtype=np.float64), dtype=dtype)  # noqa: E731
+    return ProductBatch(
+        demand=torch.as_tensor(_stack(cols["demand"]), dtype=dtype),
+        holding_cost=f("holding_cost"), shortage_cost=f("shortage_cost"),
+        unit_cost=f("unit_cost"), price=f("price"),
+        lead_time=torch.as_tensor(np.array(cols["lead_time"], dtype=np.int64)),
+        true_mean=f("true_mean"), true_shape=f("true_shape"),
+        true_dist=np.asarray(cols["true_dist"]).astype(str),
+        product_id=np.asarray(cols["product_id"]),
+    )
+
+
+# ---------------------------------------------------------------- distributions
+
+def sample_demand(rng: np.random.Generator, dist: np.ndarray, mean: np.ndarray,
+                  shape: np.ndarray, periods: int) -> np.ndarray:
+    """Integer demand [B, periods] from each product's own distribution.
+
+    poisson(mean); negbin with mean and shape k (variance mean + mean^2 / k);
+    zip: zero-inflated Poisson with P(structural zero) = shape and overall mean ``mean``.
+    """
+    out = np.zeros((len(dist), periods), dtype=np.float32)
+    mean = np.asarray(mean, dtype=np.float64)[:, None]
+    shape = np.asarray(shape, dtype=np.float64)[:, None]
+    for name in np.unique(dist):
+        m = dist == name
+        if name == "poisson":
+            out[m] = rng.poisson(mean[m], size=(m.sum(), periods))
+        elif name == "negbin":
+            k = shape[m]
+            out[m] = rng.negative_binomial(k, k / (k + mean[m]), size=(m.sum(), periods))
+        elif name == "zip":
+            zero = shape[m]
+            rate = mean[m] / (1.0 - zero)
+            out[m] = rng.poisson(rate, size=(m.sum(), periods)) * (rng.random((m.sum(), periods)) >= zero)
+        else:
+            raise ValueError(f"unknown demand distribution {name!r}; known: {', '.join(DISTRIBUTIONS)}")
+    return out
+
+
+def demand_pmf(dist: np.ndarray, mean: Tensor, shape: Tensor, max_units: int) -> Tensor:
+    """P(D = d) for d = 0..max_units, per product [B, max_units + 1] (float64)."""
+    d = torch.arange(max_units + 1, dtype=torch.float64)[None, :]
+    mean = mean.double()[:, None]
+    shape = shape.double()[:, None]
+    out = torch.zeros(len(dist), max_units + 1, dtype=torch.float64)
+    for name in np.unique(dist):
+        m = torch.as_tensor(dist == name)
+        mu, k = mean[m], shape[m]
+        if name == "poisson":
+            logp = d * torch.log(mu) - mu - torch.lgamma(d + 1)
+            out[m] = torch.exp(logp)
+        elif name == "negbin":
+            logp = (torch.lgamma(d + k) - torch.lgamma(k) - torch.lgamma(d + 1)
+                    + k * torch.log(k / (k + mu)) + d * torch.log(mu / (k + mu)))
+            out[m] = torch.exp(logp)
+        elif name == "zip":
+            rate = mu / (1 - k)
+            pois = torch.exp(d * torch.log(rate) - rate - torch.lgamma(d + 1))
+            out[m] = (1 - k) * pois + k * (d == 0)
+        else:
+            raise ValueError(f"unknown demand distribution {name!r}")
+    return out
+
+
+def demand_std(dist: np.ndarray, mean: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    mean, shape = np.asarray(mean, float), np.asarray(shape, float)
+    var = np.where(dist == "negbin", mean + mean**2 / np.maximum(shape, 1e-9), mean)
+    rate = mean / np.maximum(1 - shape, 1e-9)
+    var = np.where(dist == "zip", (1 - shape) * rate * (1 + shape * rate), var)
+    return np.sqrt(var)
+
+
+# ---------------------------------------------------------------- synthetic population
+
+def synthetic_population(cfg, seed: int) -> dict[str, np.ndarray]:
+    """Draw ``cfg.num_products`` products (distribution, parameters, economics, lead time)
+    and their demand histories. ``cfg`` is a ``DataConfig``; deterministic by seed."""
+    rng = np.random.default_rng(seed)
+    n = cfg.num_products
+    dist = rng.choice(np.asarray(cfg.distributions), size=n)
+    lo, hi = cfg.mean_range
+    mean = np.exp(rng.uniform(math.log(lo), math.log(hi), size=n)) if hi > lo else np.full(n, lo)
+    shape = np.zeros(n)
+    nb = dist == "negbin"
+    shape[nb] = rng.uniform(*cfg.negbin_shape_range, size=nb.sum())
+    zp = dist == "zip"
+    shape[zp] = rng.uniform(*cfg.zero_prob_range, size=zp.sum())
+    cols = {
+        "product_id": np.arange(n, dtype=np.int64),
+        "true_dist": dist.astype(str),
+        "true_mean": mean,
+        "true_shape": shape,
+        "lead_time": rng.integers(cfg.lead_time_range[0], cfg.lead_time_range[1] + 1, size=n),
+    }
+    for name in ECONOMICS:
+        a, b = getattr(cfg, f"{name}_range")
+        cols[name] = rng.uniform(a, b, size=n) if b > a else np.full(n, float(a))
+    cols["demand"] = sample_demand(rng, dist, mean, shape, cfg.periods)
+    return cols
+
+
+def split_products(n: int, valid_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Held-out products: a seeded permutation cut into train / valid / test."""
+    order = np.random.default_rng(seed + 7919).permutation(n)
+    n_test, n_valid = int(round(n * test_fraction)), int(round(n * valid_fraction))
+    return {"test": np.sort(order[:n_test]), "valid": np.sort(order[n_test:n_test + n_valid]),
+            "train": np.sort(order[n_test + n_valid:])}
+
+
+def to_arrow(cols: dict[str, np.ndarray], index: np.ndarray | None = None) -> pa.Table:
+    index = np.arange(len(cols["product_id"])) if index is None else index
+    demand = np.ascontiguousarray(cols["demand"][index], dtype=np.float32)
+    n, periods = demand.shape
+    offsets = pa.array(np.arange(0, (n + 1) * periods, periods, dtype=np.int32))
+    arrays = {"product_id": pa.array(cols["product_id"][index]),
+              "demand": pa.ListArray.from_arrays(offsets, pa.array(demand.reshape(-1)))}
+    for k in ("true_dist", "true_mean", "true_shape", "lead_time", *ECONOMICS):
+        arrays[k] = pa.array(np.asarray(cols[k])[index])
+    return pa.table(arrays)
+
+
+def write_shards(table: pa.Table, folder: Path, shard_rows: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, start in enumerate(range(0, max(table.num_rows, 1), shard_rows)):
+        path = folder / f"part-{i:05d}.parquet"
+        pq.write_table(table.slice(start, shard_rows), path)
+        paths.append(path)
+    return paths
+
+
+def read_products(folder: str | Path) -> ProductBatch:
+    """Read every Parquet shard under ``folder`` into one batch (for evaluation)."""
+    table = pq.read_table(str(folder))
+    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    return batch_from_columns(cols)
+
+
+# ---------------------------------------------------------------- datasets on disk
+
+SPLITS = ("train", "valid", "test")
+
+
+def materialize(cfg, seed: int, out_dir: Path) -> dict[str, Path]:
+    """The train / valid / test Parquet folders for a job.
+
+    With ``data.path`` set they are its ``train``, ``valid`` and ``test`` subfolders.
+    Otherwise the synthetic population of ``cfg`` (a ``DataConfig``) is written once under
+    ``out_dir/data/<hash of the data config and seed>`` and reused by later jobs.
+    """
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    if cfg.path:
+        root = Path(cfg.path).expanduser().resolve()
+        splits = {s: root / s for s in SPLITS}
+        missing = [str(p) for p in splits.values() if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"data.path {root} must hold train/, valid/ and test/ Parquet "
+                                    f"folders; missing: {', '.join(missing)}")
+        return splits
+    spec = {k: v for k, v in asdict(cfg).items() if k not in ("path", "shard_rows")}
+    key = hashlib.sha256(json.dumps({"seed": seed, **spec}, sort_keys=True, default=list).encode()).hexdigest()[:12]
+    root = out_dir / "data" / f"synthetic-{key}"
+    splits = {s: root / s for s in SPLITS}
+    if (root / "_SUCCESS").exists():
+        return splits
+    cols = synthetic_population(cfg, seed)
+    index = split_products(cfg.num_products, cfg.valid_fraction, cfg.test_fraction, seed)
+    for name in SPLITS:
+        write_shards(to_arrow(cols, index[name]), splits[name], cfg.shard_rows)
+    (root / "spec.json").write_text(json.dumps({"seed": seed, **spec}, indent=2, default=list))
+    (root / "_SUCCESS").touch()
+    return splits

@@ -1,0 +1,61 @@
+"""The DirectBackprop training step and per-epoch validation, pure torch.
+
+The Ray adapter calls these from each worker; nothing here knows about Ray or MLflow.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from pipeline.data import ProductBatch
+from pipeline.evaluate import policy_metrics
+from pipeline.rollout import directbackprop_loss, period_loss, rollout
+
+
+def cosine_lr(base: float, final_fraction: float, progress: float) -> float:
+    """Cosine decay from ``base`` to ``base * final_fraction`` as progress goes 0 -> 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    return base * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sample_start(generator: torch.Generator, history: int, horizon: int, periods: int) -> int:
+    """A random rollout start with at least ``history`` periods before it."""
+    return int(torch.randint(history, periods - horizon + 1, (1,), generator=generator))
+
+
+def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, batch: ProductBatch,
+               start: int, cfg, width: int,
+               grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None) -> dict[str, float]:
+    """One DirectBackprop step: roll out ``cfg.train.horizon`` periods from ``start``,
+    average the (discounted) per-period loss after the warm-up, backpropagate through the
+    whole trajectory, average gradients across workers, clip, step."""
+    t = cfg.train
+    traj = rollout(problem, policy, batch, start, t.horizon, width)
+    loss = directbackprop_loss(period_loss(traj, batch, cfg.problem.objective), t.warmup,
+                               cfg.problem.discount)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in policy.parameters() if p.grad is not None]
+    if grad_sync is not None:
+        grad_sync([p.grad for p in params])
+    if t.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+    else:
+        norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params))
+    if not torch.isfinite(loss) or not torch.isfinite(norm):
+        raise FloatingPointError(f"non-finite loss {float(loss)} or gradient norm {float(norm)} "
+                                 f"at rollout start {start}")
+    optimizer.step()
+    return {"loss": loss.item(), "grad_norm": norm.item()}
+
+
+def validation_metrics(policy: nn.Module, problem, batch: ProductBatch, cfg, width: int) -> dict[str, float]:
+    """Metrics on the validation products over the evaluation window (continuous orders,
+    as trained), prefixed ``valid/``."""
+    e = cfg.eval
+    m = policy_metrics(problem, policy, batch, e.start, batch.periods - e.start, e.warmup, width,
+                       round_actions=False)
+    return {f"valid/{k}": v for k, v in m.items()}

@@ -1,0 +1,66 @@
+"""Evaluate policies on the same demand paths and tabulate them against the omniscient one."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from pipeline.data import ProductBatch
+from pipeline.rollout import rollout
+
+REFERENCE = "omniscient"
+
+
+@torch.no_grad()
+def policy_metrics(problem, policy, batch: ProductBatch, start: int, horizon: int, warmup: int,
+                   width: int, round_actions: bool) -> dict[str, float]:
+    """Population metrics per period after the warm-up (sums over products, so the
+    average cost is total cost / product-periods)."""
+    traj = rollout(problem, policy, batch, start, horizon, width, round_actions=round_actions)
+    w = slice(warmup, None)
+    cost = traj.cost[:, w]
+    revenue = batch.price[:, None] * traj.sales[:, w]
+    periods = cost.numel()
+    return {
+        "avg_cost": float(cost.sum() / periods),
+        "avg_reward": float((revenue - cost).sum() / periods),
+        "fill_rate": float(traj.sales[:, w].sum() / traj.demand[:, w].sum().clamp_min(1e-9)),
+        "avg_on_hand": float(traj.held[:, w].sum() / periods),
+        "avg_order": float(traj.orders[:, w].sum() / periods),
+    }
+
+
+def evaluation_table(problem, policies: dict, batch: ProductBatch, start: int, horizon: int,
+                     warmup: int, width: int, round_actions: bool, objective: str) -> pd.DataFrame:
+    """One row per policy; ``gap_pct`` is relative to the omniscient policy's cost (or
+    reward: positive gap means worse in both formulations)."""
+    rows = [{"policy": name, **policy_metrics(problem, pol, batch, start, horizon, warmup, width,
+                                              round_actions)}
+            for name, pol in policies.items()]
+    table = pd.DataFrame(rows)
+    if REFERENCE in set(table.policy):
+        ref = table.set_index("policy").loc[REFERENCE]
+        if objective == "reward":
+            table["gap_pct"] = 100 * (ref.avg_reward - table.avg_reward) / abs(ref.avg_reward)
+        else:
+            table["gap_pct"] = 100 * (table.avg_cost - ref.avg_cost) / ref.avg_cost
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return table.to_string(index=False, float_format=lambda v: f"{v:,.4f}")
+
+
+def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, width: int):
+    """The learned policy and every configured baseline on the held-out test products,
+    same demand paths, integer orders where the problem is discrete."""
+    from pipeline.baselines import baseline_policies
+
+    e = cfg.eval
+    horizon = test.periods - e.start
+    baselines = baseline_policies(problem, train, test, width, e.start, horizon, e.warmup,
+                                  cfg.problem.objective, cfg.seed + 1, which=e.baselines,
+                                  sim_periods=e.omniscient_sim_periods)
+    policies = {"learned": policy, **baselines}
+    table = evaluation_table(problem, policies, test, e.start, horizon, e.warmup, width,
+                             e.round_actions and problem.discrete, cfg.problem.objective)
+    return table, baselines

@@ -1,0 +1,61 @@
+"""Figures for a run: learning curve, and learned order against on-hand inventory."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.data import ProductBatch  # noqa: E402
+
+
+def learning_curve(history: dict[str, list[tuple[int, float]]], reference: dict[str, float]):
+    """``history``: metric -> [(epoch, value)]; ``reference``: label -> level (dashed)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, points in history.items():
+        if points:
+            ax.plot([p[0] + 1 for p in points], [p[1] for p in points], marker=".", label=name)
+    for i, (label, level) in enumerate(reference.items()):
+        ax.axhline(level, ls="--", lw=1, color=f"C{i + 3}", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("average cost per product-period")
+    ax.set_title("DirectBackprop learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, width: int,
+                     products: int):
+    """Order quantity at the first evaluated period as on-hand inventory varies (pipeline
+    empty), for a few products, learned policy against the base-stock baselines."""
+    n = min(products, batch.size)
+    idx = torch.linspace(0, batch.size - 1, n).round().long()
+    sub = batch.select(idx)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    ctx = policy.prepare(sub, start, 1)
+    scale = ctx.scale
+    grid = torch.linspace(0, 1, 121)
+    for j, ax in enumerate(axes[0]):
+        top = float(4 * scale[j] * (sub.lead_time[j] + 1) + 5)
+        on_hand = grid * top
+        state = torch.zeros(len(grid), width)
+        state[:, 0] = on_hand
+        rep = sub.select([j] * len(grid))
+        orders = policy.act(policy.prepare(rep, start, 1), 0, state)
+        ax.plot(on_hand, orders, lw=2, label="learned")
+        for name, base in baselines.items():  # levels are per product of ``batch``
+            level = base.levels[idx[j]].expand(len(grid))
+            ax.plot(on_hand, base.act(level, 0, state), ls="--", lw=1, label=name)
+        ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
+                     f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f} "
+                     f"mean~{float(scale[j]):.1f}", fontsize=9)
+        ax.set_xlabel("on-hand inventory")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("order quantity")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,136 @@
+"""The order policy network (GUIDE 3) and the feature map it sees.
+
+A dilated causal 1-D CNN reads the last ``window`` periods of scaled demand, its embedding
+is concatenated with scale-free static features (cost ratios, lead time, log scale, the
+running mean and spread of the history so far) and the scaled endogenous state, and an MLP
+with ELU maps that to a non-negative order (softplus) times the product's demand scale.
+
+Demand is exogenous, so the CNN runs once over the whole window of a rollout and the
+static part of the first MLP layer is computed for every period at once; only the state
+part runs per period.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.data import ProductBatch
+
+MIN_SCALE = 0.1  # units; keeps scaled inputs finite for products that barely sell
+
+
+def demand_scale(batch: ProductBatch, start: int) -> Tensor:
+    """Per-product demand scale: mean demand over the history before ``start``."""
+    return batch.demand[:, :start].mean(dim=1).clamp_min(MIN_SCALE)
+
+
+def running_moments(demand: Tensor, start: int, horizon: int) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of demand over periods [0, t) for each decision period
+    t = start .. start + horizon - 1: what a practitioner knows at t. [B, horizon] each."""
+    csum = torch.cumsum(demand, dim=1)
+    csq = torch.cumsum(demand * demand, dim=1)
+    idx = torch.arange(start - 1, start + horizon - 1, device=demand.device)
+    count = (idx + 1).to(demand.dtype)
+    mean = csum[:, idx] / count
+    var = (csq[:, idx] / count - mean * mean).clamp_min(0.0)
+    return mean, var.sqrt()
+
+
+def static_features(batch: ProductBatch, scale: Tensor) -> Tensor:
+    """Cost shares, the shortage fractile, lead time, and the size of the product: log
+    scale and scale^-1/2 (the relative noise of counts at that scale)."""
+    h, p, c, r = batch.holding_cost, batch.shortage_cost, batch.unit_cost, batch.price
+    total = (h + p + c + r).clamp_min(1e-9)
+    return torch.stack([h / total, p / total, c / total, r / total,
+                        p / (p + h).clamp_min(1e-9),
+                        batch.lead_time.to(scale.dtype) / 4.0,
+                        torch.log(scale), scale.rsqrt()], dim=1)
+
+
+def running_features(mean: Tensor, std: Tensor, scale: Tensor) -> Tensor:
+    """[B, T, 3]: running mean and spread relative to the scale, and the relative count
+    noise at the running mean."""
+    return torch.stack([mean / scale[:, None], std / scale[:, None],
+                        mean.clamp_min(MIN_SCALE).rsqrt()], dim=2)
+
+
+N_STATIC = 8
+N_RUNNING = 3
+
+
+class DemandEncoder(nn.Module):
+    """Dilated causal CNN: output at position i depends on inputs i-31 .. i."""
+
+    def __init__(self, channels: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.dilations = tuple(dilations)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(1 if i == 0 else channels, channels, kernel_size=2, dilation=d)
+            for i, d in enumerate(self.dilations))
+
+    @property
+    def receptive_field(self) -> int:
+        return 1 + sum(self.dilations)
+
+    def forward(self, x: Tensor) -> Tensor:  # x [B, N] -> [B, N, C]
+        h = x[:, None, :]
+        for conv, d in zip(self.convs, self.dilations):
+            h = F.elu(conv(F.pad(h, (d, 0))))
+        return h.transpose(1, 2)
+
+
+@dataclass
+class PolicyContext:
+    exogenous: Tensor  # [B, T, hidden0]: first-layer pre-activation from exogenous inputs
+    scale: Tensor      # [B]
+
+
+class OrderPolicy(nn.Module):
+    def __init__(self, state_width: int, kind: str = "cnn", window: int = 32, channels: int = 16,
+                 hidden: tuple[int, ...] = (32, 32), dilations: tuple[int, ...] = (1, 2, 4, 8, 16)):
+        super().__init__()
+        self.kind, self.state_width = kind, state_width
+        self.encoder = DemandEncoder(channels, dilations) if kind == "cnn" else None
+        if self.encoder is not None and self.encoder.receptive_field != window:
+            raise ValueError(f"dilations {dilations} see {self.encoder.receptive_field} periods, "
+                             f"not policy.window={window}")
+        self.window = window if kind == "cnn" else 0
+        n_exo = N_STATIC + N_RUNNING + (channels if kind == "cnn" else 0)
+        n_endo = state_width + 1  # scaled state and inventory position
+        self.first_exo = nn.Linear(n_exo, hidden[0])
+        self.first_endo = nn.Linear(n_endo, hidden[0], bias=False)
+        layers: list[nn.Module] = []
+        for a, b in zip(hidden[:-1], hidden[1:]):
+            layers += [nn.ELU(), nn.Linear(a, b)]
+        layers += [nn.ELU(), nn.Linear(hidden[-1], 1)]
+        self.head = nn.Sequential(*layers)
+        with torch.no_grad():  # start by ordering about one period's mean demand
+            self.head[-1].bias.fill_(0.5413)
+
+    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> PolicyContext:
+        if start < max(self.window, 1):
+            raise ValueError(f"a rollout starting at period {start} has too little history for "
+                             f"the policy's {self.window}-period window")
+        scale = demand_scale(batch, start)
+        mean, std = running_moments(batch.demand, start, horizon)
+        parts = [static_features(batch, scale)[:, None, :].expand(-1, horizon, -1),
+                 running_features(mean, std, scale)]
+        if self.encoder is not None:
+            x = batch.demand[:, start - self.window:start + horizon - 1] / scale[:, None]
+            parts.append(self.encoder(x)[:, self.window - 1:, :])  # decision t sees D_{t-32..t-1}
+        return PolicyContext(self.first_exo(torch.cat(parts, dim=2)), scale)
+
+    def act(self, ctx: PolicyContext, t: int, state: Tensor) -> Tensor:
+        scaled = state / ctx.scale[:, None]
+        endo = torch.cat([scaled, scaled.sum(dim=1, keepdim=True)], dim=1)
+        z = self.head(ctx.exogenous[:, t] + self.first_endo(endo))
+        return F.softplus(z[:, 0]) * ctx.scale
+
+
+def build_policy(cfg, state_width: int) -> OrderPolicy:
+    """``cfg`` is a ``PolicyConfig``."""
+    return OrderPolicy(state_width, kind=cfg.kind, window=cfg.window, channels=cfg.channels,
+                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations))

@@ -1,0 +1,190 @@
+"""Ray adapter: Ray Data feeds product histories to a Ray Train ``TorchTrainer``.
+
+Every worker runs ``train_loop_per_worker``: it streams its shard of the training
+products, takes DirectBackprop steps (``pipeline.engine``), averages gradients with the
+other workers, and reports each epoch. Rank 0 validates, logs the epoch to MLflow and
+writes the checkpoint. A job started again with the same run name resumes from the latest
+checkpoint, from Ray (after a worker-group restart) or from the run's checkpoint folder.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+# read by Ray Data at import time, and inherited by a local Ray's workers
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+               "RAY_TRAIN_V2_ENABLED": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from ray.train import (CheckpointConfig, DataConfig, FailureConfig, RunConfig,  # noqa: E402
+                       ScalingConfig)
+from ray.train.torch import TorchTrainer  # noqa: E402
+
+from pipeline import checkpoint as ckpt  # noqa: E402
+from pipeline.checkpoint import config_from_yaml  # noqa: E402
+from pipeline.config import Config, to_yaml  # noqa: E402
+from pipeline.data import ProductBatch, batch_from_columns  # noqa: E402
+from pipeline.engine import cosine_lr, sample_start, train_step, validation_metrics  # noqa: E402
+from pipeline.policy import build_policy  # noqa: E402
+from pipeline.problems import get_problem  # noqa: E402
+from pipeline.tracking import EpochLogger  # noqa: E402
+
+
+def quiet_ray_logs() -> None:
+    """Ray Data and Ray Train log every execution plan at INFO; keep warnings."""
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def init_ray(cfg: Config) -> None:
+    """Connect to the configured cluster (or $RAY_ADDRESS), else start Ray in-process."""
+    quiet_ray_logs()
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    logs = ray.LoggingConfig(log_level="WARNING")
+    if address:
+        ray.init(address=address, logging_config=logs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_config=logs)
+
+
+def count_rows(folder: Path) -> int:
+    """Rows in a Parquet folder, from the file footers (no data read)."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(folder).glob("*.parquet")))
+
+
+def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
+    """Read a whole (small) dataset shard into one batch."""
+    parts = [batch_from_columns(b) for b in shard.iter_batches(batch_size=batch_size,
+                                                                 batch_format="numpy")]
+    if not parts:
+        return None
+    return ProductBatch(**{
+        k: (torch.cat([getattr(p, k) for p in parts]) if isinstance(getattr(parts[0], k), torch.Tensor)
+            else np.concatenate([getattr(p, k) for p in parts]))
+        for k in parts[0].__dataclass_fields__})
+
+
+def _grad_sync(world_size: int):
+    if world_size <= 1:
+        return None
+
+    def sync(grads: list[torch.Tensor]) -> None:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    return sync
+
+
+def train_loop_per_worker(payload: dict) -> None:
+    cfg = config_from_yaml(payload["config"])
+    quiet_ray_logs()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device("cuda") if cfg.train.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    problem = get_problem(cfg.problem.name)
+    width = payload["state_width"]
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every worker
+    policy = build_policy(cfg.policy, width).to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
+    run_dir = Path(payload["run_dir"])
+    first_epoch, best = 0, math.inf
+    resume = ray.train.get_checkpoint()
+    latest = run_dir / "checkpoints" / "latest" / ckpt.FILE
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = ckpt.load(Path(d) / ckpt.FILE)
+    elif latest.exists():
+        state = ckpt.load(latest)
+    else:
+        state = None
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch = state["epoch"] + 1
+        best = state["metrics"].get("best_valid", math.inf)
+        if rank == 0:
+            print(f"[train] resuming from epoch {state['epoch']} checkpoint", flush=True)
+
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7 * first_epoch)
+    log = EpochLogger(payload["tracking_uri"], payload["run_id"]) if rank == 0 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    valid = collect(ray.train.get_dataset_shard("valid")) if rank == 0 else None
+    if valid is not None:
+        valid = valid.to(device)
+    steps_per_epoch = payload["steps_per_epoch"]
+    sync = _grad_sync(world)
+    t = cfg.train
+    for epoch in range(first_epoch, t.epochs):
+        t0, step, losses = time.time(), 0, []
+        for columns in train_shard.iter_batches(batch_size=t.batch_size, batch_format="numpy",
+                                                local_shuffle_buffer_size=4 * t.batch_size,
+                                                local_shuffle_seed=cfg.seed + epoch, drop_last=False):
+            batch = batch_from_columns(columns).to(device)
+            lr = cosine_lr(t.lr, t.lr_final_fraction, (epoch + step / steps_per_epoch) / t.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            start = sample_start(generator, t.history, t.horizon, batch.periods)
+            losses.append(train_step(policy, optimizer, problem, batch, start, cfg, width, sync)["loss"])
+            step += 1
+        metrics = {"train/loss": float(np.mean(losses)) if losses else math.nan, "train/lr": lr if losses else 0.0,
+                   "train/epoch_seconds": time.time() - t0, "epoch": epoch}
+        checkpoint = None
+        if rank == 0:
+            metrics.update(validation_metrics(policy, problem, valid, cfg, width))
+            score = metrics["valid/avg_cost"] if cfg.problem.objective == "cost" else -metrics["valid/avg_reward"]
+            best = min(best, score)
+            metrics["valid/best"] = best
+            last_epoch = epoch == t.epochs - 1
+            if (epoch + 1) % t.checkpoint_every == 0 or last_epoch or score <= best:
+                info = {"best_valid": best, **metrics}
+                if score <= best:
+                    ckpt.save(run_dir / "checkpoints" / "best" / ckpt.FILE, policy, optimizer, epoch, cfg, width, info)
+                path = ckpt.save(latest, policy, optimizer, epoch, cfg, width, info)
+                checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
+            log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
+                  f"valid cost {metrics['valid/avg_cost']:.4f}  ({metrics['train/epoch_seconds']:.1f}s)",
+                  flush=True)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
+        state_width: int) -> None:
+    """Build the TorchTrainer over Ray Data datasets and run it to the last epoch."""
+    datasets = {name: ray.data.read_parquet(str(splits[name])) for name in ("train", "valid")}
+    t = cfg.train
+    n_train = count_rows(splits["train"])
+    world = max(1, t.num_workers)
+    steps_per_epoch = max(1, math.ceil(n_train / world / t.batch_size))
+    payload = {"config": to_yaml(cfg), "run_dir": str(run_dir), "tracking_uri": tracking_uri,
+               "run_id": run_id, "state_width": state_width, "steps_per_epoch": steps_per_epoch}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent / "ray"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=2)),
+    )
+    trainer.fit()
