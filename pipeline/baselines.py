@@ -7,10 +7,13 @@
   demand over the history the policy has seen before the rollout starts.
 - ``best_constant``: one base-stock level for the whole population, the best on the
   training products.
+- ``dp``: the exact optimal policy from dynamic programming, for a population of identical
+  products (one demand law, one set of costs, lead time >= 1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,21 +45,24 @@ class BaseStockPolicy:
         return torch.relu(levels - self.problem.inventory_position(state))
 
 
-def newsvendor_levels(batch: ProductBatch, objective: str) -> Tensor:
-    """Smallest S with F(S) >= critical fractile, from the true pmf."""
+def true_pmf(batch: ProductBatch) -> Tensor:
+    """Each product's true single-period demand pmf on 0..top, far into the tail [B, top+1]."""
     std = demand_std(batch.true_dist, batch.true_mean.numpy(), batch.true_shape.numpy())
     top = int(np.ceil((batch.true_mean.numpy() + 12 * std).max())) + 10
-    cdf = torch.cumsum(demand_pmf(batch.true_dist, batch.true_mean, batch.true_shape, top), dim=1)
+    return demand_pmf(batch.true_dist, batch.true_mean, batch.true_shape, top)
+
+
+def newsvendor_levels(batch: ProductBatch, objective: str) -> Tensor:
+    """Smallest S with F(S) >= critical fractile, from the true pmf."""
+    cdf = torch.cumsum(true_pmf(batch), dim=1)
     u = critical_fractile(batch, objective).double()[:, None]
     return (cdf < u - 1e-12).sum(dim=1).to(torch.float32)
 
 
 def newsvendor_cost(batch: ProductBatch, levels: Tensor) -> Tensor:
     """Exact expected per-period cost h E(S-D)^+ + p E(D-S)^+ + c E min(S, D) at levels S."""
-    std = demand_std(batch.true_dist, batch.true_mean.numpy(), batch.true_shape.numpy())
-    top = int(np.ceil((batch.true_mean.numpy() + 12 * std).max())) + 10
-    pmf = demand_pmf(batch.true_dist, batch.true_mean, batch.true_shape, top)
-    d = torch.arange(top + 1, dtype=torch.float64)[None, :]
+    pmf = true_pmf(batch)
+    d = torch.arange(pmf.shape[1], dtype=torch.float64)[None, :]
     S = levels.double()[:, None]
     over = (pmf * torch.relu(S - d)).sum(1)
     under = (pmf * torch.relu(d - S)).sum(1)
@@ -149,11 +155,38 @@ def best_constant_level(problem, batch: ProductBatch, width: int, start: int, ho
     return float(search_levels(cost_of, ld.reshape(1), ld.reshape(1) ** 0.5 * 2)[0])
 
 
+def dp_policy(test: ProductBatch, objective: str):
+    """The DP-optimal order table for a population of identical lost-sales products."""
+    from pipeline.dp import TablePolicy, lost_sales_rvi
+
+    first = test.select([0])
+    same = [np.all(test.true_dist == first.true_dist[0])] + [
+        bool(torch.all(getattr(test, k) == getattr(first, k)[0]))
+        for k in ("true_mean", "true_shape", "holding_cost", "shortage_cost", "unit_cost", "lead_time")]
+    L = int(first.lead_time[0])
+    if not all(same) or L < 1 or objective != "cost":
+        raise ValueError("the dp baseline needs identical products (one demand law and one set of "
+                         "costs), lead time >= 1 and the cost objective; drop it from eval.baselines")
+    mean = float(first.true_mean[0])
+    std = float(demand_std(first.true_dist, first.true_mean.numpy(), first.true_shape.numpy())[0])
+    max_on_hand = math.ceil(mean * (L + 1) + 4 * std * math.sqrt(L + 1))
+    max_order = math.ceil(mean + 5 * std) + 2
+    solution = lost_sales_rvi(true_pmf(first)[0], float(first.holding_cost[0]),
+                              float(first.shortage_cost[0]), L, max_on_hand, max_order,
+                              unit_cost=float(first.unit_cost[0]))
+    if int(solution.policy.max()) >= max_order:
+        raise ValueError(f"dp: the optimal order reached the truncation {max_order}; the instance "
+                         "is too large for the exact DP")
+    return TablePolicy(solution, L)
+
+
 def baseline_policies(problem, train: ProductBatch, test: ProductBatch, width: int, start: int,
                       horizon: int, warmup: int, objective: str, seed: int,
                       which=("omniscient", "estimated", "best_constant"),
                       sim_periods: int = 4000) -> dict[str, BaseStockPolicy]:
     out = {}
+    if "dp" in which:
+        out["dp"] = dp_policy(test, objective)
     if "omniscient" in which:
         out["omniscient"] = BaseStockPolicy(problem, omniscient_levels(
             problem, test, width, objective, seed, sim_periods))

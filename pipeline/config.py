@@ -62,6 +62,7 @@ class PolicyConfig:
 class TrainConfig:
     epochs: int = MISSING
     batch_size: int = MISSING      # products per step (per worker)
+    windows_per_batch: int = MISSING  # steps on each batch of products, each on a new time window
     lr: float = MISSING
     lr_final_fraction: float = MISSING  # cosine decay from lr to lr * this
     history: int = MISSING         # earliest rollout start: periods of history before it
@@ -79,7 +80,7 @@ class EvalConfig:
     start: int = MISSING           # evaluation rollouts run from this period to the end
     warmup: int = MISSING
     round_actions: bool = MISSING  # whole-unit orders where the problem is discrete
-    baselines: List[str] = MISSING  # omniscient, estimated, best_constant
+    baselines: List[str] = MISSING  # dp, omniscient, estimated, best_constant
     omniscient_sim_periods: int = MISSING
     plot_products: int = MISSING
 
@@ -111,7 +112,7 @@ class Config:
 
 
 PROBLEM_NAMES = ("lost_sales",)
-BASELINES = ("omniscient", "estimated", "best_constant")
+BASELINES = ("dp", "omniscient", "estimated", "best_constant")
 DISTRIBUTIONS = ("poisson", "negbin", "zip")
 
 
@@ -208,7 +209,7 @@ def validate(c: Config) -> None:
         _check(1 + sum(p.dilations) == p.window, "policy.dilations",
                f"must add up to policy.window - 1 = {p.window - 1} (kernel 2), got {list(p.dilations)}")
     t = c.train
-    for key in ("epochs", "batch_size", "horizon", "checkpoint_every", "cpus_per_worker"):
+    for key in ("epochs", "batch_size", "windows_per_batch", "horizon", "checkpoint_every", "cpus_per_worker"):
         _check(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     _check(0 < t.lr_final_fraction <= 1, "train.lr_final_fraction", f"must be in (0, 1], got {t.lr_final_fraction}")

@@ -8,6 +8,8 @@ the omniscient baseline reads (a policy never sees distribution parameters).
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -250,10 +252,19 @@ def materialize(cfg, seed: int, out_dir: Path) -> dict[str, Path]:
     splits = {s: root / s for s in SPLITS}
     if (root / "_SUCCESS").exists():
         return splits
+    # written aside and renamed into place, so concurrent jobs never read half a dataset
+    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     cols = synthetic_population(cfg, seed)
     index = split_products(cfg.num_products, cfg.valid_fraction, cfg.test_fraction, seed)
     for name in SPLITS:
-        write_shards(to_arrow(cols, index[name]), splits[name], cfg.shard_rows)
-    (root / "spec.json").write_text(json.dumps({"seed": seed, **spec}, indent=2, default=list))
-    (root / "_SUCCESS").touch()
+        write_shards(to_arrow(cols, index[name]), tmp / name, cfg.shard_rows)
+    (tmp / "spec.json").write_text(json.dumps({"seed": seed, **spec}, indent=2, default=list))
+    (tmp / "_SUCCESS").touch()
+    if root.exists() and not (root / "_SUCCESS").exists():
+        shutil.rmtree(root)  # left by an interrupted writer
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another job finished the same dataset first
+        shutil.rmtree(tmp, ignore_errors=True)
     return splits

@@ -8,15 +8,15 @@ checkpoint, from Ray (after a worker-group restart) or from the run's checkpoint
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
 from pathlib import Path
 
 # read by Ray Data at import time, and inherited by a local Ray's workers
+# (Ray Train's print patch would echo each worker line twice next to MLflow's stdout wrapper)
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-               "RAY_TRAIN_V2_ENABLED": "1"}.items():
+               "RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}.items():
     os.environ.setdefault(_k, _v)
 
 import numpy as np  # noqa: E402
@@ -25,8 +25,9 @@ import ray  # noqa: E402
 import ray.train  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from ray.train import (CheckpointConfig, DataConfig, FailureConfig, RunConfig,  # noqa: E402
-                       ScalingConfig)
+from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,  # noqa: E402
+                       RunConfig, ScalingConfig)
+import ray.train.torch  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
 from pipeline import checkpoint as ckpt  # noqa: E402
@@ -40,9 +41,15 @@ from pipeline.tracking import EpochLogger  # noqa: E402
 
 
 def quiet_ray_logs() -> None:
-    """Ray Data and Ray Train log every execution plan at INFO; keep warnings."""
+    """Ray Data and Ray Train log every execution plan at INFO; keep warnings. Without a
+    dashboard (our local Ray) the state API is absent and Ray Train's placement-group
+    cleaner warns about it every second: silence that one logger. Self-contained, so
+    Ray can ship it by value as the workers' setup hook."""
+    import logging
+
     for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def init_ray(cfg: Config) -> None:
@@ -55,7 +62,15 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, logging_config=logs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_config=logs)
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_config=logs,
+                 runtime_env={"worker_process_setup_hook": _by_value(quiet_ray_logs)})
+
+
+def _by_value(fn):
+    """A copy of ``fn`` that cloudpickle ships by value (workers need not import us)."""
+    import types
+
+    return types.FunctionType(fn.__code__, {"__builtins__": __builtins__}, fn.__name__)
 
 
 def count_rows(folder: Path) -> int:
@@ -96,7 +111,7 @@ def train_loop_per_worker(payload: dict) -> None:
     quiet_ray_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device("cuda") if cfg.train.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     problem = get_problem(cfg.problem.name)
     width = payload["state_width"]
@@ -129,23 +144,28 @@ def train_loop_per_worker(payload: dict) -> None:
     valid = collect(ray.train.get_dataset_shard("valid")) if rank == 0 else None
     if valid is not None:
         valid = valid.to(device)
-    steps_per_epoch = payload["steps_per_epoch"]
+    steps_per_epoch, batch_size = payload["steps_per_epoch"], payload["batch_size"]
     sync = _grad_sync(world)
     t = cfg.train
     for epoch in range(first_epoch, t.epochs):
-        t0, step, losses = time.time(), 0, []
-        for columns in train_shard.iter_batches(batch_size=t.batch_size, batch_format="numpy",
-                                                local_shuffle_buffer_size=4 * t.batch_size,
-                                                local_shuffle_seed=cfg.seed + epoch, drop_last=False):
+        t0, step, losses, compute = time.time(), 0, [], 0.0
+        # full batches only: a small remainder batch would take as many steps as a full one
+        for columns in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                                local_shuffle_buffer_size=4 * batch_size,
+                                                local_shuffle_seed=cfg.seed + epoch, drop_last=True):
+            tic = time.time()
             batch = batch_from_columns(columns).to(device)
-            lr = cosine_lr(t.lr, t.lr_final_fraction, (epoch + step / steps_per_epoch) / t.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            start = sample_start(generator, t.history, t.horizon, batch.periods)
-            losses.append(train_step(policy, optimizer, problem, batch, start, cfg, width, sync)["loss"])
-            step += 1
+            for _ in range(t.windows_per_batch):  # each step: these products, a fresh time window
+                lr = cosine_lr(t.lr, t.lr_final_fraction, (epoch + step / steps_per_epoch) / t.epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                start = sample_start(generator, t.history, t.horizon, batch.periods)
+                losses.append(train_step(policy, optimizer, problem, batch, start, cfg, width, sync)["loss"])
+                step += 1
+            compute += time.time() - tic
         metrics = {"train/loss": float(np.mean(losses)) if losses else math.nan, "train/lr": lr if losses else 0.0,
-                   "train/epoch_seconds": time.time() - t0, "epoch": epoch}
+                   "train/epoch_seconds": time.time() - t0, "train/compute_seconds": compute,
+                   "train/steps": step, "epoch": epoch}
         checkpoint = None
         if rank == 0:
             metrics.update(validation_metrics(policy, problem, valid, cfg, width))
@@ -171,11 +191,15 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
     """Build the TorchTrainer over Ray Data datasets and run it to the last epoch."""
     datasets = {name: ray.data.read_parquet(str(splits[name])) for name in ("train", "valid")}
     t = cfg.train
-    n_train = count_rows(splits["train"])
     world = max(1, t.num_workers)
-    steps_per_epoch = max(1, math.ceil(n_train / world / t.batch_size))
+    per_worker = count_rows(splits["train"]) // world
+    if per_worker < 1:
+        raise ValueError(f"{splits['train']} has fewer training products than the {world} workers")
+    batch_size = min(t.batch_size, per_worker)
+    steps_per_epoch = (per_worker // batch_size) * t.windows_per_batch
     payload = {"config": to_yaml(cfg), "run_dir": str(run_dir), "tracking_uri": tracking_uri,
-               "run_id": run_id, "state_width": state_width, "steps_per_epoch": steps_per_epoch}
+               "run_id": run_id, "state_width": state_width, "steps_per_epoch": steps_per_epoch,
+               "batch_size": batch_size}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload,
@@ -185,6 +209,7 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent / "ray"),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=2)),
+                             failure_config=FailureConfig(max_failures=2),
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     trainer.fit()

@@ -8,7 +8,6 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from pipeline.data import batch_from_columns  # noqa: E402
 

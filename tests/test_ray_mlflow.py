@@ -46,9 +46,11 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tiny_job):
     assert table[0].startswith("policy,avg_cost,avg_reward,fill_rate") and len(table) == 5
 
 
-def test_same_run_name_resumes_from_checkpoint(tiny_job):
+def test_same_run_name_resumes_from_checkpoint_in_process(tiny_job):
+    """Resume with one more epoch, this time with num_workers=0 (in the driver process)."""
     root, uri, args = tiny_job
-    assert main(args[:-1] + ["train.epochs=3"]) == 0
+    assert main(args[:-1] + ["train.epochs=3", "train.num_workers=0"]) == 0
     client, run = the_run(uri)  # still one run
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [0, 1, 2]  # epochs 0 and 1 were not trained again
+    assert run.data.params["train.num_workers"] == "2"  # the params of the run's first job

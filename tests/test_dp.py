@@ -1,0 +1,43 @@
+"""Exact DP for lost sales against Zipkin (2008), and its policy played in the simulator."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.baselines import dp_policy
+from pipeline.data import demand_pmf
+from pipeline.dp import TablePolicy, lost_sales_rvi
+from pipeline.evaluate import policy_metrics
+from pipeline.problems import get_problem
+from test_baselines import poisson_population
+
+PMF = demand_pmf(np.array(["poisson"]), torch.tensor([5.0]), torch.tensor([0.0]), 60)[0]
+
+
+@pytest.mark.parametrize("p, L, optimum", [(4, 2, 4.40), (19, 4, 8.89)])
+def test_rvi_reproduces_zipkin_optimal_costs(p, L, optimum):
+    sol = lost_sales_rvi(PMF, 1.0, float(p), L, max_on_hand=35, max_order=20)
+    assert sol.average_cost == pytest.approx(optimum, abs=0.01)
+    assert sol.span < 1e-5
+    assert int(sol.policy.max()) < 20  # the order truncation does not bind
+
+
+def test_truncation_is_loose_enough():
+    small = lost_sales_rvi(PMF, 1.0, 9.0, 2, max_on_hand=30, max_order=16)
+    large = lost_sales_rvi(PMF, 1.0, 9.0, 2, max_on_hand=45, max_order=25)
+    assert small.average_cost == pytest.approx(large.average_cost, abs=1e-4)
+
+
+def test_dp_policy_in_the_simulator_costs_what_the_dp_says():
+    problem = get_problem("lost_sales")
+    paths = poisson_population(400, 600, 9, 2, seed=4)
+    policy = dp_policy(paths, "cost")
+    m = policy_metrics(problem, policy, paths, 0, 600, 50, 2, round_actions=True)
+    assert m["avg_cost"] == pytest.approx(policy.solution.average_cost, rel=0.01)
+
+
+def test_dp_baseline_refuses_mixed_populations():
+    mixed = poisson_population(4, 50, 9, 2)
+    mixed.shortage_cost[0] = 4.0
+    with pytest.raises(ValueError, match="identical products"):
+        dp_policy(mixed, "cost")
+    assert isinstance(dp_policy(poisson_population(4, 50, 9, 2), "cost"), TablePolicy)
