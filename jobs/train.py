@@ -57,9 +57,9 @@ def main(args: list[str]) -> int:
         history = {"train loss": tracker.metric_history("train/loss"),
                    "validation cost": tracker.metric_history("valid/avg_cost")}
         tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
-        tracker.log_figure(order_vs_on_hand(policy, {k: v for k, v in baselines.items() if k != "best_constant"},
-                                            test, cfg.eval.start, width, cfg.eval.plot_products),
-                           "plots/order_vs_on_hand.png")
+        shown = {k: v for k, v in baselines.items() if k in ("dp", "omniscient", "estimated")}
+        tracker.log_figure(order_vs_on_hand(policy, shown, test, cfg.eval.start, width,
+                                            cfg.eval.plot_products), "plots/order_vs_on_hand.png")
         table.to_csv(run_dir / "evaluation.csv", index=False)
     except BaseException:
         tracker.finish("FAILED")

@@ -30,8 +30,9 @@ def learning_curve(history: dict[str, list[tuple[int, float]]], reference: dict[
 @torch.no_grad()
 def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, width: int,
                      products: int):
-    """Order quantity at the first evaluated period as on-hand inventory varies (pipeline
-    empty), for a few products, learned policy against the base-stock baselines."""
+    """Order quantity at the first evaluated period as on-hand inventory varies, each
+    pipeline slot holding one period's mean demand (a typical state), for a few products:
+    learned policy against the base-stock baselines."""
     n = min(products, batch.size)
     idx = torch.linspace(0, batch.size - 1, n).round().long()
     sub = batch.select(idx)
@@ -40,20 +41,24 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
     scale = ctx.scale
     grid = torch.linspace(0, 1, 121)
     for j, ax in enumerate(axes[0]):
-        top = float(4 * scale[j] * (sub.lead_time[j] + 1) + 5)
+        top = float(2.5 * scale[j] * (sub.lead_time[j] + 1) + 5)
         on_hand = grid * top
         state = torch.zeros(len(grid), width)
         state[:, 0] = on_hand
+        state[:, 1:int(sub.lead_time[j])] = scale[j]
         rep = sub.select([j] * len(grid))
         orders = policy.act(policy.prepare(rep, start, 1), 0, state)
         ax.plot(on_hand, orders, lw=2, label="learned")
-        for name, base in baselines.items():  # levels are per product of ``batch``
-            level = base.levels[idx[j]].expand(len(grid))
-            ax.plot(on_hand, base.act(level, 0, state), ls="--", lw=1, label=name)
+        for name, base in baselines.items():
+            if hasattr(base, "levels"):  # base-stock levels are per product of ``batch``
+                context = base.levels[idx[j]].expand(len(grid))
+            else:  # the same for every product (the DP table)
+                context = base.prepare(rep, start, 1)
+            ax.plot(on_hand, base.act(context, 0, state), ls="--", lw=1, label=name)
         ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
                      f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f} "
                      f"mean~{float(scale[j]):.1f}", fontsize=9)
-        ax.set_xlabel("on-hand inventory")
+        ax.set_xlabel("on-hand inventory" + (" (pipeline at mean demand)" if sub.lead_time[j] > 1 else ""))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("order quantity")
     axes[0][0].legend(fontsize=8)
