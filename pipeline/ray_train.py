@@ -52,6 +52,12 @@ def quiet_ray_logs() -> None:
     for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    try:  # Ray Train names this logger after its file: "Reporting training result ..." each epoch
+        import ray.train.v2._internal.execution.context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
 
 
 def init_ray(cfg: Config) -> None:
@@ -149,6 +155,7 @@ def train_loop_per_worker(payload: dict) -> None:
     steps_per_epoch, batch_size = payload["steps_per_epoch"], payload["batch_size"]
     sync = _grad_sync(world)
     t = cfg.train
+    started = time.time()
     for epoch in range(first_epoch, t.epochs):
         t0, step, losses, compute = time.time(), 0, [], 0.0
         # full batches only: a small remainder batch would take as many steps as a full one
@@ -182,15 +189,19 @@ def train_loop_per_worker(payload: dict) -> None:
                 path = ckpt.save(latest, policy, optimizer, epoch, cfg, width, info)
                 checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
             log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            elapsed = time.time() - started
+            left = elapsed / (epoch + 1 - first_epoch) * (t.epochs - epoch - 1)
             print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
-                  f"valid cost {metrics['valid/avg_cost']:.4f}  ({metrics['train/epoch_seconds']:.1f}s)",
-                  flush=True)
+                  f"valid cost {metrics['valid/avg_cost']:.4f}  "
+                  f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
+                  f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
         state_width: int) -> None:
     """Build the TorchTrainer over Ray Data datasets and run it to the last epoch."""
+    ray.data.DataContext.get_current().print_on_execution_start = False  # once per epoch otherwise
     datasets = {name: ray.data.read_parquet(str(splits[name])) for name in ("train", "valid")}
     t = cfg.train
     world = max(1, t.num_workers)
