@@ -38,8 +38,12 @@ def _leftover_matrix(pmf: Tensor, n: int) -> Tensor:
 
 def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
                    max_on_hand: int, max_order: int, unit_cost: float = 0.0,
-                   tol: float = 1e-6, max_iter: int = 10_000) -> DPSolution:
-    """Minimal long-run average cost and an optimal order table (lead time >= 1)."""
+                   tol: float = 1e-6, max_iter: int = 10_000,
+                   fixed: Tensor | None = None) -> DPSolution:
+    """Minimal long-run average cost and an optimal order table (lead time >= 1).
+
+    With ``fixed`` (an order table of the state shape, values in 0..max_order) it evaluates
+    that policy instead: the exact long-run average cost of any stationary policy."""
     if lead_time < 1:
         raise ValueError("lost_sales_rvi needs lead_time >= 1; lead time 0 is the newsvendor")
     pmf = pmf.double()
@@ -61,7 +65,11 @@ def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
             G = G[:, :, 0] + order_cost
         else:  # the last axis of the next state is this period's order
             G = G.reshape(N + 1, Q + 1, -1, Q + 1) + order_cost
-        best, policy = G.min(dim=-1)
+        if fixed is None:
+            best, policy = G.min(dim=-1)
+        else:
+            policy = fixed.reshape(G.shape[:-1]).long()
+            best = G.gather(-1, policy[..., None])[..., 0]
         TV = cost.reshape([N + 1] + [1] * (L - 1)) + best.reshape(shape)
         diff = TV - V
         lo, hi = float(diff.min()), float(diff.max())
@@ -69,6 +77,24 @@ def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
         if hi - lo < tol:
             break
     return DPSolution((lo + hi) / 2, policy.reshape(shape), V, it, hi - lo, N, Q)
+
+
+def state_grid_inventory_position(max_on_hand: int, max_order: int, lead_time: int) -> Tensor:
+    """On hand plus pipeline for every state of the DP grid."""
+    ip = torch.arange(max_on_hand + 1, dtype=torch.float64).reshape([-1] + [1] * (lead_time - 1))
+    for j in range(1, lead_time):
+        shape = [1] * lead_time
+        shape[j] = -1
+        ip = ip + torch.arange(max_order + 1, dtype=torch.float64).reshape(shape)
+    return ip
+
+
+def base_stock_table(level: float, max_on_hand: int, max_order: int, lead_time: int,
+                     cap: float | None = None) -> Tensor:
+    """Order up to ``level`` in inventory position, at most ``cap`` (capped base-stock)."""
+    ip = state_grid_inventory_position(max_on_hand, max_order, lead_time)
+    q = torch.clamp(level - ip, min=0.0, max=float(max_order if cap is None else min(cap, max_order)))
+    return q.long()
 
 
 @dataclass

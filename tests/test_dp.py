@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.baselines import dp_policy
+from pipeline.baselines import dp_policy, simulated_level_costs
 from pipeline.data import demand_pmf
-from pipeline.dp import TablePolicy, lost_sales_rvi
+from pipeline.dp import TablePolicy, base_stock_table, lost_sales_rvi
 from pipeline.evaluate import policy_metrics
 from pipeline.problems import get_problem
 from test_baselines import poisson_population
@@ -41,3 +41,29 @@ def test_dp_baseline_refuses_mixed_populations():
     with pytest.raises(ValueError, match="identical products"):
         dp_policy(mixed, "cost")
     assert isinstance(dp_policy(poisson_population(4, 50, 9, 2), "cost"), TablePolicy)
+
+
+def test_policy_evaluation_of_the_optimal_table_gives_the_optimum():
+    sol = lost_sales_rvi(PMF, 1.0, 9.0, 3, max_on_hand=30, max_order=16)
+    again = lost_sales_rvi(PMF, 1.0, 9.0, 3, max_on_hand=30, max_order=16, fixed=sol.policy)
+    assert again.average_cost == pytest.approx(sol.average_cost, abs=1e-5)
+
+
+def test_exact_base_stock_cost_matches_simulation_and_is_above_the_optimum():
+    N, Q, L = 35, 20, 2
+    opt = lost_sales_rvi(PMF, 1.0, 9.0, L, N, Q).average_cost
+    costs = {S: lost_sales_rvi(PMF, 1.0, 9.0, L, N, Q, fixed=base_stock_table(S, N, Q, L)).average_cost
+             for S in range(14, 22)}
+    best = min(costs, key=costs.get)
+    assert 14 < best < 21 and costs[best] > opt
+    # the same base-stock level simulated on 400 paths x 1000 periods
+    paths = poisson_population(400, 1000, 9, L, seed=8)
+    simulated = simulated_level_costs(get_problem("lost_sales"), paths, torch.full((400, 1), float(best)),
+                                      L, 0, 1000, 50, "cost").mean()
+    assert float(simulated) == pytest.approx(costs[best], rel=0.01)
+
+
+def test_capped_base_stock_never_orders_more_than_the_cap():
+    table = base_stock_table(30, 35, 20, 3, cap=6)
+    assert int(table.max()) == 6 and int(table[0, 0, 0]) == 6
+    assert int(base_stock_table(30, 35, 20, 3)[0, 0, 0]) == 20  # uncapped: 30, truncated to Q
