@@ -11,7 +11,7 @@ export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK ?= true
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: venv run test ui clean
+.PHONY: venv run test benchmark ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: $(STAMP)
 ## test: the test suite
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## benchmark: every benchmark suite -> benchmarks/results/<suite>.csv and docs/benchmarks.md
+benchmark: $(STAMP)
+	$(PY) -m jobs.benchmark suite=lost_sales
 
 ## ui: the MLflow UI on the project's runs at http://127.0.0.1:5000
 ui: $(STAMP)

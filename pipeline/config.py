@@ -86,6 +86,14 @@ class EvalConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    suite: str = MISSING           # lost_sales (select with suite=NAME: conf/suite/NAME.yaml)
+    policies: List[str] = MISSING  # the suite's policies to run; dp is the exact optimum
+    results_dir: str = MISSING     # <results_dir>/<suite>.csv
+    docs: str = MISSING            # markdown report of every suite's results
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = None  # null: start a local Ray in-process (or use RAY_ADDRESS)
     num_cpus: Optional[int] = None
@@ -107,6 +115,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -114,6 +123,7 @@ class Config:
 PROBLEM_NAMES = ("lost_sales",)
 BASELINES = ("dp", "omniscient", "estimated", "best_constant")
 DISTRIBUTIONS = ("poisson", "negbin", "zip")
+SUITES = {"lost_sales": ("dp", "base_stock")}  # suite -> its policies (pipeline/benchmarks.py)
 
 
 def _load_yaml(path: Path):
@@ -224,6 +234,10 @@ def validate(c: Config) -> None:
     _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
     _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
     _check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
+    _check(c.benchmark.suite in SUITES, "benchmark.suite", f"must be one of {', '.join(SUITES)}, got {c.benchmark.suite!r}")
+    _check(len(c.benchmark.policies) > 0 and set(c.benchmark.policies) <= set(SUITES[c.benchmark.suite]),
+           "benchmark.policies", f"must be a non-empty subset of {', '.join(SUITES[c.benchmark.suite])}, "
+           f"got {list(c.benchmark.policies)}")
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
 
 

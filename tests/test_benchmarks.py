@@ -1,0 +1,31 @@
+"""Benchmark suites: exact policy costs in the documented CSV layout."""
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.benchmarks import COLUMNS, markdown, run_suite
+from pipeline.config import PROJECT_ROOT
+
+
+def test_lost_sales_rows_against_zipkin_and_closed_form():
+    table = run_suite("lost_sales", ["dp", "base_stock"], instances=[{"p": 4, "L": 0}, {"p": 4, "L": 2}])
+    assert list(table.columns) == COLUMNS
+    assert list(table.instance) == ["p=4;L=0", "p=4;L=0", "p=4;L=2", "p=4;L=2"]
+    cost = table.set_index(["instance", "policy"]).avg_cost
+    assert cost["p=4;L=0", "dp"] == pytest.approx(3.2774, abs=1e-4)  # newsvendor, GUIDE 2.1
+    assert cost["p=4;L=2", "dp"] == pytest.approx(4.40, abs=0.01)     # Zipkin (2008)
+    assert cost["p=4;L=2", "base_stock"] > cost["p=4;L=2", "dp"]
+    gaps = table.set_index(["instance", "policy"]).gap_pct
+    assert gaps["p=4;L=2", "dp"] == 0 and gaps["p=4;L=0", "base_stock"] == 0
+    doc = markdown(table, "python -m jobs.benchmark suite=lost_sales")
+    assert "| p=4;L=2 | 4.3953 |" in doc
+
+
+def test_unknown_suite_or_policy_is_a_one_line_error():
+    with pytest.raises(ValueError, match="no policies"):
+        run_suite("lost_sales", ["dp", "magic"], instances=[{"p": 4, "L": 1}])
+    out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "suite=nope"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("config error: unknown suite 'nope'")
+    assert "Traceback" not in out.stderr
