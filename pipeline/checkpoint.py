@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
-from pipeline.config import Config, to_yaml
+from pipeline.config import Config, from_yaml, to_yaml
 from pipeline.policy import OrderPolicy, build_policy
 
 FILE = "checkpoint.pt"
@@ -30,14 +28,10 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def config_from_yaml(text: str) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text)))
-
-
 def load_policy(path: Path) -> tuple[OrderPolicy, Config, dict]:
     """Rebuild the policy a checkpoint holds, with the config it was trained with."""
     state = load(path)
-    cfg = config_from_yaml(state["config"])
+    cfg = from_yaml(state["config"])
     policy = build_policy(cfg.policy, state["state_width"])
     policy.load_state_dict(state["policy"])
     policy.eval()

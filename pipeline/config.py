@@ -241,6 +241,13 @@ def validate(c: Config) -> None:
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
 
 
+def from_yaml(text: str, conf_dir: Path = CONF_DIR) -> Config:
+    """A saved config (a checkpoint's, a run's), on top of today's defaults, so that
+    configs saved before a key was added still load."""
+    base = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(conf_dir / "config.yaml"))
+    return OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.create(text)))
+
+
 def to_yaml(c: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(c))
 

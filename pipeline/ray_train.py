@@ -33,8 +33,7 @@ import ray.train.torch  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
 from pipeline import checkpoint as ckpt  # noqa: E402
-from pipeline.checkpoint import config_from_yaml  # noqa: E402
-from pipeline.config import Config, to_yaml  # noqa: E402
+from pipeline.config import Config, from_yaml, to_yaml  # noqa: E402
 from pipeline.data import ProductBatch, batch_from_columns  # noqa: E402
 from pipeline.engine import cosine_lr, sample_start, train_step, validation_metrics  # noqa: E402
 from pipeline.policy import build_policy  # noqa: E402
@@ -115,7 +114,7 @@ def _grad_sync(world_size: int):
 
 
 def train_loop_per_worker(payload: dict) -> None:
-    cfg = config_from_yaml(payload["config"])
+    cfg = from_yaml(payload["config"])
     quiet_ray_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

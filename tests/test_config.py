@@ -55,3 +55,14 @@ def test_command_line_error_exits_2_without_traceback():
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert out.stderr.strip() == "config error: unknown config key 'train.lrr' (from command line 'train.lrr=0.1')"
+
+
+def test_saved_config_without_newer_keys_still_loads():
+    from omegaconf import OmegaConf
+
+    from pipeline.config import from_yaml, to_yaml
+
+    saved = OmegaConf.create(to_yaml(load_config(["train.epochs=3"])))
+    del saved["benchmark"]  # as saved before the benchmark section existed
+    cfg = from_yaml(OmegaConf.to_yaml(saved))
+    assert cfg.train.epochs == 3 and cfg.benchmark.suite == "lost_sales"
