@@ -44,16 +44,16 @@ class LostSales:
         return batch.demand.new_zeros(batch.size, width)
 
     def arrival_slots(self, batch: ProductBatch, width: int) -> Tensor:
-        """One-hot [B, W]: slot j of the post-order arrivals vector receives the order
-        placed now when it arrives in j + 1 periods, i.e. for lead time L = j + 1."""
-        slots = torch.arange(width, device=batch.demand.device)
-        return (slots[None, :] == (batch.lead_time[:, None] - 1)).to(batch.demand.dtype)
+        """One-hot [B, W + 1] routing each product's order by its lead time L: column 0
+        (L = 0) puts it on hand at once, column j arrives in j periods. Computed once per
+        rollout."""
+        slots = torch.arange(width + 1, device=batch.demand.device)
+        return (slots[None, :] == batch.lead_time[:, None]).to(batch.demand.dtype)
 
     def step(self, state: Tensor, order: Tensor, demand: Tensor, batch: ProductBatch,
              slots: Tensor) -> Step:
         on_hand, pipeline = state[:, 0], state[:, 1:]
-        immediate = (batch.lead_time == 0).to(order.dtype)
-        available = on_hand + immediate * order
+        available = on_hand + slots[:, 0] * order
         sales = torch.minimum(available, demand)
         held = torch.relu(available - demand)
         lost = torch.relu(demand - available)
@@ -61,7 +61,7 @@ class LostSales:
                 + batch.unit_cost * order)
         # arrivals[:, j] arrives in j + 1 periods; this period's order joins its slot
         arrivals = torch.cat([pipeline, torch.zeros_like(on_hand)[:, None]], dim=1)
-        arrivals = arrivals + slots * order[:, None]
+        arrivals = arrivals + slots[:, 1:] * order[:, None]
         next_state = torch.cat([(held + arrivals[:, 0])[:, None], arrivals[:, 1:]], dim=1)
         return Step(next_state, cost, sales, demand, held, lost)
 
