@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -33,13 +34,24 @@ def critical_fractile(batch: ProductBatch, objective: str) -> Tensor:
 
 @dataclass
 class BaseStockPolicy:
-    """Order up to ``levels`` (inventory position: on hand plus pipeline)."""
+    """Order up to ``levels`` (inventory position: on hand plus pipeline). With
+    ``product_ids`` the levels belong to those products and any batch of them (a subset,
+    a repeat) gets its own; without, they apply position by position."""
 
     problem: object
     levels: Tensor  # [B]
+    product_ids: np.ndarray | None = None
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:
-        return self.levels.to(batch.demand.device, batch.demand.dtype)
+        levels = self.levels
+        if self.product_ids is not None:
+            index = pd.Index(self.product_ids).get_indexer(batch.product_id)
+            if (index < 0).any():
+                raise KeyError(f"no base-stock level for products {batch.product_id[index < 0][:5]}")
+            levels = levels[torch.as_tensor(index)]
+        elif len(levels) != batch.size:
+            raise ValueError(f"{len(levels)} base-stock levels for a batch of {batch.size} products")
+        return levels.to(batch.demand.device, batch.demand.dtype)
 
     def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
         return torch.relu(levels - self.problem.inventory_position(state))
@@ -189,10 +201,11 @@ def baseline_policies(problem, train: ProductBatch, test: ProductBatch, width: i
         out["dp"] = dp_policy(test, objective)
     if "omniscient" in which:
         out["omniscient"] = BaseStockPolicy(problem, omniscient_levels(
-            problem, test, width, objective, seed, sim_periods))
+            problem, test, width, objective, seed, sim_periods), test.product_id)
     if "estimated" in which:
-        out["estimated"] = BaseStockPolicy(problem, empirical_levels(test, start, objective))
+        out["estimated"] = BaseStockPolicy(problem, empirical_levels(test, start, objective),
+                                           test.product_id)
     if "best_constant" in which:
         level = best_constant_level(problem, train, width, start, horizon, warmup, objective)
-        out["best_constant"] = BaseStockPolicy(problem, torch.full((test.size,), level))
+        out["best_constant"] = BaseStockPolicy(problem, torch.full((test.size,), level), test.product_id)
     return out

@@ -50,11 +50,7 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
         orders = policy.act(policy.prepare(rep, start, 1), 0, state)
         ax.plot(on_hand, orders, lw=2, label="learned")
         for name, base in baselines.items():
-            if hasattr(base, "levels"):  # base-stock levels are per product of ``batch``
-                context = base.levels[idx[j]].expand(len(grid))
-            else:  # the same for every product (the DP table)
-                context = base.prepare(rep, start, 1)
-            ax.plot(on_hand, base.act(context, 0, state), ls="--", lw=1, label=name)
+            ax.plot(on_hand, base.act(base.prepare(rep, start, 1), 0, state), ls="--", lw=1, label=name)
         ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
                      f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f} "
                      f"mean~{float(scale[j]):.1f}", fontsize=9)

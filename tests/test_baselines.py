@@ -81,3 +81,11 @@ def test_empirical_level_is_history_quantile():
 def test_best_constant_level_on_identical_products_is_newsvendor():
     batch = poisson_population(200, 300, 4, 0, seed=5)
     assert best_constant_level(PROBLEM, batch, 1, 32, 268, 2, "cost") == 7.0
+
+
+def test_base_stock_levels_follow_their_products_into_any_batch():
+    batch = poisson_population(4, 40, 9, 0)
+    policy = BaseStockPolicy(PROBLEM, torch.tensor([5.0, 6.0, 7.0, 8.0]), batch.product_id)
+    assert policy.prepare(batch.select([3, 3, 1]), 32, 1).tolist() == [8.0, 8.0, 6.0]
+    with pytest.raises(ValueError, match="4 base-stock levels for a batch of 2"):
+        BaseStockPolicy(PROBLEM, torch.ones(4)).prepare(batch.select([0, 1]), 32, 1)
