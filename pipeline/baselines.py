@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,7 +168,7 @@ def best_constant_level(problem, batch: ProductBatch, width: int, start: int, ho
 
 def dp_policy(test: ProductBatch, objective: str):
     """The DP-optimal order table for a population of identical lost-sales products."""
-    from pipeline.dp import TablePolicy, lost_sales_rvi
+    from pipeline.dp import TablePolicy, lost_sales_optimum
 
     first = test.select([0])
     same = [np.all(test.true_dist == first.true_dist[0])] + [
@@ -179,16 +178,10 @@ def dp_policy(test: ProductBatch, objective: str):
     if not all(same) or L < 1 or objective != "cost":
         raise ValueError("the dp baseline needs identical products (one demand law and one set of "
                          "costs), lead time >= 1 and the cost objective; drop it from eval.baselines")
-    mean = float(first.true_mean[0])
     std = float(demand_std(first.true_dist, first.true_mean.numpy(), first.true_shape.numpy())[0])
-    max_on_hand = math.ceil(mean * (L + 1) + 4 * std * math.sqrt(L + 1))
-    max_order = math.ceil(mean + 5 * std) + 2
-    solution = lost_sales_rvi(true_pmf(first)[0], float(first.holding_cost[0]),
-                              float(first.shortage_cost[0]), L, max_on_hand, max_order,
-                              unit_cost=float(first.unit_cost[0]))
-    if int(solution.policy.max()) >= max_order:
-        raise ValueError(f"dp: the optimal order reached the truncation {max_order}; the instance "
-                         "is too large for the exact DP")
+    solution = lost_sales_optimum(true_pmf(first)[0], float(first.holding_cost[0]),
+                                  float(first.shortage_cost[0]), L, float(first.true_mean[0]), std,
+                                  unit_cost=float(first.unit_cost[0]))
     return TablePolicy(solution, L)
 
 

@@ -16,10 +16,10 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pipeline.data import demand_pmf
-from pipeline.dp import base_stock_table, lost_sales_rvi
+from pipeline.baselines import newsvendor_cost, newsvendor_levels, true_pmf
+from pipeline.data import ProductBatch, batch_from_columns
+from pipeline.dp import base_stock_table, lost_sales_grid, lost_sales_optimum, lost_sales_rvi
 
 COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
 LOST_SALES_GRID = [{"p": p, "L": L} for p in (4, 9, 19, 39) for L in (0, 1, 2, 3, 4)]
@@ -30,9 +30,12 @@ def instance_key(instance: dict) -> str:
     return ";".join(f"{k}={v}" for k, v in instance.items())
 
 
-def _poisson_pmf(mean: float) -> torch.Tensor:
-    top = int(mean + 12 * math.sqrt(mean) + 10)
-    return demand_pmf(np.array(["poisson"]), torch.tensor([mean]), torch.tensor([0.0]), top)[0]
+def _instance(p: float, L: int, mean: float, h: float) -> ProductBatch:
+    """One Poisson product with these economics (its history is never read)."""
+    return batch_from_columns({
+        "product_id": [0], "demand": np.zeros((1, 1)), "holding_cost": [h], "shortage_cost": [p],
+        "unit_cost": [0.0], "price": [0.0], "lead_time": [L], "true_dist": ["poisson"],
+        "true_mean": [mean], "true_shape": [0.0]})
 
 
 def _best_integer(cost: Callable[[int], float], start: int) -> tuple[int, float]:
@@ -52,20 +55,17 @@ def _best_integer(cost: Callable[[int], float], start: int) -> tuple[int, float]
 def lost_sales_instance(p: float, L: int, mean: float = 5.0, h: float = 1.0,
                         policies=LOST_SALES_POLICIES) -> dict[str, float]:
     """Long-run average cost of each policy on one lost-sales instance."""
-    pmf = _poisson_pmf(mean)
+    product = _instance(p, L, mean, h)
     if L == 0:  # the newsvendor level is optimal, and a base-stock policy
-        cdf = torch.cumsum(pmf, 0)
-        level = int((cdf < p / (p + h) - 1e-12).sum())
-        d = torch.arange(len(pmf), dtype=torch.float64)
-        cost = float(h * (pmf * torch.relu(level - d)).sum() + p * (pmf * torch.relu(d - level)).sum())
+        cost = float(newsvendor_cost(product, newsvendor_levels(product, "cost"))[0])
         return {name: cost for name in policies}
-    sd = math.sqrt(mean)
-    N = math.ceil(mean * (L + 1) + 4 * sd * math.sqrt(L + 1))
-    Q = math.ceil(mean + 5 * sd) + 2
+    pmf, sd = true_pmf(product)[0], math.sqrt(mean)
     out = {}
     if "dp" in policies:
-        out["dp"] = lost_sales_rvi(pmf, h, p, L, N, Q).average_cost
+        out["dp"] = lost_sales_optimum(pmf, h, p, L, mean, sd).average_cost
     if "base_stock" in policies:
+        N, Q = lost_sales_grid(mean, sd, L)
+
         def cost(level: int) -> float:
             return lost_sales_rvi(pmf, h, p, L, N, Q, fixed=base_stock_table(level, N, Q, L)).average_cost
         out["base_stock"] = _best_integer(cost, round(mean * (L + 1) + sd * math.sqrt(L + 1)))[1]

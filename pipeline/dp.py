@@ -8,6 +8,7 @@ remainder of the next state it is ``P @ Hankel(V)`` with ``P[a, m] = P((a - D)^+
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,23 @@ def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
         if hi - lo < tol:
             break
     return DPSolution((lo + hi) / 2, policy.reshape(shape), V, it, hi - lo, N, Q)
+
+
+def lost_sales_grid(mean: float, std: float, lead_time: int) -> tuple[int, int]:
+    """A state grid wide enough for an instance: (max_on_hand, max_order)."""
+    L = lead_time
+    return math.ceil(mean * (L + 1) + 4 * std * math.sqrt(L + 1)), math.ceil(mean + 5 * std) + 2
+
+
+def lost_sales_optimum(pmf: Tensor, holding: float, shortage: float, lead_time: int,
+                       mean: float, std: float, unit_cost: float = 0.0) -> DPSolution:
+    """The exact optimum on ``lost_sales_grid``; refuses when the order truncation binds."""
+    N, Q = lost_sales_grid(mean, std, lead_time)
+    solution = lost_sales_rvi(pmf, holding, shortage, lead_time, N, Q, unit_cost=unit_cost)
+    if int(solution.policy.max()) >= Q:
+        raise ValueError(f"dp: the optimal order reached the truncation {Q}; the instance is too "
+                         "large for the exact DP")
+    return solution
 
 
 def state_grid_inventory_position(max_on_hand: int, max_order: int, lead_time: int) -> Tensor:
