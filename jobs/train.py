@@ -29,7 +29,7 @@ def main(args: list[str]) -> int:
     run_dir = out_dir / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    problem = get_problem(cfg.problem.name)
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = problem.state_width(cfg.data.lead_time_range[1])
 
     print("[data] preparing product histories ...", flush=True)
@@ -59,7 +59,8 @@ def main(args: list[str]) -> int:
         tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
         shown = {k: v for k, v in baselines.items() if k in ("dp", "omniscient", "estimated")}
         tracker.log_figure(order_vs_on_hand(policy, shown, test, cfg.eval.start, width,
-                                            cfg.eval.plot_products), "plots/order_vs_on_hand.png")
+                                            cfg.eval.plot_products, problem.state_names(width)),
+                           "plots/order_vs_on_hand.png")
         table.to_csv(run_dir / "evaluation.csv", index=False)
     except BaseException:
         tracker.finish("FAILED")

@@ -8,7 +8,7 @@
 - ``best_constant``: one base-stock level for the whole population, the best on the
   training products.
 - ``dp``: the exact optimal policy from dynamic programming, for a population of identical
-  products (one demand law, one set of costs, lead time >= 1).
+  products (one demand law, one set of costs, one lead time).
 """
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ class BaseStockPolicy:
         return levels.to(batch.demand.device, batch.demand.dtype)
 
     def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
-        return torch.relu(levels - self.problem.inventory_position(state))
+        """The order (the problem's first action); any other action is zero."""
+        order = torch.relu(levels - self.problem.inventory_position(state))[:, None]
+        rest = order.new_zeros(order.shape[0], len(self.problem.actions) - 1)
+        return torch.cat([order, rest], dim=1)
 
 
 def true_pmf(batch: ProductBatch) -> Tensor:
@@ -166,23 +169,18 @@ def best_constant_level(problem, batch: ProductBatch, width: int, start: int, ho
     return float(search_levels(cost_of, ld.reshape(1), ld.reshape(1) ** 0.5 * 2)[0])
 
 
-def dp_policy(test: ProductBatch, objective: str):
-    """The DP-optimal order table for a population of identical lost-sales products."""
-    from pipeline.dp import TablePolicy, lost_sales_optimum
+def dp_policy(problem, test: ProductBatch, objective: str):
+    """The DP-optimal policy table for a population of identical products."""
+    from pipeline import dp
 
     first = test.select([0])
     same = [np.all(test.true_dist == first.true_dist[0])] + [
         bool(torch.all(getattr(test, k) == getattr(first, k)[0]))
-        for k in ("true_mean", "true_shape", "holding_cost", "shortage_cost", "unit_cost", "lead_time")]
-    L = int(first.lead_time[0])
-    if not all(same) or L < 1 or objective != "cost":
-        raise ValueError("the dp baseline needs identical products (one demand law and one set of "
-                         "costs), lead time >= 1 and the cost objective; drop it from eval.baselines")
-    std = float(demand_std(first.true_dist, first.true_mean.numpy(), first.true_shape.numpy())[0])
-    solution = lost_sales_optimum(true_pmf(first)[0], float(first.holding_cost[0]),
-                                  float(first.shortage_cost[0]), L, float(first.true_mean[0]), std,
-                                  unit_cost=float(first.unit_cost[0]))
-    return TablePolicy(solution, L)
+        for k in ("true_mean", "true_shape", "holding_cost", "shortage_cost", "unit_cost", "price", "lead_time")]
+    if not all(same):
+        raise ValueError("the dp baseline needs identical products (one demand law, one set of costs, "
+                         "one lead time); drop it from eval.baselines")
+    return dp.optimal_policy(problem, first, objective)
 
 
 def baseline_policies(problem, train: ProductBatch, test: ProductBatch, width: int, start: int,
@@ -191,7 +189,7 @@ def baseline_policies(problem, train: ProductBatch, test: ProductBatch, width: i
                       sim_periods: int = 4000) -> dict[str, BaseStockPolicy]:
     out = {}
     if "dp" in which:
-        out["dp"] = dp_policy(test, objective)
+        out["dp"] = dp_policy(problem, test, objective)
     if "omniscient" in which:
         out["omniscient"] = BaseStockPolicy(problem, omniscient_levels(
             problem, test, width, objective, seed, sim_periods), test.product_id)

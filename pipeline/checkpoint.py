@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from pipeline.config import Config, from_yaml, to_yaml
 from pipeline.policy import OrderPolicy, build_policy
+from pipeline.problems import get_problem
 
 FILE = "checkpoint.pt"
 
@@ -32,7 +33,8 @@ def load_policy(path: Path) -> tuple[OrderPolicy, Config, dict]:
     """Rebuild the policy a checkpoint holds, with the config it was trained with."""
     state = load(path)
     cfg = from_yaml(state["config"])
-    policy = build_policy(cfg.policy, state["state_width"])
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
+    policy = build_policy(cfg.policy, state["state_width"], len(problem.actions))
     policy.load_state_dict(state["policy"])
     policy.eval()
     return policy, cfg, state

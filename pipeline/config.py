@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -25,9 +25,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ProblemConfig:
-    name: str = MISSING            # lost_sales
+    name: str = MISSING            # lost_sales, perishable, dual_sourcing, removal
     objective: str = MISSING       # cost: minimise costs; reward: maximise revenue - costs
     discount: float = MISSING      # per-period discount factor in (0, 1]
+    params: Dict[str, Any] = field(default_factory=dict)  # the problem's own parameters (conf/problem/NAME.yaml)
 
 
 @dataclass
@@ -35,10 +36,11 @@ class DataConfig:
     path: Optional[str] = None     # folder with train/ valid/ test/ Parquet shards; null: synthetic
     num_products: int = MISSING
     periods: int = MISSING         # history length of every product
-    distributions: List[str] = MISSING  # poisson, negbin, zip (zero-inflated Poisson)
+    distributions: List[str] = MISSING  # poisson, negbin, zip, gamma (discretised), uniform (0..2 mean) (zero-inflated Poisson)
     mean_range: List[float] = MISSING   # demand mean, drawn log-uniformly
     negbin_shape_range: List[float] = MISSING
     zero_prob_range: List[float] = MISSING
+    gamma_cv_range: List[float] = MISSING  # discretised gamma: coefficient of variation
     holding_cost_range: List[float] = MISSING
     shortage_cost_range: List[float] = MISSING
     unit_cost_range: List[float] = MISSING
@@ -120,10 +122,8 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
-PROBLEM_NAMES = ("lost_sales",)
 BASELINES = ("dp", "omniscient", "estimated", "best_constant")
-DISTRIBUTIONS = ("poisson", "negbin", "zip")
-SUITES = {"lost_sales": ("dp", "base_stock")}  # suite -> its policies (pipeline/benchmarks.py)
+DISTRIBUTIONS = ("poisson", "negbin", "zip", "gamma", "uniform")
 
 
 def _load_yaml(path: Path):
@@ -195,7 +195,14 @@ def _range(values, key: str, low: float = 0.0, integer: bool = False) -> None:
 
 def validate(c: Config) -> None:
     _check(c.name.strip() != "" and "/" not in c.name, "name", f"must be a plain non-empty name, got {c.name!r}")
-    _check(c.problem.name in PROBLEM_NAMES, "problem.name", f"must be one of {', '.join(PROBLEM_NAMES)}, got {c.problem.name!r}")
+    from pipeline.benchmarks import SUITES
+    from pipeline.problems import PROBLEMS, get_problem
+
+    _check(c.problem.name in PROBLEMS, "problem.name", f"must be one of {', '.join(PROBLEMS)}, got {c.problem.name!r}")
+    try:
+        problem = get_problem(c.problem.name, c.problem.params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"problem.params: {e}") from None
     _check(c.problem.objective in ("cost", "reward"), "problem.objective", f"must be cost or reward, got {c.problem.objective!r}")
     _check(0 < c.problem.discount <= 1, "problem.discount", f"must be in (0, 1], got {c.problem.discount}")
     d = c.data
@@ -205,10 +212,13 @@ def validate(c: Config) -> None:
     _range(d.mean_range, "data.mean_range", low=1e-6)
     _range(d.negbin_shape_range, "data.negbin_shape_range", low=1e-6)
     _range(d.zero_prob_range, "data.zero_prob_range")
+    _range(d.gamma_cv_range, "data.gamma_cv_range", low=1e-3)
     _check(d.zero_prob_range[1] < 1, "data.zero_prob_range", f"must stay below 1, got {list(d.zero_prob_range)}")
     for name in ("holding_cost", "shortage_cost", "unit_cost", "price"):
         _range(getattr(d, f"{name}_range"), f"data.{name}_range")
     _range(d.lead_time_range, "data.lead_time_range")
+    _check(d.lead_time_range[0] >= problem.min_lead_time, "data.lead_time_range",
+           f"must start at >= {problem.min_lead_time} for problem {problem.name}, got {list(d.lead_time_range)}")
     _check(0 <= d.valid_fraction < 1 and 0 < d.test_fraction < 1 and d.valid_fraction + d.test_fraction < 1,
            "data.valid_fraction/test_fraction", "must be fractions that leave training products")
     _check(d.shard_rows >= 1, "data.shard_rows", f"must be >= 1, got {d.shard_rows}")
@@ -235,9 +245,9 @@ def validate(c: Config) -> None:
     _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
     _check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
     _check(c.benchmark.suite in SUITES, "benchmark.suite", f"must be one of {', '.join(SUITES)}, got {c.benchmark.suite!r}")
-    _check(len(c.benchmark.policies) > 0 and set(c.benchmark.policies) <= set(SUITES[c.benchmark.suite]),
-           "benchmark.policies", f"must be a non-empty subset of {', '.join(SUITES[c.benchmark.suite])}, "
-           f"got {list(c.benchmark.policies)}")
+    known = SUITES[c.benchmark.suite].policies
+    _check(set(c.benchmark.policies) <= set(known), "benchmark.policies",
+           f"must be a subset of {', '.join(known)} (empty: all), got {list(c.benchmark.policies)}")
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
 
 

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-DISTRIBUTIONS = ("poisson", "negbin", "zip")
+DISTRIBUTIONS = ("poisson", "negbin", "zip", "gamma", "uniform")
+GAMMA_MAX = 100  # discretised gamma demand is truncated here (GUIDE 2.2)
 ECONOMICS = ("holding_cost", "shortage_cost", "unit_cost", "price")
 
 
@@ -102,7 +103,10 @@ def sample_demand(rng: np.random.Generator, dist: np.ndarray, mean: np.ndarray,
     """Integer demand [B, periods] from each product's own distribution.
 
     poisson(mean); negbin with mean and shape k (variance mean + mean^2 / k);
-    zip: zero-inflated Poisson with P(structural zero) = shape and overall mean ``mean``.
+    zip: zero-inflated Poisson with P(structural zero) = shape and overall mean ``mean``;
+    gamma: gamma with this mean and coefficient of variation ``shape``, rounded to the
+    nearest integer, at most ``GAMMA_MAX`` (De Moor et al.'s discretisation, GUIDE 2.2);
+    uniform: uniform on the integers 0..2 * mean.
     """
     out = np.zeros((len(dist), periods), dtype=np.float32)
     mean = np.asarray(mean, dtype=np.float64)[:, None]
@@ -118,6 +122,13 @@ def sample_demand(rng: np.random.Generator, dist: np.ndarray, mean: np.ndarray,
             zero = shape[m]
             rate = mean[m] / (1.0 - zero)
             out[m] = rng.poisson(rate, size=(m.sum(), periods)) * (rng.random((m.sum(), periods)) >= zero)
+        elif name == "gamma":
+            k = 1.0 / shape[m] ** 2
+            draws = rng.gamma(k, mean[m] / k, size=(m.sum(), periods))
+            out[m] = np.minimum(np.floor(draws + 0.5), GAMMA_MAX)
+        elif name == "uniform":
+            top = np.round(2 * mean[m])
+            out[m] = np.floor(rng.random((m.sum(), periods)) * (top + 1))
         else:
             raise ValueError(f"unknown demand distribution {name!r}; known: {', '.join(DISTRIBUTIONS)}")
     return out
@@ -143,6 +154,14 @@ def demand_pmf(dist: np.ndarray, mean: Tensor, shape: Tensor, max_units: int) ->
             rate = mu / (1 - k)
             pois = torch.exp(d * torch.log(rate) - rate - torch.lgamma(d + 1))
             out[m] = (1 - k) * pois + k * (d == 0)
+        elif name == "gamma":
+            a = 1.0 / k ** 2  # gamma shape from the coefficient of variation
+            cdf = torch.special.gammainc(a, (d + 0.5).clamp(max=GAMMA_MAX - 0.5) * a / mu)
+            cdf = torch.where(d >= GAMMA_MAX, torch.ones_like(cdf), cdf)
+            out[m] = torch.diff(cdf, dim=1, prepend=torch.zeros_like(cdf[:, :1]))
+        elif name == "uniform":
+            top = torch.round(2 * mu)
+            out[m] = (d <= top).double() / (top + 1)
         else:
             raise ValueError(f"unknown demand distribution {name!r}")
     return out
@@ -153,6 +172,9 @@ def demand_std(dist: np.ndarray, mean: np.ndarray, shape: np.ndarray) -> np.ndar
     var = np.where(dist == "negbin", mean + mean**2 / np.maximum(shape, 1e-9), mean)
     rate = mean / np.maximum(1 - shape, 1e-9)
     var = np.where(dist == "zip", (1 - shape) * rate * (1 + shape * rate), var)
+    var = np.where(dist == "gamma", (shape * mean) ** 2 + 1 / 12, var)  # + rounding
+    top = np.round(2 * mean)
+    var = np.where(dist == "uniform", top * (top + 2) / 12, var)
     return np.sqrt(var)
 
 
@@ -171,6 +193,8 @@ def synthetic_population(cfg, seed: int) -> dict[str, np.ndarray]:
     shape[nb] = rng.uniform(*cfg.negbin_shape_range, size=nb.sum())
     zp = dist == "zip"
     shape[zp] = rng.uniform(*cfg.zero_prob_range, size=zp.sum())
+    gm = dist == "gamma"
+    shape[gm] = rng.uniform(*cfg.gamma_cv_range, size=gm.sum())
     cols = {
         "product_id": np.arange(n, dtype=np.int64),
         "true_dist": dist.astype(str),

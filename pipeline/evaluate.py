@@ -25,7 +25,9 @@ def policy_metrics(problem, policy, batch: ProductBatch, start: int, horizon: in
         "avg_reward": float((revenue - cost).sum() / periods),
         "fill_rate": float(traj.sales[:, w].sum() / traj.demand[:, w].sum().clamp_min(1e-9)),
         "avg_on_hand": float(traj.held[:, w].sum() / periods),
-        "avg_order": float(traj.orders[:, w].sum() / periods),
+        "avg_waste": float(traj.waste[:, w].sum() / periods),
+        **{f"avg_{name}": float(traj.actions[:, w, i].sum() / periods)
+           for i, name in enumerate(problem.actions)},
     }
 
 

@@ -29,10 +29,11 @@ def learning_curve(history: dict[str, list[tuple[int, float]]], reference: dict[
 
 @torch.no_grad()
 def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, width: int,
-                     products: int):
-    """Order quantity at the first evaluated period as on-hand inventory varies, each
-    pipeline slot holding one period's mean demand (a typical state), for a few products:
-    learned policy against the base-stock baselines."""
+                     products: int, state_names: list[str] | None = None):
+    """The first action (the order) at the first evaluated period as the first state entry
+    (on hand, for lost sales) varies, every other state entry holding one period's mean
+    demand (a typical state), for a few products: learned policy against the baselines."""
+    state_names = state_names or ["on_hand"]
     n = min(products, batch.size)
     idx = torch.linspace(0, batch.size - 1, n).round().long()
     sub = batch.select(idx)
@@ -45,18 +46,23 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
         on_hand = grid * top
         state = torch.zeros(len(grid), width)
         state[:, 0] = on_hand
-        state[:, 1:int(sub.lead_time[j])] = scale[j]
+        state[:, 1:] = scale[j]
         rep = sub.select([j] * len(grid))
-        orders = policy.act(policy.prepare(rep, start, 1), 0, state)
+        orders = as_matrix(policy.act(policy.prepare(rep, start, 1), 0, state))[:, 0]
         ax.plot(on_hand, orders, lw=2, label="learned")
         for name, base in baselines.items():
-            ax.plot(on_hand, base.act(base.prepare(rep, start, 1), 0, state), ls="--", lw=1, label=name)
+            base_orders = as_matrix(base.act(base.prepare(rep, start, 1), 0, state))[:, 0]
+            ax.plot(on_hand, base_orders, ls="--", lw=1, label=name)
         ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
                      f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f} "
                      f"mean~{float(scale[j]):.1f}", fontsize=9)
-        ax.set_xlabel("on-hand inventory" + (" (pipeline at mean demand)" if sub.lead_time[j] > 1 else ""))
+        ax.set_xlabel(state_names[0] + (" (rest of the state at mean demand)" if width > 1 else ""))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("order quantity")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def as_matrix(action):
+    return action[:, None] if action.ndim == 1 else action

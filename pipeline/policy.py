@@ -3,7 +3,8 @@
 A dilated causal 1-D CNN reads the last ``window`` periods of scaled demand, its embedding
 is concatenated with scale-free static features (cost ratios, lead time, log scale, the
 running mean and spread of the history so far) and the scaled endogenous state, and an MLP
-with ELU maps that to a non-negative order (softplus) times the product's demand scale.
+with ELU maps that to non-negative actions (softplus) times the product's demand scale: one
+output per entry of the problem's action (an order; or two orders; or an order and a removal).
 
 Demand is exogenous, so the CNN runs once over the whole window of a rollout and the
 static part of the first MLP layer is computed for every period at once; only the state
@@ -90,9 +91,10 @@ class PolicyContext:
 
 class OrderPolicy(nn.Module):
     def __init__(self, state_width: int, kind: str = "cnn", window: int = 32, channels: int = 16,
-                 hidden: tuple[int, ...] = (32, 32), dilations: tuple[int, ...] = (1, 2, 4, 8, 16)):
+                 hidden: tuple[int, ...] = (32, 32), dilations: tuple[int, ...] = (1, 2, 4, 8, 16),
+                 n_actions: int = 1):
         super().__init__()
-        self.kind, self.state_width = kind, state_width
+        self.kind, self.state_width, self.n_actions = kind, state_width, n_actions
         self.encoder = DemandEncoder(channels, dilations) if kind == "cnn" else None
         if self.encoder is not None and self.encoder.receptive_field != window:
             raise ValueError(f"dilations {dilations} see {self.encoder.receptive_field} periods, "
@@ -105,10 +107,11 @@ class OrderPolicy(nn.Module):
         layers: list[nn.Module] = []
         for a, b in zip(hidden[:-1], hidden[1:]):
             layers += [nn.ELU(), nn.Linear(a, b)]
-        layers += [nn.ELU(), nn.Linear(hidden[-1], 1)]
+        layers += [nn.ELU(), nn.Linear(hidden[-1], n_actions)]
         self.head = nn.Sequential(*layers)
-        with torch.no_grad():  # start by ordering about one period's mean demand
-            self.head[-1].bias.fill_(0.5413)
+        with torch.no_grad():  # start with the order at about one period's mean demand, the rest low
+            self.head[-1].bias.fill_(-2.0)
+            self.head[-1].bias[0] = 0.5413
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> PolicyContext:
         if start < max(self.window, 1):
@@ -127,10 +130,10 @@ class OrderPolicy(nn.Module):
         scaled = state / ctx.scale[:, None]
         endo = torch.cat([scaled, scaled.sum(dim=1, keepdim=True)], dim=1)
         z = self.head(ctx.exogenous[:, t] + self.first_endo(endo))
-        return F.softplus(z[:, 0]) * ctx.scale
+        return F.softplus(z) * ctx.scale[:, None]  # [B, A]
 
 
-def build_policy(cfg, state_width: int) -> OrderPolicy:
-    """``cfg`` is a ``PolicyConfig``."""
+def build_policy(cfg, state_width: int, n_actions: int = 1) -> OrderPolicy:
+    """``cfg`` is a ``PolicyConfig``; ``n_actions`` the length of the problem's action."""
     return OrderPolicy(state_width, kind=cfg.kind, window=cfg.window, channels=cfg.channels,
-                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations))
+                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations), n_actions=n_actions)

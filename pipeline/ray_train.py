@@ -120,11 +120,11 @@ def train_loop_per_worker(payload: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
-    problem = get_problem(cfg.problem.name)
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = payload["state_width"]
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    policy = build_policy(cfg.policy, width).to(device)
+    policy = build_policy(cfg.policy, width, len(problem.actions)).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
     run_dir = Path(payload["run_dir"])
     first_epoch, best = 0, math.inf

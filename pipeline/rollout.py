@@ -1,7 +1,8 @@
 """Roll any policy through a problem's simulator, and the DirectBackprop objective.
 
 A policy is anything with ``prepare(batch, start, horizon) -> context`` and
-``act(context, t, state) -> orders [B]``: the network and every baseline alike.
+``act(context, t, state) -> actions [B, A]`` (or ``[B]`` for a single action): the network
+and every heuristic alike.
 """
 from __future__ import annotations
 
@@ -15,12 +16,19 @@ from pipeline.data import ProductBatch
 
 @dataclass
 class Trajectory:
-    cost: Tensor    # [B, T]
-    sales: Tensor   # [B, T]
-    demand: Tensor  # [B, T]
-    held: Tensor    # [B, T]
-    orders: Tensor  # [B, T]
+    cost: Tensor     # [B, T]
+    sales: Tensor    # [B, T]
+    demand: Tensor   # [B, T]
+    held: Tensor     # [B, T]
+    lost: Tensor     # [B, T]
+    waste: Tensor    # [B, T]
+    actions: Tensor  # [B, T, A]
     states: Tensor | None = None  # [B, T, W] state at each decision, if recorded
+
+    @property
+    def orders(self) -> Tensor:
+        """The first action (the order) [B, T]."""
+        return self.actions[:, :, 0]
 
 
 def rollout(problem, policy, batch: ProductBatch, start: int, horizon: int, width: int,
@@ -31,28 +39,36 @@ def rollout(problem, policy, batch: ProductBatch, start: int, horizon: int, widt
                          f"{batch.periods} periods of history")
     ctx = policy.prepare(batch, start, horizon)
     state = problem.initial_state(batch, width) if initial_state is None else initial_state
-    slots = problem.arrival_slots(batch, width)
-    cost, sales, held, orders, states = [], [], [], [], []
+    setup = problem.setup(batch, width)
+    out = {k: [] for k in ("cost", "sales", "held", "lost", "waste", "actions", "states")}
     for t in range(horizon):
         if record_states:
-            states.append(state)
-        order = policy.act(ctx, t, state)
+            out["states"].append(state)
+        action = policy.act(ctx, t, state)
+        if action.ndim == 1:
+            action = action[:, None]
         if round_actions:
-            order = torch.round(order)
-        step = problem.step(state, order, batch.demand[:, start + t], batch, slots)
+            action = torch.round(action)
+        step = problem.step(state, action, batch.demand[:, start + t], batch, setup)
         state = step.next_state
-        cost.append(step.cost), sales.append(step.sales), held.append(step.held), orders.append(order)
-    return Trajectory(torch.stack(cost, 1), torch.stack(sales, 1),
-                      batch.demand[:, start:start + horizon], torch.stack(held, 1),
-                      torch.stack(orders, 1), torch.stack(states, 1) if record_states else None)
+        for k in ("cost", "sales", "held", "lost", "waste"):
+            out[k].append(getattr(step, k))
+        out["actions"].append(action)
+    stacked = {k: torch.stack(v, 1) for k, v in out.items() if v}
+    return Trajectory(demand=batch.demand[:, start:start + horizon], states=stacked.pop("states", None),
+                      **stacked)
 
 
 def period_loss(traj: Trajectory, batch: ProductBatch, objective: str) -> Tensor:
     """What is minimised each period: cost, or minus reward (revenue minus cost)."""
+    return objective_loss(traj.cost, traj.sales, batch.price[:, None], objective)
+
+
+def objective_loss(cost: Tensor, sales: Tensor, price: Tensor, objective: str) -> Tensor:
     if objective == "cost":
-        return traj.cost
+        return cost
     if objective == "reward":
-        return traj.cost - batch.price[:, None] * traj.sales
+        return cost - price * sales
     raise ValueError(f"unknown objective {objective!r}; use cost or reward")
 
 

@@ -5,6 +5,8 @@ import torch
 
 from pipeline.baselines import dp_policy, simulated_level_costs
 from pipeline.data import demand_pmf
+from pipeline import dp
+from pipeline.benchmarks.lost_sales import product
 from pipeline.dp import TablePolicy, base_stock_table, lost_sales_rvi
 from pipeline.evaluate import policy_metrics
 from pipeline.problems import get_problem
@@ -30,17 +32,49 @@ def test_truncation_is_loose_enough():
 def test_dp_policy_in_the_simulator_costs_what_the_dp_says():
     problem = get_problem("lost_sales")
     paths = poisson_population(400, 600, 9, 2, seed=4)
-    policy = dp_policy(paths, "cost")
+    policy = dp_policy(problem, paths, "cost")
     m = policy_metrics(problem, policy, paths, 0, 600, 50, 2, round_actions=True)
-    assert m["avg_cost"] == pytest.approx(policy.solution.average_cost, rel=0.01)
+    exact = lost_sales_rvi(PMF, 1.0, 9.0, 2, max_on_hand=35, max_order=20).average_cost
+    assert m["avg_cost"] == pytest.approx(exact, rel=0.01)
 
 
 def test_dp_baseline_refuses_mixed_populations():
     mixed = poisson_population(4, 50, 9, 2)
     mixed.shortage_cost[0] = 4.0
     with pytest.raises(ValueError, match="identical products"):
-        dp_policy(mixed, "cost")
-    assert isinstance(dp_policy(poisson_population(4, 50, 9, 2), "cost"), TablePolicy)
+        dp_policy(get_problem("lost_sales"), mixed, "cost")
+    assert isinstance(dp_policy(get_problem("lost_sales"), poisson_population(4, 50, 9, 2), "cost"), TablePolicy)
+
+
+@pytest.mark.parametrize("p, L, optimum", [(4, 0, 3.2774), (4, 1, 4.0407), (4, 2, 4.3953)])
+def test_generic_solver_through_the_simulator_matches_the_specialised_one(p, L, optimum):
+    """The transition table built from LostSales.step, solved by the generic RVI."""
+    problem, one = get_problem("lost_sales"), product(p, L)
+    space = problem.dp_space(one, 5.0, 5.0 ** 0.5)
+    sol = dp.solve(dp.transitions(problem, one, space, dp.trimmed_pmf(PMF)))
+    assert sol.average_cost == pytest.approx(optimum, abs=1e-4)
+    assert sol.truncation < 1e-6 and sol.at_action_cap < 1e-6
+    if L >= 1:  # the same optimal order in every state the optimal policy visits
+        special = lost_sales_rvi(PMF, 1.0, float(p), L, *space.highs[:1], int(space.actions.max()))
+        visited = dp.stationary(dp.transitions(problem, one, space, dp.trimmed_pmf(PMF)), sol.choice) > 1e-9
+        assert torch.equal(sol.table[..., 0].reshape(-1)[visited].long(), special.policy.reshape(-1)[visited])
+
+
+def test_discounted_value_iteration_matches_a_linear_solve():
+    """Discounted VI on a small instance against V = (I - gamma P_pi)^-1 c_pi for its policy."""
+    problem, one = get_problem("lost_sales"), product(9, 1)
+    space = dp.StateSpace((0,), (25,), torch.arange(14, dtype=torch.float64)[:, None])
+    trans = dp.transitions(problem, one, space, dp.trimmed_pmf(PMF))
+    sol = dp.solve(trans, discount=0.9, tol=1e-10)
+    S, D = trans.next.shape[0], len(trans.pmf)
+    P = torch.zeros(S, S, dtype=torch.float64)
+    nxt = trans.next[torch.arange(S), sol.choice]
+    P.index_put_((torch.arange(S).repeat_interleave(D), nxt.reshape(-1)), trans.pmf.repeat(S), accumulate=True)
+    exact = torch.linalg.solve(torch.eye(S, dtype=torch.float64) - 0.9 * P, trans.cost[torch.arange(S), sol.choice])
+    assert torch.allclose(sol.values, exact, atol=1e-7)
+    # and no single-state deviation improves on it (Bellman optimality)
+    Q = trans.cost + 0.9 * (exact[trans.next] @ trans.pmf)
+    assert bool((Q.min(dim=1).values >= exact - 1e-7).all())
 
 
 def test_policy_evaluation_of_the_optimal_table_gives_the_optimum():

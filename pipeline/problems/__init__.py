@@ -1,21 +1,28 @@
-"""Inventory problems: data plus a step function behind one small interface.
-
-A problem provides ``state_width``, ``state_names``, ``initial_state``, ``arrival_slots``,
-``step`` and ``inventory_position``; the rollout, the policies and the evaluator use
-nothing else. Adding a problem means adding one module here and one YAML in conf/problem.
+"""Inventory problems: data plus a step function behind one small interface (see
+``pipeline/problems/base.py``). Adding a problem means one module here, its line in
+``PROBLEMS`` and one YAML in ``conf/problem``.
 """
 from __future__ import annotations
 
-from pipeline.problems.lost_sales import LostSales, Step
+import dataclasses
 
-PROBLEMS = {"lost_sales": LostSales}
+from pipeline.problems.base import Step
+from pipeline.problems.lost_sales import LostSales
+
+PROBLEMS = {cls.name: cls for cls in (LostSales,)}
 
 
-def get_problem(name: str):
-    try:
-        return PROBLEMS[name]()
-    except KeyError:
-        raise ValueError(f"unknown problem {name!r}; known: {', '.join(sorted(PROBLEMS))}") from None
+def get_problem(name: str, params: dict | None = None):
+    """The problem ``name`` with its population-level ``params`` (``problem.params``)."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; known: {', '.join(sorted(PROBLEMS))}")
+    cls = PROBLEMS[name]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params or {}) - set(allowed))
+    if unknown:
+        raise ValueError(f"problem {name} has no parameter {unknown[0]!r}; "
+                         f"its parameters: {', '.join(allowed) or 'none'}")
+    return cls(**dict(params or {}))
 
 
 __all__ = ["PROBLEMS", "LostSales", "Step", "get_problem"]

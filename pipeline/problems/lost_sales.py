@@ -11,28 +11,21 @@ trajectories and the cost is differentiable almost everywhere in the orders.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from pipeline.data import ProductBatch
+from pipeline.problems.base import Step, advance_pipeline, lead_time_slots
 
 
 @dataclass
-class Step:
-    """What one period produced, per product."""
-
-    next_state: Tensor
-    cost: Tensor  # holding + shortage + purchase cost
-    sales: Tensor
-    demand: Tensor
-    held: Tensor
-    lost: Tensor
-
-
 class LostSales:
-    name = "lost_sales"
-    discrete = True  # demand and orders are whole units; evaluation rounds orders
+    name: ClassVar[str] = "lost_sales"
+    actions: ClassVar[tuple[str, ...]] = ("order",)
+    discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
+    min_lead_time: ClassVar[int] = 0
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time))
@@ -43,27 +36,42 @@ class LostSales:
     def initial_state(self, batch: ProductBatch, width: int) -> Tensor:
         return batch.demand.new_zeros(batch.size, width)
 
-    def arrival_slots(self, batch: ProductBatch, width: int) -> Tensor:
-        """One-hot [B, W + 1] routing each product's order by its lead time L: column 0
-        (L = 0) puts it on hand at once, column j arrives in j periods. Computed once per
-        rollout."""
-        slots = torch.arange(width + 1, device=batch.demand.device)
-        return (slots[None, :] == batch.lead_time[:, None]).to(batch.demand.dtype)
+    def setup(self, batch: ProductBatch, width: int) -> Tensor:
+        return lead_time_slots(batch.lead_time, width, batch.demand.dtype)
 
-    def step(self, state: Tensor, order: Tensor, demand: Tensor, batch: ProductBatch,
+    def step(self, state: Tensor, action: Tensor, demand: Tensor, batch: ProductBatch,
              slots: Tensor) -> Step:
-        on_hand, pipeline = state[:, 0], state[:, 1:]
-        available = on_hand + slots[:, 0] * order
+        order = action[:, 0]
+        available = state[:, 0] + slots[:, 0] * order
         sales = torch.minimum(available, demand)
         held = torch.relu(available - demand)
         lost = torch.relu(demand - available)
         cost = (batch.holding_cost * held + batch.shortage_cost * lost
                 + batch.unit_cost * order)
-        # arrivals[:, j] arrives in j + 1 periods; this period's order joins its slot
-        arrivals = torch.cat([pipeline, torch.zeros_like(on_hand)[:, None]], dim=1)
-        arrivals = arrivals + slots[:, 1:] * order[:, None]
-        next_state = torch.cat([(held + arrivals[:, 0])[:, None], arrivals[:, 1:]], dim=1)
-        return Step(next_state, cost, sales, demand, held, lost)
+        arriving, pipeline = advance_pipeline(state[:, 1:], order, slots)
+        next_state = torch.cat([(held + arriving)[:, None], pipeline], dim=1)
+        return Step(next_state, cost, sales, held, lost, torch.zeros_like(held))
 
     def inventory_position(self, state: Tensor) -> Tensor:
         return state.sum(dim=1)
+
+    def dp_space(self, product: ProductBatch, mean: float, std: float):
+        """The grid of ``dp.lost_sales_grid``: on hand up to the (L+1)-period demand plus 4
+        deviations, orders up to one period's demand plus 5 deviations."""
+        from pipeline.dp import StateSpace, lost_sales_grid
+
+        L = int(product.lead_time[0])
+        top, max_order = lost_sales_grid(mean, std, L)
+        return StateSpace(lows=(0,) * max(1, L), highs=(top,) + (max_order,) * (L - 1),
+                          actions=torch.arange(max_order + 1, dtype=torch.float64)[:, None])
+
+    def claimed_properties(self, width: int):
+        """GUIDE 2.5 (Morton 1969; Zipkin 2008): the order is non-increasing in every state
+        entry with slope at least -1, more sensitive to later-arriving stock:
+        -1 <= dq/dy_{L-1} <= ... <= dq/dy_1 <= dq/dy_0 <= 0."""
+        from pipeline.structure import Property
+
+        names = self.state_names(width)
+        props = [Property("order", c, lo=-1.0, hi=0.0) for c in names]
+        props += [Property("order", names[j + 1], other=names[j]) for j in range(width - 1)]
+        return props

@@ -1,0 +1,60 @@
+"""What every problem shares: the step record and the lead-time routing of orders.
+
+A problem is a small dataclass (its fields are the population-level parameters, set from
+``problem.params`` in the config) with:
+
+- ``name``, ``actions`` (names of the action vector's entries), ``discrete``,
+  ``min_lead_time``;
+- ``state_width(max_lead_time)``, ``state_names(width)``, ``initial_state(batch, width)``;
+- ``setup(batch, width)``: per-rollout constants (computed once, passed to every step);
+- ``step(state, action [B, A], demand [B], batch, setup) -> Step``;
+- ``inventory_position(state)``: what a base-stock policy orders up to;
+- ``dp_space(product, max_demand)``: the finite state grid and action set of the exact DP.
+
+Per-product economics (holding, shortage, unit cost, price, lead time) come from the
+``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.data import ProductBatch
+
+
+@dataclass
+class Step:
+    """What one period produced, per product [B]."""
+
+    next_state: Tensor
+    cost: Tensor   # every cost of the period (purchase, holding, shortage, waste, ...)
+    sales: Tensor  # units sold (revenue in the reward formulation is price * sales)
+    held: Tensor   # units held at the end of the period
+    lost: Tensor   # demand not served this period (lost, or backlogged)
+    waste: Tensor  # units that expired or were removed
+
+
+def lead_time_slots(lead_time: Tensor, width: int, dtype) -> Tensor:
+    """One-hot [B, width + 1] routing an order by its product's lead time: column 0
+    (L = 0) means at once, column j arrives in j periods."""
+    slots = torch.arange(width + 1, device=lead_time.device)
+    return (slots[None, :] == lead_time[:, None]).to(dtype)
+
+
+def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """Shift a pipeline [B, P] (entry j arrives in j + 1 periods) by one period and add this
+    period's order in its slot (``slots`` [B, P + 1] from ``lead_time_slots``, column 0
+    unused). Returns (what arrives next period [B], the remaining pipeline [B, P])."""
+    shifted = torch.cat([pipeline, torch.zeros_like(order)[:, None]], dim=1)
+    shifted = shifted + slots[:, 1:] * order[:, None]
+    return shifted[:, 0], shifted[:, 1:]
+
+
+def check_lead_times(problem, batch: ProductBatch, width: int) -> None:
+    lo, hi = int(batch.lead_time.min()), int(batch.lead_time.max())
+    if lo < problem.min_lead_time or problem.state_width(hi) > width:
+        raise ValueError(f"{problem.name}: lead times {lo}..{hi} need lead_time >= "
+                         f"{problem.min_lead_time} and a state of width >= {problem.state_width(hi)}, "
+                         f"got width {width}")

@@ -1,0 +1,82 @@
+"""Structural properties of policies as data (GUIDE 2.5), and their check on policy tables.
+
+A property is a bound on one entry of the Jacobian of an action with respect to the
+endogenous state, ``lo <= d action / d coord <= hi``, or an ordering between two entries,
+``d action / d first <= d action / d second``. Actions and coordinates are named as the
+problem names them (``problem.actions``, ``problem.state_names(width)``).
+
+On an exact DP policy the derivative is the forward difference of the integer table along
+a coordinate (one unit more of that coordinate); the check covers the states the optimal
+policy visits, away from the grid's upper edges.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Property:
+    action: str
+    coord: str
+    lo: float = -float("inf")   # bound: lo <= d action / d coord <= hi
+    hi: float = float("inf")
+    other: str | None = None    # ordering: d action / d coord <= d action / d other
+
+    def __str__(self) -> str:
+        d = f"d{self.action}/d{self.coord}"
+        if self.other is not None:
+            return f"{d} <= d{self.action}/d{self.other}"
+        return f"{self.lo:g} <= {d} <= {self.hi:g}"
+
+
+def forward_differences(table: Tensor, axis: int) -> Tensor:
+    """table[..., s_axis + 1, ...] - table[..., s_axis, ...]; the last slice along the
+    axis (no neighbour) is NaN."""
+    diff = torch.full_like(table, float("nan"), dtype=torch.float64)
+    n = table.shape[axis]
+    diff.narrow(axis, 0, n - 1).copy_(table.narrow(axis, 1, n - 1).double()
+                                      - table.narrow(axis, 0, n - 1).double())
+    return diff
+
+
+@dataclass
+class CheckResult:
+    prop: Property
+    states: int        # states checked
+    holds: float       # share of them where the property holds
+    worst: float       # largest violation (0 when it always holds)
+
+
+def check_table(table: Tensor, state_names: list[str], action_names: list[str],
+                properties: list[Property], mask: Tensor | None = None,
+                tol: float = 1e-9) -> list[CheckResult]:
+    """Check properties on a policy table shaped ``grid shape + [A]`` (``Solution.table``).
+
+    ``mask`` (grid shape, bool) restricts the check to some states, e.g. those with
+    stationary probability above a threshold."""
+    grid = table.shape[:-1]
+    mask = torch.ones(grid, dtype=torch.bool) if mask is None else mask.reshape(grid)
+    out = []
+    for prop in properties:
+        a = table[..., action_names.index(prop.action)]
+        d = forward_differences(a, state_names.index(prop.coord))
+        if prop.other is None:
+            valid = mask & ~torch.isnan(d)
+            excess = torch.maximum(prop.lo - d, d - prop.hi).clamp_min(0)
+        else:
+            d2 = forward_differences(a, state_names.index(prop.other))
+            valid = mask & ~torch.isnan(d) & ~torch.isnan(d2)
+            excess = (d - d2).clamp_min(0)
+        excess = excess[valid]
+        n = int(valid.sum())
+        out.append(CheckResult(prop, n, float((excess <= tol).double().mean()) if n else float("nan"),
+                               float(excess.max()) if n else 0.0))
+    return out
+
+
+def format_checks(results: list[CheckResult]) -> str:
+    return "\n".join(f"{str(r.prop):45s} holds in {100 * r.holds:6.2f}% of {r.states} states"
+                     + (f" (worst violation {r.worst:g})" if r.worst > 0 else "") for r in results)
