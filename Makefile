@@ -32,7 +32,7 @@ test: $(STAMP)
 
 ## benchmark: every benchmark suite -> benchmarks/results/<suite>.csv and docs/benchmarks.md
 benchmark: $(STAMP)
-	$(PY) -m jobs.benchmark suite=lost_sales
+	$(PY) -m jobs.benchmark suite=all
 
 ## ui: the MLflow UI on the project's runs at http://127.0.0.1:5000
 ui: $(STAMP)

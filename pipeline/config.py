@@ -89,8 +89,8 @@ class EvalConfig:
 
 @dataclass
 class BenchmarkConfig:
-    suite: str = MISSING           # lost_sales (select with suite=NAME: conf/suite/NAME.yaml)
-    policies: List[str] = MISSING  # the suite's policies to run; dp is the exact optimum
+    suite: str = MISSING           # a suite of pipeline/benchmarks (suite=NAME reads conf/suite/NAME.yaml), or all
+    policies: List[str] = MISSING  # the suite's policies to run (empty: all); dp is the exact optimum
     results_dir: str = MISSING     # <results_dir>/<suite>.csv
     docs: str = MISSING            # markdown report of every suite's results
 
@@ -244,8 +244,11 @@ def validate(c: Config) -> None:
     _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
     _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
     _check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
-    _check(c.benchmark.suite in SUITES, "benchmark.suite", f"must be one of {', '.join(SUITES)}, got {c.benchmark.suite!r}")
-    known = SUITES[c.benchmark.suite].policies
+    _check(c.benchmark.suite in (*SUITES, "all"), "benchmark.suite",
+           f"must be one of {', '.join(SUITES)} or all, got {c.benchmark.suite!r}")
+    _check(c.benchmark.suite != "all" or not c.benchmark.policies, "benchmark.policies",
+           "must be empty (every policy) with benchmark.suite=all")
+    known = SUITES[c.benchmark.suite].policies if c.benchmark.suite != "all" else ()
     _check(set(c.benchmark.policies) <= set(known), "benchmark.policies",
            f"must be a subset of {', '.join(known)} (empty: all), got {list(c.benchmark.policies)}")
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")

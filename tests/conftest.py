@@ -8,8 +8,13 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from pipeline.data import batch_from_columns  # noqa: E402
+
+# Unit tests run small tensors, where a second intra-op thread gains nothing and, on a
+# loaded 2-core machine, oversubscription makes each op many times slower.
+torch.set_num_threads(1)
 
 
 def make_batch(demand, lead_time=0, h=1.0, p=4.0, c=0.0, price=0.0, mean=5.0, dist="poisson"):
