@@ -8,8 +8,9 @@ import dataclasses
 
 from pipeline.problems.base import Step
 from pipeline.problems.lost_sales import LostSales
+from pipeline.problems.removal import Removal
 
-PROBLEMS = {cls.name: cls for cls in (LostSales,)}
+PROBLEMS = {cls.name: cls for cls in (LostSales, Removal)}
 
 
 def get_problem(name: str, params: dict | None = None):
@@ -25,4 +26,4 @@ def get_problem(name: str, params: dict | None = None):
     return cls(**dict(params or {}))
 
 
-__all__ = ["PROBLEMS", "LostSales", "Step", "get_problem"]
+__all__ = ["PROBLEMS", "LostSales", "Removal", "Step", "get_problem"]
