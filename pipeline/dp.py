@@ -265,7 +265,14 @@ def solve(trans: Transitions, discount: float = 1.0, fixed: Tensor | None = None
 
 def evaluate_policy(trans: Transitions, policy, product: ProductBatch, discount: float = 1.0) -> Solution:
     """Exact long-run average (or discounted) loss of a state-feedback heuristic."""
-    return solve(trans, discount, fixed=policy_choice(trans.space, policy, product))
+    return solve(trans, discount, fixed=policy_choice(trans.space, policy, product), aperiodic=lazy(discount))
+
+
+def lazy(discount: float) -> float:
+    """The ``aperiodic`` weight to solve with: average-cost chains can be periodic (perishable
+    LIFO orders cycle 3, 2, 3, 2), and the lazy chain converges regardless; discounted value
+    iteration needs the plain operator for its stopping bounds."""
+    return 0.5 if discount == 1.0 else 1.0
 
 
 def stationary(trans: Transitions, choice: Tensor, tol: float = 1e-12, max_iter: int = 100_000) -> Tensor:
@@ -351,7 +358,8 @@ def optimal_policy(problem, product: ProductBatch, objective: str = "cost", disc
                                       L, mean, std, unit_cost=float(product.unit_cost[0]))
         return lost_sales_table_policy(solution, L)
     space = problem.dp_space(product, mean, std)
-    solution = solve(transitions(problem, product, space, trimmed_pmf(pmf), objective), discount)
+    solution = solve(transitions(problem, product, space, trimmed_pmf(pmf), objective), discount,
+                     aperiodic=lazy(discount))
     check_truncation(solution, max_truncation)
     return TablePolicy.of(solution)
 

@@ -33,7 +33,9 @@ def population(name: str, n: int, periods: int, identical: bool = False, seed: i
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_the_network_learns_on_every_problem(name):
-    cfg, problem, batch = population(name, 64, 120)
+    """25 DirectBackprop steps close at least half of the gap between the untrained
+    network's cost and the exact optimum (identical products, so the DP gives it)."""
+    cfg, problem, batch = population(name, 64, 120, identical=True)
     cfg.train.horizon, cfg.train.warmup, cfg.train.lr = 30, 5, 2e-2
     cfg.policy.kind = "mlp"  # the same head without the demand encoder: fast enough for a unit test
     width = problem.state_width(int(batch.lead_time.max()))
@@ -44,11 +46,13 @@ def test_the_network_learns_on_every_problem(name):
         with torch.no_grad():
             return policy_metrics(problem, policy, batch, 60, 60, 10, width, round_actions=False)["avg_cost"]
 
+    optimum = policy_metrics(problem, dp.optimal_policy(problem, batch.select([0])), batch, 60, 60, 10,
+                             width, round_actions=True)["avg_cost"]
     before = cost()
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
     for i in range(25):
         train_step(policy, optimizer, problem, batch, 32 + i % 20, cfg, width)
-    assert cost() < 0.9 * before
+    assert cost() - optimum < 0.5 * (before - optimum)
 
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from pipeline.benchmarks import lost_sales, removal
+from pipeline.benchmarks import lost_sales, perishable, removal
 
 COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
 
@@ -31,6 +31,8 @@ class Suite:
 SUITES = {s.name: s for s in (
     Suite("lost_sales", "lost_sales", lost_sales.POLICIES, lost_sales.GRID, lost_sales.evaluate,
           lost_sales.NOTES),
+    Suite("perishable", "perishable", perishable.POLICIES, perishable.GRID, perishable.evaluate,
+          perishable.NOTES),
     Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES),
 )}
 

@@ -8,9 +8,10 @@ import dataclasses
 
 from pipeline.problems.base import Step
 from pipeline.problems.lost_sales import LostSales
+from pipeline.problems.perishable import Perishable
 from pipeline.problems.removal import Removal
 
-PROBLEMS = {cls.name: cls for cls in (LostSales, Removal)}
+PROBLEMS = {cls.name: cls for cls in (LostSales, Perishable, Removal)}
 
 
 def get_problem(name: str, params: dict | None = None):
@@ -26,4 +27,4 @@ def get_problem(name: str, params: dict | None = None):
     return cls(**dict(params or {}))
 
 
-__all__ = ["PROBLEMS", "LostSales", "Removal", "Step", "get_problem"]
+__all__ = ["PROBLEMS", "LostSales", "Perishable", "Removal", "Step", "get_problem"]

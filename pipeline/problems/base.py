@@ -45,8 +45,8 @@ def lead_time_slots(lead_time: Tensor, width: int, dtype) -> Tensor:
 
 def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
     """Shift a pipeline [B, P] (entry j arrives in j + 1 periods) by one period and add this
-    period's order in its slot (``slots`` [B, P + 1] from ``lead_time_slots``, column 0
-    unused). Returns (what arrives next period [B], the remaining pipeline [B, P])."""
+    period's order in its slot (``slots`` [B, P + 2] from ``lead_time_slots(lead_time, P + 1)``,
+    column 0 unused). Returns (what arrives next period [B], the remaining pipeline [B, P])."""
     shifted = torch.cat([pipeline, torch.zeros_like(order)[:, None]], dim=1)
     shifted = shifted + slots[:, 1:] * order[:, None]
     return shifted[:, 0], shifted[:, 1:]
