@@ -36,7 +36,7 @@ class DataConfig:
     path: Optional[str] = None     # folder with train/ valid/ test/ Parquet shards; null: synthetic
     num_products: int = MISSING
     periods: int = MISSING         # history length of every product
-    distributions: List[str] = MISSING  # poisson, negbin, zip, gamma (discretised), uniform (0..2 mean) (zero-inflated Poisson)
+    distributions: List[str] = MISSING  # poisson, negbin, zip (zero-inflated), gamma (discretised), uniform
     mean_range: List[float] = MISSING   # demand mean, drawn log-uniformly
     negbin_shape_range: List[float] = MISSING
     zero_prob_range: List[float] = MISSING

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline.data import ProductBatch
+
 
 @dataclass
 class DPSolution:
@@ -138,7 +140,7 @@ class StateSpace:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(h - l + 1 for l, h in zip(self.lows, self.highs))
+        return tuple(hi - lo + 1 for lo, hi in zip(self.lows, self.highs))
 
     @property
     def size(self) -> int:
@@ -146,7 +148,7 @@ class StateSpace:
 
     def states(self) -> Tensor:
         """Every state [S, W] (float64), in row-major order of ``shape``."""
-        axes = [torch.arange(l, h + 1, dtype=torch.float64) for l, h in zip(self.lows, self.highs)]
+        axes = [torch.arange(lo, hi + 1, dtype=torch.float64) for lo, hi in zip(self.lows, self.highs)]
         return torch.cartesian_prod(*axes).reshape(-1, len(axes))
 
     def index(self, state: Tensor) -> tuple[Tensor, Tensor]:
