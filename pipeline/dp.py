@@ -17,6 +17,7 @@ remainder of the next state it is ``P @ Hankel(V)`` with ``P[a, m] = P((a - D)^+
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -373,3 +374,16 @@ def check_truncation(solution: Solution, max_truncation: float = 1e-4) -> None:
         raise ValueError(f"dp: the state grid or the action set is too small for this instance "
                          f"(stationary probability {solution.truncation:.2g} of leaving the grid, "
                          f"{at_cap:.2g} of choosing the largest action)")
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread for a while, then the setting restored: the DP is many small tensor
+    operations, and two threads competing with other work on two cores run them up to 40
+    times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from pipeline.benchmarks import lost_sales, perishable, removal
+from pipeline.benchmarks import dual_sourcing, lost_sales, perishable, removal
 
 COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
 
@@ -33,6 +33,8 @@ SUITES = {s.name: s for s in (
           lost_sales.NOTES),
     Suite("perishable", "perishable", perishable.POLICIES, perishable.GRID, perishable.evaluate,
           perishable.NOTES),
+    Suite("dual_sourcing", "dual_sourcing", dual_sourcing.POLICIES, dual_sourcing.GRID,
+          dual_sourcing.evaluate, dual_sourcing.NOTES),
     Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES),
 )}
 

@@ -10,10 +10,7 @@ over those exact costs (``pipeline/heuristics/perishable.py``).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
-import torch
 
 from pipeline import dp, structure
 from pipeline.data import ProductBatch, batch_from_columns
@@ -56,24 +53,12 @@ def instance_problem(instance: dict) -> Perishable:
 def optimum(inst: Instance, discount: float = 1.0) -> dp.Solution:
     """The exact optimum on the instance's grid: average cost by relative value iteration
     (lazy, ``aperiodic=0.5``: LIFO chains make plain RVI oscillate), or discounted."""
-    return dp.solve(inst.trans, discount, aperiodic=0.5 if discount == 1.0 else 1.0)
-
-
-@contextmanager
-def one_thread():
-    """Torch on one thread for a while: the DP is many small tensor operations, faster on
-    one thread than on threads that compete for a busy machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return dp.solve(inst.trans, discount, aperiodic=dp.lazy(discount))
 
 
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
     """Long-run average cost of each policy on one Scenario-A instance."""
-    with one_thread():
+    with dp.one_thread():
         return _evaluate(instance, policies)
 
 
@@ -96,7 +81,7 @@ def property_checks(instance: dict, min_probability: float = 1e-6) -> tuple[list
     """The problem's claimed structural properties checked on the average-cost optimal table
     of one instance: (over the whole grid away from its upper edges, over the states whose
     stationary probability under that policy exceeds ``min_probability``)."""
-    with one_thread():
+    with dp.one_thread():
         problem = instance_problem(instance)
         inst = Instance.of(problem, product(instance["L"]))
         solution = optimum(inst)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 
 from pipeline.problems.base import Step
+from pipeline.problems.dual_sourcing import DualSourcing
 from pipeline.problems.lost_sales import LostSales
 from pipeline.problems.perishable import Perishable
 from pipeline.problems.removal import Removal
 
-PROBLEMS = {cls.name: cls for cls in (LostSales, Perishable, Removal)}
+PROBLEMS = {cls.name: cls for cls in (LostSales, Perishable, DualSourcing, Removal)}
 
 
 def get_problem(name: str, params: dict | None = None):
@@ -27,4 +28,4 @@ def get_problem(name: str, params: dict | None = None):
     return cls(**dict(params or {}))
 
 
-__all__ = ["PROBLEMS", "LostSales", "Perishable", "Removal", "Step", "get_problem"]
+__all__ = ["PROBLEMS", "DualSourcing", "LostSales", "Perishable", "Removal", "Step", "get_problem"]

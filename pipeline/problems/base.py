@@ -4,12 +4,13 @@ A problem is a small dataclass (its fields are the population-level parameters, 
 ``problem.params`` in the config) with:
 
 - ``name``, ``actions`` (names of the action vector's entries), ``discrete``,
-  ``min_lead_time``;
+  ``min_lead_time`` (a class constant, or a property when a parameter sets it);
 - ``state_width(max_lead_time)``, ``state_names(width)``, ``initial_state(batch, width)``;
 - ``setup(batch, width)``: per-rollout constants (computed once, passed to every step);
 - ``step(state, action [B, A], demand [B], batch, setup) -> Step``;
 - ``inventory_position(state)``: what a base-stock policy orders up to;
-- ``dp_space(product, max_demand)``: the finite state grid and action set of the exact DP.
+- ``dp_space(product, mean, std)``: the finite state grid and action set of the exact DP;
+- ``claimed_properties(width)``: the structural properties GUIDE 2.5 claims (``pipeline.structure``).
 
 Per-product economics (holding, shortage, unit cost, price, lead time) come from the
 ``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.
