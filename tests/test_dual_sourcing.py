@@ -21,12 +21,6 @@ from pipeline.rollout import rollout
 from pipeline.structure import Property, check_table
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with suite.one_thread():
-        yield
-
-
 class FixedOrders:
     """A policy that places given orders [B, T, 2] (regular, expedited)."""
 
@@ -144,7 +138,7 @@ def test_parameters_are_validated_and_lead_times_checked():
 @pytest.fixture(scope="module")
 def reference():
     """l_r = 2, c_e = 20 (GUIDE 2.3): problem, product, transitions, optimal solution."""
-    with suite.one_thread():
+    with dp.one_thread():
         problem, one, trans = suite.instance_transitions({"l_r": 2, "c_e": 20})
         return problem, one, trans, dp.solve(trans)
 

@@ -27,13 +27,6 @@ from pipeline.problems.perishable import Perishable
 from pipeline.rollout import rollout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The DP here is many small tensor operations: faster on one thread."""
-    with suite.one_thread():
-        yield
-
-
 class FixedOrders:
     """A policy that places given orders [B, T]."""
 
