@@ -29,3 +29,15 @@ def test_unknown_suite_or_policy_is_a_one_line_error():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("config error: unknown suite 'nope'")
     assert "Traceback" not in out.stderr
+
+
+def test_structure_table_checks_every_claimed_property_on_the_dp_policy():
+    from pipeline.benchmarks import SUITES
+    from pipeline.benchmarks.structure import markdown as structure_markdown, structure_table
+
+    table = structure_table(SUITES["dual_sourcing"], instances=[{"l_r": 2, "c_e": 20}])
+    problem = SUITES["dual_sourcing"].dp_instance({"l_r": 2, "c_e": 20}).problem
+    assert len(table) == len(problem.claimed_properties(2))
+    assert (table.visited_holds_pct == 100).all() and (table.holds_pct == 100).all()
+    assert (table.visited_states > 0).all() and (table.states >= table.visited_states).all()
+    assert "1 of 1 instances" in structure_markdown(table, "python -m jobs.structure suite=dual_sourcing")

@@ -22,6 +22,7 @@ from pipeline.heuristics.perishable import (
     expected_waste,
     product_pmf,
 )
+from pipeline.benchmarks.structure import check_instance
 from pipeline.heuristics.search import grid_search
 from pipeline.problems.perishable import Perishable
 from pipeline.rollout import rollout
@@ -223,7 +224,7 @@ PROPERTY_SHARES = {
 @pytest.mark.parametrize("key", sorted(PROPERTY_SHARES))
 def test_claimed_structural_properties_on_dp_policies(key):
     m, L, issuing = key
-    checks = suite.property_checks({"m": m, "L": L, "w": 7, "issuing": issuing})
+    checks = check_instance(suite.dp_instance({"m": m, "L": L, "w": 7, "issuing": issuing}))
     width = Perishable(m).state_width(L)
     for results, expected in zip(checks, PROPERTY_SHARES[key]):
         assert len(results) == 2 * width - 1

@@ -26,16 +26,18 @@ class Suite:
     instances: tuple[dict, ...]
     evaluate: Callable[..., dict[str, float]]  # evaluate(instance, policies) -> {policy: avg_cost}
     notes: str = ""  # what the suite reproduces, for the report
+    dp_instance: Callable | None = None  # instance -> structure.DPInstance (the exact DP's inputs)
 
 
 SUITES = {s.name: s for s in (
     Suite("lost_sales", "lost_sales", lost_sales.POLICIES, lost_sales.GRID, lost_sales.evaluate,
           lost_sales.NOTES),
     Suite("perishable", "perishable", perishable.POLICIES, perishable.GRID, perishable.evaluate,
-          perishable.NOTES),
+          perishable.NOTES, perishable.dp_instance),
     Suite("dual_sourcing", "dual_sourcing", dual_sourcing.POLICIES, dual_sourcing.GRID,
-          dual_sourcing.evaluate, dual_sourcing.NOTES),
-    Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES),
+          dual_sourcing.evaluate, dual_sourcing.NOTES, dual_sourcing.dp_instance),
+    Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES,
+          removal.dp_instance),
 )}
 
 

@@ -36,9 +36,8 @@ def product(l_r: int, h: float = 5.0, b: float = 495.0, c_r: float = 0.0, mean: 
 
 def instance_transitions(instance: dict) -> tuple[DualSourcing, ProductBatch, dp.Transitions]:
     """The problem, its product and the exact transition table on the problem's DP grid."""
-    problem, one = DualSourcing(expedited_cost=float(instance["c_e"])), product(instance["l_r"])
-    space = problem.dp_space(one, MEAN, float(np.sqrt(2.0)))
-    return problem, one, dp.transitions(problem, one, space, dp.trimmed_pmf(true_pmf(one)[0]))
+    case = dp_instance(instance)
+    return case.problem, case.product, dp.transitions(case.problem, case.product, case.space, case.pmf)
 
 
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
@@ -59,3 +58,12 @@ def _evaluate(instance: dict, policies) -> dict[str, float]:
         if name in policies:
             out[name] = search(problem, cost, trans.space, MEAN, instance["l_r"])[1]
     return out
+
+
+def dp_instance(instance: dict):
+    """The instance's exact DP inputs, for the structural checks (pipeline/benchmarks/structure.py)."""
+    from pipeline.benchmarks.structure import DPInstance
+
+    problem, one = DualSourcing(expedited_cost=float(instance["c_e"])), product(instance["l_r"])
+    return DPInstance(problem, one, problem.dp_space(one, MEAN, float(np.sqrt(2.0))),
+                      dp.trimmed_pmf(true_pmf(one)[0]))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import dp, structure
+from pipeline import dp
 from pipeline.data import ProductBatch, batch_from_columns
-from pipeline.heuristics.perishable import Instance, best_base_stock, best_bsp_low_ew
+from pipeline.heuristics.perishable import Instance, best_base_stock, best_bsp_low_ew, product_pmf
 from pipeline.problems.perishable import Perishable
 
 MEAN, CV, UNIT_COST, SHORTAGE, HOLDING, MAX_ORDER = 4.0, 0.5, 3.0, 5.0, 1.0, 10
@@ -77,23 +77,9 @@ def _evaluate(instance: dict, policies) -> dict[str, float]:
     return out
 
 
-def property_checks(instance: dict, min_probability: float = 1e-6) -> tuple[list, list]:
-    """The problem's claimed structural properties checked on the average-cost optimal table
-    of one instance: (over the whole grid away from its upper edges, over the states whose
-    stationary probability under that policy exceeds ``min_probability``)."""
-    with dp.one_thread():
-        problem = instance_problem(instance)
-        inst = Instance.of(problem, product(instance["L"]))
-        solution = optimum(inst)
-        width = problem.state_width(instance["L"])
-        names, props = problem.state_names(width), problem.claimed_properties(width)
-        visited = dp.stationary(inst.trans, solution.choice) > min_probability
-        return tuple(structure.check_table(solution.table, names, list(problem.actions), props, mask=mask)
-                     for mask in (None, visited))
+def dp_instance(instance: dict):
+    """The instance's exact DP inputs, for the structural checks (pipeline/benchmarks/structure.py)."""
+    from pipeline.benchmarks.structure import DPInstance
 
-
-def structure_report(instance: dict) -> str:
-    """``property_checks`` as text."""
-    every, visited = property_checks(instance)
-    return (f"whole grid:\n{structure.format_checks(every)}\n"
-            f"visited states:\n{structure.format_checks(visited)}")
+    problem, one = instance_problem(instance), product(instance["L"])
+    return DPInstance(problem, one, problem.dp_space(one, MEAN, 0.0), product_pmf(one)[0])

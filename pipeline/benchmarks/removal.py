@@ -78,14 +78,23 @@ def criterion(solution: dp.Solution, initial: Tensor) -> float:
     return (1 - solution.discount) * float(initial @ solution.values)
 
 
+def dp_instance(instance: dict):
+    """The instance's exact DP inputs and the start of its criterion."""
+    from pipeline.benchmarks.structure import DPInstance
+
+    problem = Removal(removal_value=float(instance["s"]))
+    one = product(instance["p"], instance["L"])
+    space = problem.dp_space(one, MEAN, math.sqrt(MEAN))
+    return DPInstance(problem, one, space, dp.trimmed_pmf(true_pmf(one)[0]), instance["gamma"],
+                      initial_law(space, math.ceil(problem.initial_stock_periods * MEAN)))
+
+
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
     """Discounted cost per period of each policy on one instance."""
-    problem = Removal(removal_value=float(instance["s"]))
-    one, gamma, L = product(instance["p"], instance["L"]), instance["gamma"], instance["L"]
-    sd = math.sqrt(MEAN)
-    space = problem.dp_space(one, MEAN, sd)
-    trans = dp.transitions(problem, one, space, dp.trimmed_pmf(true_pmf(one)[0]))
-    initial = initial_law(space, math.ceil(problem.initial_stock_periods * MEAN))
+    case = dp_instance(instance)
+    problem, one, space, gamma, initial = case.problem, case.product, case.space, case.discount, case.initial
+    L, sd = instance["L"], math.sqrt(MEAN)
+    trans = dp.transitions(problem, one, space, case.pmf)
 
     def cost_of(policy) -> float:  # a policy the grid cannot represent is no candidate
         solution = dp.evaluate_policy(trans, policy, one, gamma)

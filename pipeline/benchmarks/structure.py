@@ -1,0 +1,99 @@
+"""The structural properties each problem claims (GUIDE 2.5), checked on exact DP policies.
+
+For every instance of a suite small enough for a transition table, solve the DP, then check
+``problem.claimed_properties`` on the optimal table (``pipeline.structure.check_table``)
+over two sets of states: the whole grid (away from its upper edges) and the states the
+optimal policy visits (stationary probability above ``MIN_PROBABILITY``; for a discounted
+suite, the discounted occupancy from the suite's start instead). Each suite module provides
+``dp_instance(instance) -> DPInstance``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from pipeline import dp
+from pipeline.data import ProductBatch
+from pipeline.structure import check_table
+
+MIN_PROBABILITY = 1e-6
+MAX_ENTRIES = 30_000_000  # states x actions x demand values: the transition table's size
+COLUMNS = ["suite", "problem", "instance", "property", "states", "holds_pct", "worst",
+           "visited_states", "visited_holds_pct"]
+
+
+@dataclass
+class DPInstance:
+    problem: object
+    product: ProductBatch
+    space: dp.StateSpace
+    pmf: Tensor
+    discount: float = 1.0
+    initial: Tensor | None = None  # start law [S] of a discounted criterion
+
+    @property
+    def entries(self) -> int:
+        return self.space.size * len(self.space.actions) * len(self.pmf)
+
+
+def occupancy(trans: dp.Transitions, solution: dp.Solution, initial: Tensor | None) -> Tensor:
+    """Where the policy goes: the stationary law, or the discounted occupancy from a start."""
+    if initial is None or solution.discount == 1.0:
+        return dp.stationary(trans, solution.choice)
+    nxt = trans.next[torch.arange(len(solution.choice)), solution.choice]
+    law, total, weight = initial, torch.zeros_like(initial), 1.0 - solution.discount
+    while weight > 1e-12:
+        total += weight * law
+        law = torch.zeros_like(law).index_add_(0, nxt.reshape(-1), (law[:, None] * trans.pmf).reshape(-1))
+        weight *= solution.discount
+    return total
+
+
+def check_instance(case: DPInstance) -> tuple[list, list]:
+    """(checks over the whole grid, checks over the visited states)."""
+    problem = case.problem
+    with dp.one_thread():
+        trans = dp.transitions(problem, case.product, case.space, case.pmf)
+        solution = dp.solve(trans, case.discount, aperiodic=dp.lazy(case.discount))
+        visited = occupancy(trans, solution, case.initial) > MIN_PROBABILITY
+    width = len(case.space.lows)
+    names, props = problem.state_names(width), problem.claimed_properties(width)
+    return tuple(check_table(solution.table, names, list(problem.actions), props, mask=mask)
+                 for mask in (None, visited))
+
+
+def structure_table(suite, instances=None, progress=lambda line: None) -> pd.DataFrame:
+    """One row per (instance, property) of a ``benchmarks.Suite``; instances whose
+    transition table would exceed ``MAX_ENTRIES`` are skipped (and said so)."""
+    from pipeline.benchmarks import instance_key
+
+    rows = []
+    for inst in instances or suite.instances:
+        case = suite.dp_instance(inst)
+        if case.entries > MAX_ENTRIES:
+            progress(f"[structure {suite.name}] {instance_key(inst)}: skipped, "
+                     f"{case.entries:,} transitions")
+            continue
+        every, visited = check_instance(case)
+        for a, b in zip(every, visited):
+            rows.append([suite.name, suite.problem, instance_key(inst), str(a.prop), a.states,
+                         100 * a.holds, a.worst, b.states, 100 * b.holds])
+        progress(f"[structure {suite.name}] {instance_key(inst)}: "
+                 + ", ".join(f"{100 * b.holds:.0f}%" for b in visited))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def markdown(table: pd.DataFrame, command: str) -> str:
+    """Per property: on how many instances it holds everywhere, and the worst instance."""
+    lines = [f"## {table.suite.iloc[0]}", "", f"Command: `{command}`", "",
+             "| property | holds on every visited state in | worst instance (visited / whole grid) |",
+             "|---|---|---|"]
+    for prop, group in table.groupby("property", sort=False):
+        full = int((group.visited_holds_pct >= 100).sum())
+        worst = group.loc[group.visited_holds_pct.idxmin()]
+        lines.append(f"| `{prop}` | {full} of {len(group)} instances | {worst.instance}: "
+                     f"{worst.visited_holds_pct:.1f}% / {worst.holds_pct:.1f}% |")
+    return "\n".join(lines) + "\n"
