@@ -37,7 +37,7 @@ class DPSolution:
     max_order: int
 
 
-def _leftover_matrix(pmf: Tensor, n: int) -> Tensor:
+def leftover_matrix(pmf: Tensor, n: int) -> Tensor:
     """P[a, m] = P((a - D)^+ = m) for a, m in 0..n."""
     a = torch.arange(n + 1)[:, None]
     m = torch.arange(n + 1)[None, :]
@@ -65,7 +65,7 @@ def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
     tail = float((1.0 - pmf.sum()).clamp_min(0.0))  # demand beyond the pmf's support: lost
     cost = (holding * (pmf * torch.relu(y - d)).sum(1) + shortage * (pmf * torch.relu(d - y)).sum(1)
             + shortage * tail * (len(pmf) - y[:, 0]))
-    P = _leftover_matrix(pmf, N)
+    P = leftover_matrix(pmf, N)
     hankel = torch.clamp(torch.arange(N + 1)[:, None] + torch.arange(Q + 1)[None, :], max=N)
     shape = [N + 1] + [Q + 1] * (L - 1)
     order_cost = unit_cost * torch.arange(Q + 1, dtype=torch.float64)

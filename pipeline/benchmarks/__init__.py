@@ -13,6 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
+from pipeline import dp
 from pipeline.benchmarks import dual_sourcing, lost_sales, perishable, removal
 
 COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
@@ -31,7 +32,7 @@ class Suite:
 
 SUITES = {s.name: s for s in (
     Suite("lost_sales", "lost_sales", lost_sales.POLICIES, lost_sales.GRID, lost_sales.evaluate,
-          lost_sales.NOTES),
+          lost_sales.NOTES, lost_sales.dp_instance),
     Suite("perishable", "perishable", perishable.POLICIES, perishable.GRID, perishable.evaluate,
           perishable.NOTES, perishable.dp_instance),
     Suite("dual_sourcing", "dual_sourcing", dual_sourcing.POLICIES, dual_sourcing.GRID,
@@ -58,7 +59,8 @@ def run_suite(name: str, policies=(), instances=None,
     instances = list(instances or suite.instances)
     rows = []
     for i, inst in enumerate(instances):
-        costs = suite.evaluate(inst, policies)
+        with dp.one_thread():  # many small tensor ops: one thread beats two competing ones
+            costs = suite.evaluate(inst, policies)
         ref = costs.get("dp")
         for policy, value in costs.items():
             gap = 100 * (value - ref) / ref if ref else float("nan")

@@ -1,7 +1,8 @@
 """Lost sales (GUIDE 2.1): Zipkin's grid, Poisson(5), h = 1, p in {4, 9, 19, 39}, L in 1..4,
 plus L = 0. Every policy's cost is exact (no simulation noise): ``dp`` by relative value
-iteration, each heuristic by exact evaluation of its order table on the same state grid,
-with its parameters chosen by a search over those exact costs.
+iteration, each heuristic by exact evaluation of its order table on the same state grid
+(``pipeline/heuristics/lost_sales.py``), with its parameters chosen by a search over those
+exact costs. With L = 0 every policy is the newsvendor, which is optimal.
 """
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import numpy as np
 
 from pipeline.baselines import newsvendor_cost, newsvendor_levels, true_pmf
 from pipeline.data import ProductBatch, batch_from_columns
-from pipeline.dp import base_stock_table, lost_sales_grid, lost_sales_optimum, lost_sales_rvi
-from pipeline.heuristics.search import local_search
+from pipeline.dp import lost_sales_optimum
+from pipeline.heuristics import lost_sales as heuristics
 
 GRID = tuple({"p": p, "L": L} for p in (4, 9, 19, 39) for L in (0, 1, 2, 3, 4))
-POLICIES = ("dp", "base_stock")
+POLICIES = ("dp", "base_stock", "capped_base_stock", "myopic_1", "myopic_2", "vector_base_stock")
 NOTES = ("Zipkin (2008): Poisson(5) demand, h = 1, long-run average cost; published optima "
-         "p=4, L=2: 4.40 and p=19, L=4: 8.89.")
+         "p=4, L=2: 4.40 and p=19, L=4: 8.89, and for p=4, L=4 (his Table 3a): optimal 4.73, "
+         "myopic 5.06, myopic-2 4.82, standard vector base-stock 5.83. base_stock: best constant "
+         "level; capped_base_stock (Xin 2021): best (S, r); vector_base_stock: best levels "
+         "s_0..s_L by local search from Morton's standard levels.")
 
 
 def product(p: float, L: int, mean: float = 5.0, h: float = 1.0) -> ProductBatch:
@@ -35,16 +39,31 @@ def evaluate(instance: dict, policies=POLICIES, mean: float = 5.0, h: float = 1.
     if L == 0:  # the newsvendor level is optimal, and a base-stock policy
         cost = float(newsvendor_cost(one, newsvendor_levels(one, "cost"))[0])
         return {name: cost for name in policies}
-    pmf, sd = true_pmf(one)[0], math.sqrt(mean)
-    N, Q = lost_sales_grid(mean, sd, L)
+    inst = heuristics.Instance.of(one)
     out = {}
     if "dp" in policies:
-        out["dp"] = lost_sales_optimum(pmf, h, p, L, mean, sd).average_cost
+        out["dp"] = lost_sales_optimum(inst.pmf, h, p, L, mean, math.sqrt(mean)).average_cost
     if "base_stock" in policies:
-        def cost(level: tuple[int]) -> float:
-            return lost_sales_rvi(pmf, h, p, L, N, Q, fixed=base_stock_table(level[0], N, Q, L)).average_cost
-        out["base_stock"] = local_search(cost, (round(mean * (L + 1) + sd * math.sqrt(L + 1)),))[1]
-    return out
+        out["base_stock"] = heuristics.best_base_stock(inst)[1]
+    if "capped_base_stock" in policies:
+        out["capped_base_stock"] = heuristics.best_capped_base_stock(inst)[1]
+    if "myopic_1" in policies or "myopic_2" in policies:
+        costs = heuristics.arrival_costs(inst)
+        for periods in (1, 2):
+            if f"myopic_{periods}" in policies:
+                table = heuristics.myopic_table(inst, periods, costs)
+                out[f"myopic_{periods}"] = heuristics.policy_average_cost(inst, table)
+    if "vector_base_stock" in policies:
+        out["vector_base_stock"] = heuristics.best_vector_base_stock(inst)[1]
+    return {name: out[name] for name in policies}
 
 
+def dp_instance(instance: dict, mean: float = 5.0, h: float = 1.0):
+    """The instance's inputs to the generic exact DP, for the structural checks (lead times
+    up to 3 fit a transition table; pipeline/benchmarks/structure.py skips the rest)."""
+    from pipeline.benchmarks.structure import DPInstance
+    from pipeline.dp import trimmed_pmf
+    from pipeline.problems.lost_sales import LostSales
 
+    one, problem = product(instance["p"], instance["L"], mean, h), LostSales()
+    return DPInstance(problem, one, problem.dp_space(one, mean, math.sqrt(mean)), trimmed_pmf(true_pmf(one)[0]))
