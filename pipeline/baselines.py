@@ -42,21 +42,27 @@ class BaseStockPolicy:
     product_ids: np.ndarray | None = None
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:
-        levels = self.levels
-        if self.product_ids is not None:
-            index = pd.Index(self.product_ids).get_indexer(batch.product_id)
-            if (index < 0).any():
-                raise KeyError(f"no base-stock level for products {batch.product_id[index < 0][:5]}")
-            levels = levels[torch.as_tensor(index)]
-        elif len(levels) != batch.size:
-            raise ValueError(f"{len(levels)} base-stock levels for a batch of {batch.size} products")
-        return levels.to(batch.demand.device, batch.demand.dtype)
+        return per_product(self.levels, self.product_ids, batch, "base-stock levels")
 
     def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
         """The order (the problem's first action); any other action is zero."""
         order = torch.relu(levels - self.problem.inventory_position(state))[:, None]
         rest = order.new_zeros(order.shape[0], len(self.problem.actions) - 1)
         return torch.cat([order, rest], dim=1)
+
+
+def per_product(values: Tensor, product_ids: np.ndarray | None, batch: ProductBatch, what: str) -> Tensor:
+    """A policy's per-product parameters (first axis: products) for the products of
+    ``batch``: looked up by product id when ``product_ids`` is given, else position by
+    position; on the batch's device and dtype."""
+    if product_ids is not None:
+        index = pd.Index(product_ids).get_indexer(batch.product_id)
+        if (index < 0).any():
+            raise KeyError(f"no {what} for products {batch.product_id[index < 0][:5]}")
+        values = values[torch.as_tensor(index)]
+    elif len(values) != batch.size:
+        raise ValueError(f"{len(values)} {what} for a batch of {batch.size} products")
+    return values.to(batch.demand.device, batch.demand.dtype)
 
 
 def true_pmf(batch: ProductBatch) -> Tensor:

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
+from pipeline.baselines import per_product
 from pipeline.data import ProductBatch
 from pipeline.heuristics.search import local_search
 
@@ -41,14 +41,7 @@ class IntervalStockPolicy:
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:
         levels = torch.stack([self.lower, self.upper], dim=1)
-        if self.product_ids is not None:
-            index = pd.Index(self.product_ids).get_indexer(batch.product_id)
-            if (index < 0).any():
-                raise KeyError(f"no interval-stock levels for products {batch.product_id[index < 0][:5]}")
-            levels = levels[torch.as_tensor(index)]
-        elif len(levels) != batch.size:
-            raise ValueError(f"{len(levels)} interval-stock levels for a batch of {batch.size} products")
-        return levels.to(batch.demand.device, batch.demand.dtype)
+        return per_product(levels, self.product_ids, batch, "interval-stock levels")
 
     def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
         """[order, removal] per product."""
