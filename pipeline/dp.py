@@ -294,6 +294,16 @@ def stationary(trans: Transitions, choice: Tensor, tol: float = 1e-12, max_iter:
     return pi
 
 
+def policy_matrix(trans: Transitions, choice: Tensor) -> Tensor:
+    """The dense [S, S] transition matrix of the chain under a policy (small grids: checks
+    against linear algebra)."""
+    S, D = trans.next.shape[0], len(trans.pmf)
+    P = torch.zeros(S, S, dtype=torch.float64)
+    nxt = trans.next[torch.arange(S), choice]
+    P.index_put_((torch.arange(S).repeat_interleave(D), nxt.reshape(-1)), trans.pmf.repeat(S), accumulate=True)
+    return P
+
+
 def policy_choice(space: StateSpace, policy, product: ProductBatch) -> Tensor:
     """A state-feedback heuristic as a DP policy: its action in every grid state, rounded
     and clamped to the action set, matched to the nearest feasible action vector [S]."""

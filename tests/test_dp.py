@@ -66,10 +66,7 @@ def test_discounted_value_iteration_matches_a_linear_solve():
     space = dp.StateSpace((0,), (25,), torch.arange(14, dtype=torch.float64)[:, None])
     trans = dp.transitions(problem, one, space, dp.trimmed_pmf(PMF))
     sol = dp.solve(trans, discount=0.9, tol=1e-10)
-    S, D = trans.next.shape[0], len(trans.pmf)
-    P = torch.zeros(S, S, dtype=torch.float64)
-    nxt = trans.next[torch.arange(S), sol.choice]
-    P.index_put_((torch.arange(S).repeat_interleave(D), nxt.reshape(-1)), trans.pmf.repeat(S), accumulate=True)
+    S, P = trans.next.shape[0], dp.policy_matrix(trans, sol.choice)
     exact = torch.linalg.solve(torch.eye(S, dtype=torch.float64) - 0.9 * P, trans.cost[torch.arange(S), sol.choice])
     assert torch.allclose(sol.values, exact, atol=1e-7)
     # and no single-state deviation improves on it (Bellman optimality)

@@ -177,10 +177,7 @@ def test_dp_policies_never_order_and_remove_together_and_keep_the_claimed_proper
 
 def test_discounted_values_match_a_linear_solve_and_a_simulation():
     problem, _, trans, sol, initial = solved(19, 1, 1)
-    S, D = trans.next.shape[0], len(trans.pmf)
-    P = torch.zeros(S, S, dtype=torch.float64)
-    nxt = trans.next[torch.arange(S), sol.choice]
-    P.index_put_((torch.arange(S).repeat_interleave(D), nxt.reshape(-1)), trans.pmf.repeat(S), accumulate=True)
+    S, P = trans.next.shape[0], dp.policy_matrix(trans, sol.choice)
     exact = torch.linalg.solve(torch.eye(S, dtype=torch.float64) - 0.95 * P, trans.cost[torch.arange(S), sol.choice])
     assert torch.allclose(sol.values, exact, atol=1e-6)
     # the DP table played in the simulator from the same starts, 250 discounted periods
