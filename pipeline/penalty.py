@@ -1,0 +1,64 @@
+"""The structure penalty: a policy's Jacobian with respect to the endogenous state, held
+to the properties of ``pipeline.structure`` (GUIDE 2.5), and the violation metrics.
+
+For a batch of states the Jacobian ``J[b, a, i] = d action_a / d state_i`` comes from
+autograd (one backward pass per action; products are independent, so the gradient of the
+batch sum is each product's own row). A bound ``lo <= J <= hi`` is violated by
+``relu(lo - J) + relu(J - hi)``, an ordering ``J_i <= J_j`` by ``relu(J_i - J_j)``. The
+penalty is the weighted mean violation; it is differentiable in the network's weights
+(``create_graph=True``), so it trains with the DirectBackprop loss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pipeline.structure import Property
+
+
+def jacobian(policy, ctx, t: int, state: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+    """(actions [B, A], J [B, A, W]) of ``policy.act(ctx, t, state)`` at ``state``."""
+    state = state.detach().requires_grad_(True)
+    actions = policy.act(ctx, t, state)
+    if actions.ndim == 1:
+        actions = actions[:, None]
+    rows = [torch.autograd.grad(actions[:, a].sum(), state, create_graph=create_graph, retain_graph=True)[0]
+            for a in range(actions.shape[1])]
+    return actions, torch.stack(rows, dim=1)
+
+
+def violations(J: Tensor, properties: list[Property], state_names: list[str],
+               action_names: list[str]) -> Tensor:
+    """Size of each property's violation in each state [B, P] (0 where it holds)."""
+    out = []
+    for prop in properties:
+        d = J[:, action_names.index(prop.action), state_names.index(prop.coord)]
+        if prop.other is None:
+            v = torch.relu(prop.lo - d) + torch.relu(d - prop.hi)
+        else:
+            v = torch.relu(d - J[:, action_names.index(prop.action), state_names.index(prop.other)])
+        out.append(v)
+    return torch.stack(out, dim=1)
+
+
+def penalty(size: Tensor, weights: Tensor) -> Tensor:
+    """Weighted mean violation: ``size`` [B, P] from ``violations``, one weight per property."""
+    return (size.mean(dim=0) * weights).sum()
+
+
+def violation_metrics(size: Tensor, properties: list[Property], tol: float = 1e-6) -> dict[str, float]:
+    """Per property: the share of states that violate it and the mean violation size."""
+    out, size = {}, size.detach()
+    for i, prop in enumerate(properties):
+        out[f"{prop}/violation_rate"] = float((size[:, i] > tol).double().mean())
+        out[f"{prop}/violation_size"] = float(size[:, i].mean())
+    return out
+
+
+def probe_states(states: Tensor, widen: float, generator: torch.Generator | None = None) -> Tensor:
+    """States drawn uniformly from a box ``widen`` times as wide as the visited one in each
+    coordinate (from 0 to ``widen`` x the largest visited value): the out-of-distribution
+    probes [B, W]."""
+    top = states.detach().amax(dim=0).clamp_min(1.0) * widen
+    u = torch.rand(states.shape, generator=generator, dtype=states.dtype, device=states.device)
+    return u * top

@@ -1,0 +1,80 @@
+"""The structure penalty: zero for a policy that meets the spec, positive for one that
+breaks it (both built by hand), and the network's Jacobian against finite differences."""
+import torch
+
+from conftest import make_batch
+from pipeline.penalty import jacobian, penalty, probe_states, violation_metrics, violations
+from pipeline.policy import OrderPolicy
+from pipeline.problems import get_problem
+
+PROBLEM = get_problem("lost_sales")
+NAMES = PROBLEM.state_names(3)
+PROPS = PROBLEM.claimed_properties(3)  # -1 <= dq/dy_2 <= dq/dy_1 <= dq/dy_0 <= 0
+
+
+class Linear:
+    """q = relu(S - w . y): slopes -w where it orders."""
+
+    def __init__(self, weights):
+        self.w = torch.tensor(weights, dtype=torch.float64)
+
+    def prepare(self, batch, start, horizon):
+        return None
+
+    def act(self, ctx, t, state):
+        return torch.relu(30.0 - state @ self.w)
+
+
+STATES = torch.tensor([[2.0, 3.0, 1.0], [5.0, 0.0, 4.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+
+
+def test_penalty_is_zero_for_a_policy_that_meets_the_spec():
+    # Morton-like: more sensitive to later-arriving stock, all slopes in [-1, 0]
+    _, J = jacobian(Linear([0.5, 0.75, 1.0]), None, 0, STATES)
+    assert torch.allclose(J[:, 0], torch.tensor([-0.5, -0.75, -1.0], dtype=torch.float64).expand(3, 3))
+    size = violations(J, PROPS, NAMES, ["order"])
+    assert float(penalty(size, torch.ones(len(PROPS), dtype=torch.float64)).detach()) == 0.0
+    assert all(v == 0.0 for k, v in violation_metrics(size, PROPS).items())
+
+
+def test_penalty_is_positive_for_one_that_breaks_it():
+    # slope -2 in on-hand (below -1), and on-hand more sensitive than the pipeline (wrong order)
+    _, J = jacobian(Linear([2.0, 0.5, 0.5]), None, 0, STATES)
+    size = violations(J, PROPS, NAMES, ["order"])
+    metrics = violation_metrics(size, PROPS)
+    assert metrics["-1 <= dorder/don_hand <= 0/violation_rate"] == 1.0
+    assert metrics["-1 <= dorder/don_hand <= 0/violation_size"] == 1.0          # -2 is 1 below -1
+    assert metrics["dorder/dpipeline_1 <= dorder/don_hand/violation_size"] == 1.5  # -0.5 vs -2
+    assert metrics["dorder/dpipeline_2 <= dorder/dpipeline_1/violation_rate"] == 0.0
+    weights = torch.zeros(len(PROPS), dtype=torch.float64)
+    weights[0] = 3.0
+    assert float(penalty(size, weights).detach()) == 3.0
+
+
+def test_network_jacobian_matches_finite_differences_and_the_penalty_has_gradients():
+    torch.manual_seed(0)
+    demand = torch.poisson(torch.full((4, 60), 5.0)).double()
+    batch = make_batch(demand, lead_time=3, p=9.0).to("cpu", torch.float64)
+    policy = OrderPolicy(3).double()
+    ctx = policy.prepare(batch, 40, 10)
+    state = torch.rand(4, 3, dtype=torch.float64) * 10
+    _, J = jacobian(policy, ctx, 2, state)
+    eps = 1e-6
+    for i in range(3):
+        up, down = state.clone(), state.clone()
+        up[:, i] += eps
+        down[:, i] -= eps
+        with torch.no_grad():
+            numeric = (policy.act(ctx, 2, up) - policy.act(ctx, 2, down))[:, 0] / (2 * eps)
+        assert torch.allclose(J[:, 0, i], numeric, atol=1e-6)
+    loss = penalty(violations(J, PROPS, NAMES, ["order"]) + 0.1, torch.ones(len(PROPS), dtype=torch.float64))
+    grads = torch.autograd.grad(loss, [p for p in policy.parameters()], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_probes_cover_a_wider_box_than_the_visited_states():
+    g = torch.Generator().manual_seed(0)
+    probes = probe_states(STATES.expand(1000, -1, -1).reshape(-1, 3), 4.0, g)
+    top = STATES.amax(dim=0).clamp_min(1.0) * 4
+    assert bool((probes >= 0).all()) and bool((probes <= top).all())
+    assert bool((probes.amax(dim=0) > 0.9 * top).all())  # reaches far outside the visited box
