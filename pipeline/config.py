@@ -78,6 +78,14 @@ class TrainConfig:
 
 
 @dataclass
+class PenaltyConfig:
+    properties: List[str] = MISSING  # structural properties to enforce (empty: the problem's defaults)
+    weights: List[float] = MISSING   # one weight per property, or one for all; 0 disables the penalty
+    probe_share: float = MISSING     # share of the penalised states drawn outside the visited region
+    probe_widen: float = MISSING     # probe box: 0 .. this x the largest visited value of each coordinate
+
+
+@dataclass
 class EvalConfig:
     start: int = MISSING           # evaluation rollouts run from this period to the end
     warmup: int = MISSING
@@ -116,6 +124,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -240,6 +249,15 @@ def validate(c: Config) -> None:
     _check(t.history >= min_history, "train.history", f"must be >= the policy window {min_history}, got {t.history}")
     _check(t.history + t.horizon <= d.periods, "train.horizon",
            f"plus train.history must fit in data.periods={d.periods}, got {t.history}+{t.horizon}")
+    pen = c.penalty
+    try:
+        props = penalty_properties(problem, problem.state_width(d.lead_time_range[1]), pen.properties)
+    except ValueError as err:
+        raise ConfigError(f"penalty.properties: {err}") from None
+    _check(len(pen.weights) in (1, len(props)) and min(pen.weights) >= 0, "penalty.weights",
+           f"must be one weight >= 0 or one per property ({len(props)}), got {list(pen.weights)}")
+    _check(0 <= pen.probe_share <= 1, "penalty.probe_share", f"must be in [0, 1], got {pen.probe_share}")
+    _check(pen.probe_widen >= 1, "penalty.probe_widen", f"must be >= 1, got {pen.probe_widen}")
     e = c.eval
     _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
     _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
@@ -252,6 +270,25 @@ def validate(c: Config) -> None:
     _check(set(c.benchmark.policies) <= set(known), "benchmark.policies",
            f"must be a subset of {', '.join(known)} (empty: all), got {list(c.benchmark.policies)}")
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
+
+
+def penalty_properties(problem, width: int, texts: list[str]):
+    """The properties a run enforces: ``texts`` parsed and checked against the problem's
+    action and state names, or the problem's defaults when empty."""
+    from pipeline.structure import parse_property
+
+    if not texts:  # the claims the exact DP confirmed (docs/structure.md)
+        defaults = getattr(problem, "default_properties", problem.claimed_properties)
+        return defaults(width)
+    props = [parse_property(t) for t in texts]
+    names, actions = problem.state_names(width), list(problem.actions)
+    for p in props:
+        for name in (p.coord, p.other):
+            if name is not None and name not in names:
+                raise ValueError(f"{p}: no state entry {name!r}; known: {', '.join(names)}")
+        if p.action not in actions:
+            raise ValueError(f"{p}: no action {p.action!r}; known: {', '.join(actions)}")
+    return props
 
 
 def from_yaml(text: str, conf_dir: Path = CONF_DIR) -> Config:

@@ -10,8 +10,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from pipeline.config import penalty_properties
 from pipeline.data import ProductBatch
 from pipeline.evaluate import policy_metrics
+from pipeline.penalty import structure_penalty
 from pipeline.rollout import directbackprop_loss, period_loss, rollout
 
 
@@ -30,14 +32,22 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
                start: int, cfg, width: int,
                grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None) -> dict[str, float]:
     """One DirectBackprop step: roll out ``cfg.train.horizon`` periods from ``start``,
-    average the (discounted) per-period loss after the warm-up, backpropagate through the
-    whole trajectory, average gradients across workers, clip, step."""
+    average the (discounted) per-period loss after the warm-up, add the structure penalty
+    when ``cfg.penalty`` weights it, backpropagate through the whole trajectory, average
+    gradients across workers, clip, step."""
     t = cfg.train
-    traj = rollout(problem, policy, batch, start, t.horizon, width)
+    spec = penalty_spec(cfg, problem, width)
+    traj = rollout(problem, policy, batch, start, t.horizon, width, record_states=spec is not None)
     loss = directbackprop_loss(period_loss(traj, batch, cfg.problem.objective), t.warmup,
                                cfg.problem.discount)
+    total, extra = loss, {}
+    if spec is not None:
+        props, weights = spec
+        pen, extra = structure_penalty(policy, traj, props, weights.to(loss), problem.state_names(width),
+                                       list(problem.actions), cfg.penalty.probe_share, cfg.penalty.probe_widen)
+        total = loss + pen
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     params = [p for p in policy.parameters() if p.grad is not None]
     if grad_sync is not None:
         grad_sync([p.grad for p in params])
@@ -45,11 +55,20 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
         norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
     else:
         norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params))
-    if not torch.isfinite(loss) or not torch.isfinite(norm):
-        raise FloatingPointError(f"non-finite loss {float(loss)} or gradient norm {float(norm)} "
+    if not torch.isfinite(total) or not torch.isfinite(norm):
+        raise FloatingPointError(f"non-finite loss {float(total)} or gradient norm {float(norm)} "
                                  f"at rollout start {start}")
     optimizer.step()
-    return {"loss": loss.item(), "grad_norm": norm.item()}
+    return {"loss": loss.item(), "grad_norm": norm.item(), **extra}  # loss: the DirectBackprop objective
+
+
+def penalty_spec(cfg, problem, width: int):
+    """(properties, weights [P]) of the structure penalty, or None when every weight is 0."""
+    weights = torch.tensor(cfg.penalty.weights, dtype=torch.float64)
+    if not bool((weights > 0).any()):
+        return None
+    props = penalty_properties(problem, width, list(cfg.penalty.properties))
+    return props, weights.expand(len(props)).clone()
 
 
 def validation_metrics(policy: nn.Module, problem, batch: ProductBatch, cfg, width: int) -> dict[str, float]:

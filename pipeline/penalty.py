@@ -62,3 +62,26 @@ def probe_states(states: Tensor, widen: float, generator: torch.Generator | None
     top = states.detach().amax(dim=0).clamp_min(1.0) * widen
     u = torch.rand(states.shape, generator=generator, dtype=states.dtype, device=states.device)
     return u * top
+
+
+def structure_penalty(policy, traj, properties: list[Property], weights: Tensor, state_names: list[str],
+                      action_names: list[str], probe_share: float, probe_widen: float,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The penalty at one random decision period of a recorded rollout: each product's
+    visited state there, a ``probe_share`` of them replaced by probes from the wider box.
+    Returns the weighted penalty (differentiable) and the violation rates in and out of
+    the visited region."""
+    T = traj.states.shape[1]
+    t = int(torch.randint(T, (1,), generator=generator))
+    visited = traj.states[:, t].detach()
+    n_out = round(probe_share * len(visited))
+    state = torch.cat([probe_states(visited, probe_widen, generator)[:n_out], visited[n_out:]])
+    _, J = jacobian(policy, traj.context, t, state)
+    size = violations(J, properties, state_names, action_names)
+    bad = (size.detach() > 1e-6).any(dim=1).double()
+    metrics = {"penalty": float(penalty(size, weights).detach())}
+    if n_out:
+        metrics["violation_rate_out"] = float(bad[:n_out].mean())
+    if n_out < len(bad):
+        metrics["violation_rate_in"] = float(bad[n_out:].mean())
+    return penalty(size, weights), metrics

@@ -24,6 +24,7 @@ class Trajectory:
     waste: Tensor    # [B, T]
     actions: Tensor  # [B, T, A]
     states: Tensor | None = None  # [B, T, W] state at each decision, if recorded
+    context: object = None        # what policy.prepare returned (for the structure penalty)
 
     @property
     def orders(self) -> Tensor:
@@ -56,7 +57,7 @@ def rollout(problem, policy, batch: ProductBatch, start: int, horizon: int, widt
         out["actions"].append(action)
     stacked = {k: torch.stack(v, 1) for k, v in out.items() if v}
     return Trajectory(demand=batch.demand[:, start:start + horizon], states=stacked.pop("states", None),
-                      **stacked)
+                      context=ctx, **stacked)
 
 
 def period_loss(traj: Trajectory, batch: ProductBatch, objective: str) -> Tensor:

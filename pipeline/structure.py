@@ -11,6 +11,7 @@ policy visits, away from the grid's upper edges.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,25 @@ class Property:
         if self.other is not None:
             return f"{d} <= d{self.action}/d{self.other}"
         return f"{self.lo:g} <= {d} <= {self.hi:g}"
+
+
+_DERIVATIVE = r"d(\w+)/d(\w+)"
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf)"
+
+
+def parse_property(text: str) -> Property:
+    """The inverse of ``str(Property)``: ``"-1 <= dorder/don_hand <= 0"`` (a bound) or
+    ``"dorder/dpipeline_1 <= dorder/don_hand"`` (an ordering)."""
+    t = " ".join(text.split())
+    bound = re.fullmatch(rf"{_NUMBER} <= {_DERIVATIVE} <= {_NUMBER}", t)
+    if bound:
+        lo, action, coord, hi = bound.groups()
+        return Property(action, coord, lo=float(lo), hi=float(hi))
+    order = re.fullmatch(rf"{_DERIVATIVE} <= {_DERIVATIVE}", t)
+    if order and order.group(1) == order.group(3):
+        return Property(order.group(1), order.group(2), other=order.group(4))
+    raise ValueError(f"cannot read property {text!r}; write 'LO <= dACTION/dSTATE <= HI' or "
+                     "'dACTION/dSTATE <= dACTION/dOTHER'")
 
 
 def forward_differences(table: Tensor, axis: int) -> Tensor:

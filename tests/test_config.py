@@ -41,6 +41,10 @@ def test_every_experiment_file_is_valid():
     (["lr"], "expected key=value"),
     (["benchmark.policies=[magic]"], "benchmark.policies must be a subset of dp, base_stock"),
     (["problem.params.shelf_lfe=2"], "problem.params: problem lost_sales has no parameter 'shelf_lfe'"),
+    (['penalty.properties=["-1 <= dorder/dfoo <= 0"]'], "penalty.properties: -1 <= dorder/dfoo <= 0: no state entry 'foo'"),
+    (['penalty.properties=["nonsense"]'], "penalty.properties: cannot read property 'nonsense'"),
+    (["penalty.weights=[1,2]"], "penalty.weights must be one weight >= 0 or one per property (3)"),
+    (["penalty.probe_share=1.5"], "penalty.probe_share must be in [0, 1]"),
 ])
 def test_user_mistakes_give_one_line_naming_the_key(args, message):
     with pytest.raises(ConfigError) as err:

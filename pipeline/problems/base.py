@@ -10,7 +10,9 @@ A problem is a small dataclass (its fields are the population-level parameters, 
 - ``step(state, action [B, A], demand [B], batch, setup) -> Step``;
 - ``inventory_position(state)``: what a base-stock policy orders up to;
 - ``dp_space(product, mean, std)``: the finite state grid and action set of the exact DP;
-- ``claimed_properties(width)``: the structural properties GUIDE 2.5 claims (``pipeline.structure``).
+- ``claimed_properties(width)``: the structural properties GUIDE 2.5 claims (``pipeline.structure``);
+  optionally ``default_properties(width)``: the subset the exact DP confirmed, when not all
+  of them hold (what the structure penalty enforces by default).
 
 Per-product economics (holding, shortage, unit cost, price, lead time) come from the
 ``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.

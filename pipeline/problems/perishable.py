@@ -128,3 +128,14 @@ class Perishable:
         props = [Property("order", c, lo=-1.0, hi=0.0) for c in names]
         props += [Property("order", names[j], other=names[j + 1]) for j in range(width - 1)]
         return props
+
+    def default_properties(self, width: int):
+        """What the structure penalty enforces by default: the claims the exact DP confirmed
+        (docs/structure.md). Under LIFO with m >= 3 only the slope <= 0 holds everywhere; the
+        slope bound -1 and the orderings fail in some visited states."""
+        props = self.claimed_properties(width)
+        if self.issuing == "lifo" and self.shelf_life >= 3:
+            from pipeline.structure import Property
+
+            props = [Property(p.action, p.coord, hi=0.0) for p in props if p.other is None]
+        return props
