@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.config import penalty_properties
 from pipeline.data import ProductBatch
 from pipeline.evaluate import policy_metrics
-from pipeline.penalty import structure_penalty
+from pipeline.penalty import structure_metrics, structure_penalty
 from pipeline.rollout import directbackprop_loss, period_loss, rollout
 
 
@@ -73,8 +73,15 @@ def penalty_spec(cfg, problem, width: int):
 
 def validation_metrics(policy: nn.Module, problem, batch: ProductBatch, cfg, width: int) -> dict[str, float]:
     """Metrics on the validation products over the evaluation window (continuous orders,
-    as trained), prefixed ``valid/``."""
+    as trained), and the violations of the structural properties (penalised or not) in the
+    visited and in probe states, prefixed ``valid/``."""
     e = cfg.eval
-    m = policy_metrics(problem, policy, batch, e.start, batch.periods - e.start, e.warmup, width,
-                       round_actions=False)
+    horizon = batch.periods - e.start
+    m = policy_metrics(problem, policy, batch, e.start, horizon, e.warmup, width, round_actions=False)
+    props = penalty_properties(problem, width, list(cfg.penalty.properties))
+    m.update(structure_metrics(policy, problem, batch, e.start, min(horizon, STRUCTURE_PERIODS), width,
+                               props, cfg.penalty.probe_widen, cfg.seed))
     return {f"valid/{k}": v for k, v in m.items()}
+
+
+STRUCTURE_PERIODS = 10  # decision periods whose states the violation metrics examine

@@ -47,11 +47,12 @@ def penalty(size: Tensor, weights: Tensor) -> Tensor:
 
 
 def violation_metrics(size: Tensor, properties: list[Property], tol: float = 1e-6) -> dict[str, float]:
-    """Per property: the share of states that violate it and the mean violation size."""
+    """Per property (named by its ``slug``): the share of states that violate it and the
+    mean violation size."""
     out, size = {}, size.detach()
     for i, prop in enumerate(properties):
-        out[f"{prop}/violation_rate"] = float((size[:, i] > tol).double().mean())
-        out[f"{prop}/violation_size"] = float(size[:, i].mean())
+        out[f"{prop.slug}/violation_rate"] = float((size[:, i] > tol).double().mean())
+        out[f"{prop.slug}/violation_size"] = float(size[:, i].mean())
     return out
 
 
@@ -85,3 +86,29 @@ def structure_penalty(policy, traj, properties: list[Property], weights: Tensor,
     if n_out < len(bad):
         metrics["violation_rate_in"] = float(bad[n_out:].mean())
     return penalty(size, weights), metrics
+
+
+def structure_metrics(policy, problem, batch, start: int, horizon: int, width: int,
+                      properties: list[Property], probe_widen: float, seed: int = 0) -> dict[str, float]:
+    """Violation metrics of a differentiable policy on ``batch``: at every decision period
+    of a rollout from ``start``, in the visited states (``in/...``) and in as many probe
+    states from the wider box (``out/...``); plus the share of states violating any property."""
+    from pipeline.rollout import rollout
+
+    with torch.no_grad():
+        traj = rollout(problem, policy, batch, start, horizon, width, record_states=True)
+    g = torch.Generator(device=traj.states.device).manual_seed(seed)
+    names, actions, out = problem.state_names(width), list(problem.actions), {}
+    for region in ("in", "out"):
+        sizes = []
+        for t in range(horizon):
+            state = traj.states[:, t]
+            if region == "out":
+                state = probe_states(traj.states.reshape(-1, width), probe_widen, g)[: len(state)]
+            with torch.enable_grad():
+                _, J = jacobian(policy, traj.context, t, state, create_graph=False)
+            sizes.append(violations(J, properties, names, actions).detach())
+        size = torch.cat(sizes)
+        out[f"{region}/violation_rate"] = float((size > 1e-6).any(dim=1).double().mean())
+        out.update({f"{region}/{k}": v for k, v in violation_metrics(size, properties).items()})
+    return out

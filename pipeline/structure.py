@@ -26,6 +26,13 @@ class Property:
     hi: float = float("inf")
     other: str | None = None    # ordering: d action / d coord <= d action / d other
 
+    @property
+    def slug(self) -> str:
+        """A metric-name-safe name: ``order.on_hand.bound``, ``order.pipeline_1.le.on_hand``."""
+        if self.other is not None:
+            return f"{self.action}.{self.coord}.le.{self.other}"
+        return f"{self.action}.{self.coord}.bound"
+
     def __str__(self) -> str:
         d = f"d{self.action}/d{self.coord}"
         if self.other is not None:

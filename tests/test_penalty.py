@@ -42,10 +42,10 @@ def test_penalty_is_positive_for_one_that_breaks_it():
     _, J = jacobian(Linear([2.0, 0.5, 0.5]), None, 0, STATES)
     size = violations(J, PROPS, NAMES, ["order"])
     metrics = violation_metrics(size, PROPS)
-    assert metrics["-1 <= dorder/don_hand <= 0/violation_rate"] == 1.0
-    assert metrics["-1 <= dorder/don_hand <= 0/violation_size"] == 1.0          # -2 is 1 below -1
-    assert metrics["dorder/dpipeline_1 <= dorder/don_hand/violation_size"] == 1.5  # -0.5 vs -2
-    assert metrics["dorder/dpipeline_2 <= dorder/dpipeline_1/violation_rate"] == 0.0
+    assert metrics["order.on_hand.bound/violation_rate"] == 1.0
+    assert metrics["order.on_hand.bound/violation_size"] == 1.0          # -2 is 1 below -1
+    assert metrics["order.pipeline_1.le.on_hand/violation_size"] == 1.5  # -0.5 vs -2
+    assert metrics["order.pipeline_2.le.pipeline_1/violation_rate"] == 0.0
     weights = torch.zeros(len(PROPS), dtype=torch.float64)
     weights[0] = 3.0
     assert float(penalty(size, weights).detach()) == 3.0
@@ -119,3 +119,24 @@ def test_properties_read_back_from_their_text_and_defaults_follow_the_dp():
     assert all(p.other is None and p.hi == 0 and p.lo == -float("inf") for p in defaults) and len(defaults) == 3
     fifo3 = get_problem("perishable", {"shelf_life": 3, "issuing": "fifo"})
     assert fifo3.default_properties(3) == fifo3.claimed_properties(3)
+
+
+def test_structure_metrics_in_and_out_of_distribution():
+    from pipeline.penalty import structure_metrics
+
+    demand = torch.poisson(torch.full((8, 40), 5.0), generator=torch.Generator().manual_seed(0))
+    batch = make_batch(demand.numpy(), lead_time=3).to("cpu", torch.float64)
+    good = structure_metrics(Linear([0.5, 0.75, 1.0]), PROBLEM, batch, 20, 5, 3, PROPS, 3.0)
+    bad = structure_metrics(Linear([2.0, 0.5, 0.5]), PROBLEM, batch, 20, 5, 3, PROPS, 3.0)
+    assert good["in/violation_rate"] == 0.0 and good["out/violation_rate"] == 0.0
+    # q = relu(30 - w.y) violates the spec exactly where it orders (slope -2 in on-hand),
+    # and holds where it does not (slope 0): the in-distribution rate is that share
+    from pipeline.rollout import rollout
+    states = rollout(PROBLEM, Linear([2.0, 0.5, 0.5]), batch, 20, 5, 3, record_states=True).states
+    ordering = float((30.0 - states @ torch.tensor([2.0, 0.5, 0.5], dtype=torch.float64) > 0).double().mean())
+    assert 0.0 < ordering < 1.0 and bad["in/violation_rate"] == ordering
+    # the probes: the same draws structure_metrics makes (seed 0, one box per period)
+    g, w = torch.Generator().manual_seed(0), torch.tensor([2.0, 0.5, 0.5], dtype=torch.float64)
+    probes = torch.cat([probe_states(states.reshape(-1, 3), 3.0, g)[:8] for _ in range(5)])
+    assert bad["out/violation_rate"] == float((30.0 - probes @ w > 0).double().mean())
+    assert bad["in/order.on_hand.bound/violation_size"] == ordering  # 1 unit below -1 where it orders
