@@ -294,6 +294,19 @@ def stationary(trans: Transitions, choice: Tensor, tol: float = 1e-12, max_iter:
     return pi
 
 
+def discounted_occupancy(trans: Transitions, choice: Tensor, initial: Tensor,
+                         discount: float, tol: float = 1e-12) -> Tensor:
+    """(1 - gamma) * sum_t gamma^t P(state_t = s) from ``initial`` under a policy [S]."""
+    nxt = trans.next[torch.arange(len(choice)), choice]  # [S, D]
+    weights = trans.pmf[None, :].expand_as(nxt)
+    law, total, scale = initial, torch.zeros_like(initial), 1.0 - discount
+    while scale > tol:
+        total += scale * law
+        law = torch.zeros_like(law).index_add_(0, nxt.reshape(-1), (law[:, None] * weights).reshape(-1))
+        scale *= discount
+    return total
+
+
 def policy_matrix(trans: Transitions, choice: Tensor) -> Tensor:
     """The dense [S, S] transition matrix of the chain under a policy (small grids: checks
     against linear algebra)."""

@@ -50,23 +50,10 @@ def initial_law(space: dp.StateSpace, top: int) -> Tensor:
     return start.double() / float(start.sum())
 
 
-def discounted_occupancy(trans: dp.Transitions, choice: Tensor, initial: Tensor,
-                         discount: float, tol: float = 1e-12) -> Tensor:
-    """(1 - gamma) * sum_t gamma^t P(state_t = s) from ``initial`` under a policy [S]."""
-    nxt = trans.next[torch.arange(len(choice)), choice]  # [S, D]
-    weights = trans.pmf[None, :].expand_as(nxt)
-    law, total, scale = initial, torch.zeros_like(initial), 1.0 - discount
-    while scale > tol:
-        total += scale * law
-        law = torch.zeros_like(law).index_add_(0, nxt.reshape(-1), (law[:, None] * weights).reshape(-1))
-        scale *= discount
-    return total
-
-
 def grid_binds(trans: dp.Transitions, solution: dp.Solution, initial: Tensor, tol: float = 1e-6) -> bool:
     """Whether the grid or the order cap binds where the policy goes from the start
     (weighted by its discounted occupancy)."""
-    occupancy = discounted_occupancy(trans, solution.choice, initial, solution.discount)
+    occupancy = dp.discounted_occupancy(trans, solution.choice, initial, solution.discount)
     clamped = float(occupancy @ trans.clamped.gather(1, solution.choice[:, None])[:, 0])
     top_order = trans.space.actions[:, 0].max()
     at_cap = float(occupancy[trans.space.actions[solution.choice, 0] >= top_order].sum())

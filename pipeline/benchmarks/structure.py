@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 from torch import Tensor
 
 from pipeline import dp
@@ -43,13 +42,7 @@ def occupancy(trans: dp.Transitions, solution: dp.Solution, initial: Tensor | No
     """Where the policy goes: the stationary law, or the discounted occupancy from a start."""
     if initial is None or solution.discount == 1.0:
         return dp.stationary(trans, solution.choice)
-    nxt = trans.next[torch.arange(len(solution.choice)), solution.choice]
-    law, total, weight = initial, torch.zeros_like(initial), 1.0 - solution.discount
-    while weight > 1e-12:
-        total += weight * law
-        law = torch.zeros_like(law).index_add_(0, nxt.reshape(-1), (law[:, None] * trans.pmf).reshape(-1))
-        weight *= solution.discount
-    return total
+    return dp.discounted_occupancy(trans, solution.choice, initial, solution.discount)
 
 
 def check_instance(case: DPInstance) -> tuple[list, list]:
