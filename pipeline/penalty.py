@@ -98,15 +98,13 @@ def structure_metrics(policy, problem, batch, start: int, horizon: int, width: i
     with torch.no_grad():
         traj = rollout(problem, policy, batch, start, horizon, width, record_states=True)
     g = torch.Generator(device=traj.states.device).manual_seed(seed)
+    probes = probe_states(traj.states.reshape(-1, width), probe_widen, g).reshape(traj.states.shape)
     names, actions, out = problem.state_names(width), list(problem.actions), {}
-    for region in ("in", "out"):
+    for region, states in (("in", traj.states), ("out", probes)):
         sizes = []
         for t in range(horizon):
-            state = traj.states[:, t]
-            if region == "out":
-                state = probe_states(traj.states.reshape(-1, width), probe_widen, g)[: len(state)]
             with torch.enable_grad():
-                _, J = jacobian(policy, traj.context, t, state, create_graph=False)
+                _, J = jacobian(policy, traj.context, t, states[:, t], create_graph=False)
             sizes.append(violations(J, properties, names, actions).detach())
         size = torch.cat(sizes)
         out[f"{region}/violation_rate"] = float((size > 1e-6).any(dim=1).double().mean())
