@@ -31,15 +31,13 @@ explained in `docs/problems/<problem>.md`.
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)
-    import pandas as pd
-
-    from pipeline.benchmarks import SUITES
+    from pipeline.benchmarks import SUITES, report_sections, selected
     from pipeline.benchmarks.structure import markdown, structure_table
 
     b = cfg.benchmark
     results = resolve_path(b.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    for name in (SUITES if b.suite == "all" else [b.suite]):
+    for name in selected(b.suite):
         started = time.time()
         suite = SUITES[name]
         if suite.dp_instance is None:
@@ -49,12 +47,8 @@ def main(args: list[str]) -> int:
         table.to_csv(results / f"structure_{name}.csv", index=False)
         print(markdown(table, f"python -m jobs.structure suite={name}"))
         print(f"({time.time() - started:.0f}s)\n", flush=True)
-    order = {name: i for i, name in enumerate(SUITES)}
-    paths = sorted((p for p in results.glob("structure_*.csv") if p.stem[10:] in SUITES),
-                   key=lambda p: order[p.stem[10:]])
-    sections = [markdown(pd.read_csv(p), f"python -m jobs.structure suite={p.stem[10:]}") for p in paths]
     docs = resolve_path(b.docs).with_name("structure.md")
-    docs.write_text(DOC_HEADER + "\n" + "\n".join(sections))
+    docs.write_text(DOC_HEADER + "\n" + report_sections(results, "structure_", markdown, "structure"))
     print(f"Report: {docs}")
     return 0
 

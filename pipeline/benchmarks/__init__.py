@@ -9,6 +9,7 @@ its own module here and is registered in ``SUITES``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -40,6 +41,19 @@ SUITES = {s.name: s for s in (
     Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES,
           removal.dp_instance),
 )}
+
+
+def selected(name: str) -> list[str]:
+    """The suites a job runs: one by name, or every one for ``all``."""
+    return list(SUITES) if name == "all" else [name]
+
+
+def report_sections(results: Path, prefix: str, render: Callable[[pd.DataFrame, str], str], job: str) -> str:
+    """A report from every suite's ``<results>/<prefix><suite>.csv``, in registry order, each
+    section rendered with the command that regenerates it."""
+    paths = [results / f"{prefix}{name}.csv" for name in SUITES]
+    return "\n".join(render(pd.read_csv(p), f"python -m jobs.{job} suite={p.stem[len(prefix):]}")
+                     for p in paths if p.exists())
 
 
 def instance_key(instance: dict) -> str:
