@@ -96,6 +96,27 @@ class EvalConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    shocks: List[str] = MISSING    # demand shocks to evaluate under: up, down, spike
+    shock_at: int = MISSING        # scored period at which a shock starts
+    up_factor: float = MISSING     # level shift up: demand x this from shock_at on
+    down_factor: float = MISSING   # level shift down: demand x this from shock_at on
+    spike_factor: float = MISSING  # one-week spike: demand x this in period shock_at only
+    initial_multiples: List[float] = MISSING  # off-distribution starts: every state entry = k x mean demand
+
+
+@dataclass
+class SweepConfig:
+    num_samples: int = MISSING     # trials
+    max_concurrent_trials: int = MISSING
+    weight_range: List[float] = MISSING  # penalty weights: log-uniform on [low, high]
+    weights_per_property: bool = MISSING  # one weight per property (else one for all)
+    lr_range: List[float] = MISSING      # learning rate: log-uniform on [low, high]
+    grace_period: int = MISSING    # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = MISSING  # ASHA: keep the best 1/this at each rung
+
+
+@dataclass
 class BenchmarkConfig:
     suite: str = MISSING           # a suite of pipeline/benchmarks (suite=NAME reads conf/suite/NAME.yaml), or all
     policies: List[str] = MISSING  # the suite's policies to run (empty: all); dp is the exact optimum
@@ -126,6 +147,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -133,6 +156,7 @@ class Config:
 
 BASELINES = ("dp", "omniscient", "estimated", "best_constant")
 DISTRIBUTIONS = ("poisson", "negbin", "zip", "gamma", "uniform")
+SHOCKS = ("up", "down", "spike")
 
 
 def _load_yaml(path: Path):
@@ -270,6 +294,21 @@ def validate(c: Config) -> None:
     _check(set(c.benchmark.policies) <= set(known), "benchmark.policies",
            f"must be a subset of {', '.join(known)} (empty: all), got {list(c.benchmark.policies)}")
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
+    r = c.robustness
+    _check(set(r.shocks) <= set(SHOCKS), "robustness.shocks", f"must be a subset of {', '.join(SHOCKS)}, got {list(r.shocks)}")
+    _check(0 <= r.shock_at < d.periods - e.start - e.warmup, "robustness.shock_at",
+           f"must be a scored period in [0, {d.periods - e.start - e.warmup}), got {r.shock_at}")
+    for key in ("up_factor", "down_factor", "spike_factor"):
+        _check(getattr(r, key) >= 0, f"robustness.{key}", f"must be >= 0, got {getattr(r, key)}")
+    _check(all(k >= 0 for k in r.initial_multiples), "robustness.initial_multiples",
+           f"must be >= 0, got {list(r.initial_multiples)}")
+    s = c.sweep
+    _check(s.num_samples >= 1, "sweep.num_samples", f"must be >= 1, got {s.num_samples}")
+    _check(s.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", f"must be >= 1, got {s.max_concurrent_trials}")
+    _range(s.weight_range, "sweep.weight_range", low=1e-12)
+    _range(s.lr_range, "sweep.lr_range", low=1e-12)
+    _check(s.grace_period >= 1, "sweep.grace_period", f"must be >= 1, got {s.grace_period}")
+    _check(s.reduction_factor >= 2, "sweep.reduction_factor", f"must be >= 2, got {s.reduction_factor}")
 
 
 def penalty_properties(problem, width: int, texts: list[str]):
