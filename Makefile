@@ -7,11 +7,12 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_AUTH_MODE ?= disabled
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK ?= true
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: venv run test benchmark ui clean
+.PHONY: venv run test sweep sipn benchmark ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,17 @@ run: $(STAMP)
 ## test: the test suite
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## sweep: the smoke sweep: Ray Tune (ASHA) over penalty weights and lr, 4 tiny trials; ARGS="key=value ..."
+sweep: $(STAMP)
+	$(PY) -m jobs.sweep experiment=sweep_smoke $(ARGS)
+
+## sipn: plain vs structure-penalized training on lost sales L=5, perishable, dual sourcing -> docs/sipn.md
+sipn: $(STAMP)
+	$(PY) -m jobs.sipn experiment=sipn_lost_sales_L5
+	$(PY) -m jobs.sipn experiment=sipn_perishable
+	$(PY) -m jobs.sipn experiment=sipn_dual_sourcing
+	$(PY) -m benchmarks.penalty_step
 
 ## benchmark: every benchmark suite -> benchmarks/results/<suite>.csv and docs/benchmarks.md
 benchmark: $(STAMP)

@@ -50,8 +50,9 @@ def main(args: list[str]) -> int:
         table, baselines = test_report(cfg, policy, problem, train, test, width)
 
         tracker.log_table(table, "evaluation")
-        tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)
-                             for row in table.itertuples() for k in table.columns if k != "policy"})
+        tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)  # NaN: not measured for it
+                             for row in table.itertuples() for k in table.columns
+                             if k != "policy" and getattr(row, k) == getattr(row, k)})
         tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
         tracker.log_artifact(best, "checkpoint")
         history = {"train loss": tracker.metric_history("train/loss"),

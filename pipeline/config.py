@@ -83,6 +83,7 @@ class PenaltyConfig:
     weights: List[float] = MISSING   # one weight per property, or one for all; 0 disables the penalty
     probe_share: float = MISSING     # share of the penalised states drawn outside the visited region
     probe_widen: float = MISSING     # probe box: 0 .. this x the largest visited value of each coordinate
+    ramp_epochs: float = MISSING     # the weights grow linearly from 0 over this many epochs (0: at once)
 
 
 @dataclass
@@ -102,7 +103,7 @@ class RobustnessConfig:
     up_factor: float = MISSING     # level shift up: demand x this from shock_at on
     down_factor: float = MISSING   # level shift down: demand x this from shock_at on
     spike_factor: float = MISSING  # one-week spike: demand x this in period shock_at only
-    initial_multiples: List[float] = MISSING  # off-distribution starts: every state entry = k x mean demand
+    initial_multiples: List[float] = MISSING  # unusual starts: every state entry = k x mean demand
 
 
 @dataclass
@@ -282,6 +283,7 @@ def validate(c: Config) -> None:
            f"must be one weight >= 0 or one per property ({len(props)}), got {list(pen.weights)}")
     _check(0 <= pen.probe_share <= 1, "penalty.probe_share", f"must be in [0, 1], got {pen.probe_share}")
     _check(pen.probe_widen >= 1, "penalty.probe_widen", f"must be >= 1, got {pen.probe_widen}")
+    _check(pen.ramp_epochs >= 0, "penalty.ramp_epochs", f"must be >= 0, got {pen.ramp_epochs}")
     e = c.eval
     _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
     _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")

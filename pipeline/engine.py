@@ -12,8 +12,8 @@ from torch import nn
 
 from pipeline.config import penalty_properties
 from pipeline.data import ProductBatch
-from pipeline.evaluate import policy_metrics
-from pipeline.penalty import structure_metrics, structure_penalty
+from pipeline.evaluate import policy_metrics, violation_summary
+from pipeline.penalty import structure_penalty
 from pipeline.rollout import directbackprop_loss, period_loss, rollout
 
 
@@ -30,10 +30,11 @@ def sample_start(generator: torch.Generator, history: int, horizon: int, periods
 
 def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, batch: ProductBatch,
                start: int, cfg, width: int,
-               grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None) -> dict[str, float]:
+               grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None,
+               penalty_scale: float = 1.0) -> dict[str, float]:
     """One DirectBackprop step: roll out ``cfg.train.horizon`` periods from ``start``,
     average the (discounted) per-period loss after the warm-up, add the structure penalty
-    when ``cfg.penalty`` weights it, backpropagate through the whole trajectory, average
+    when ``cfg.penalty`` weights it (times ``penalty_scale``, see ``penalty_ramp``), backpropagate through the whole trajectory, average
     gradients across workers, clip, step."""
     t = cfg.train
     spec = penalty_spec(cfg, problem, width)
@@ -43,7 +44,7 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
     total, extra = loss, {}
     if spec is not None:
         props, weights = spec
-        pen, extra = structure_penalty(policy, traj, props, weights.to(loss), problem.state_names(width),
+        pen, extra = structure_penalty(policy, traj, props, penalty_scale * weights.to(loss), problem.state_names(width),
                                        list(problem.actions), cfg.penalty.probe_share, cfg.penalty.probe_widen)
         total = loss + pen
     optimizer.zero_grad(set_to_none=True)
@@ -62,6 +63,30 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
     return {"loss": loss.item(), "grad_norm": norm.item(), **extra}  # loss: the DirectBackprop objective
 
 
+def penalty_ramp(ramp_epochs: float, epochs_done: float) -> float:
+    """The share of the penalty weights in force after ``epochs_done`` (fractional) epochs."""
+    return 1.0 if ramp_epochs <= 0 else min(1.0, epochs_done / ramp_epochs)
+
+
+def gradient_averager(world_size: int) -> Optional[Callable[[list[torch.Tensor]], None]]:
+    """Averages gradients over the workers of a ``torch.distributed`` group in one
+    all-reduce (every gradient, the structure penalty's included); None for one worker."""
+    if world_size <= 1:
+        return None
+    import torch.distributed as dist
+
+    def sync(grads: list[torch.Tensor]) -> None:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    return sync
+
+
 def penalty_spec(cfg, problem, width: int):
     """(properties, weights [P]) of the structure penalty, or None when every weight is 0."""
     weights = torch.tensor(cfg.penalty.weights, dtype=torch.float64)
@@ -78,10 +103,5 @@ def validation_metrics(policy: nn.Module, problem, batch: ProductBatch, cfg, wid
     e = cfg.eval
     horizon = batch.periods - e.start
     m = policy_metrics(problem, policy, batch, e.start, horizon, e.warmup, width, round_actions=False)
-    props = penalty_properties(problem, width, list(cfg.penalty.properties))
-    m.update(structure_metrics(policy, problem, batch, e.start, min(horizon, STRUCTURE_PERIODS), width,
-                               props, cfg.penalty.probe_widen, cfg.seed))
+    m.update(violation_summary(cfg, policy, problem, batch, width))
     return {f"valid/{k}": v for k, v in m.items()}
-
-
-STRUCTURE_PERIODS = 10  # decision periods whose states the violation metrics examine

@@ -7,15 +7,18 @@ import torch
 from pipeline.data import ProductBatch
 from pipeline.rollout import rollout
 
+STRUCTURE_PERIODS = 10  # decision periods whose states the violation metrics examine
+
 REFERENCES = ("dp", "omniscient")  # the gap is taken to the first one present
 
 
 @torch.no_grad()
 def policy_metrics(problem, policy, batch: ProductBatch, start: int, horizon: int, warmup: int,
-                   width: int, round_actions: bool) -> dict[str, float]:
+                   width: int, round_actions: bool, initial_state=None) -> dict[str, float]:
     """Population metrics per period after the warm-up (sums over products, so the
     average cost is total cost / product-periods)."""
-    traj = rollout(problem, policy, batch, start, horizon, width, round_actions=round_actions)
+    traj = rollout(problem, policy, batch, start, horizon, width, round_actions=round_actions,
+                   initial_state=initial_state)
     w = slice(warmup, None)
     cost = traj.cost[:, w]
     revenue = batch.price[:, None] * traj.sales[:, w]
@@ -54,9 +57,30 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:,.4f}")
 
 
+def violation_summary(cfg, policy, problem, batch: ProductBatch, width: int, start: int | None = None,
+                      skip: int | None = None, initial_state=None) -> dict[str, float]:
+    """The structure metrics of ``pipeline.penalty.structure_metrics`` for the run's
+    properties (penalised or not) over ``STRUCTURE_PERIODS`` decision periods of a rollout
+    from ``start`` after its first ``skip`` periods: ``in/...`` and ``out/...``. By default
+    the first scored periods of the evaluation (from ``eval.start`` after ``eval.warmup``),
+    so that "in distribution" means the states the policy settles into, not the empty
+    start every rollout leaves."""
+    from pipeline.config import penalty_properties
+    from pipeline.penalty import structure_metrics
+
+    start = cfg.eval.start if start is None else start
+    skip = cfg.eval.warmup if skip is None else skip
+    periods = min(STRUCTURE_PERIODS, batch.periods - start - skip)
+    props = penalty_properties(problem, width, list(cfg.penalty.properties))
+    return structure_metrics(policy, problem, batch, start, periods, width, props, cfg.penalty.probe_widen,
+                             cfg.seed, skip=skip, initial_state=initial_state)
+
+
 def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, width: int):
     """The learned policy and every configured baseline on the held-out test products,
-    same demand paths, integer orders where the problem is discrete."""
+    same demand paths, integer orders where the problem is discrete; for the learned
+    policy also the share of states that violate a structural property, in the visited
+    states (``violation_rate_in``) and in probes outside them (``violation_rate_out``)."""
     from pipeline.baselines import baseline_policies
 
     e = cfg.eval
@@ -67,4 +91,7 @@ def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, w
     policies = {"learned": policy, **baselines}
     table = evaluation_table(problem, policies, test, e.start, horizon, e.warmup, width,
                              e.round_actions and problem.discrete, cfg.problem.objective)
+    v = violation_summary(cfg, policy, problem, test, width)
+    for region in ("in", "out"):
+        table[f"violation_rate_{region}"] = table.policy.map({"learned": v[f"{region}/violation_rate"]})
     return table, baselines

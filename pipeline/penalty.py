@@ -6,7 +6,9 @@ autograd (one backward pass per action; products are independent, so the gradien
 batch sum is each product's own row). A bound ``lo <= J <= hi`` is violated by
 ``relu(lo - J) + relu(J - hi)``, an ordering ``J_i <= J_j`` by ``relu(J_i - J_j)``. The
 penalty is the weighted mean violation; it is differentiable in the network's weights
-(``create_graph=True``), so it trains with the DirectBackprop loss.
+(``create_graph=True``), so it trains with the DirectBackprop loss. Sign and ordering
+conditions are penalised on the direction of the Jacobian row (``violations``), so that
+they keep a gradient where the order is nearly saturated at 0.
 """
 from __future__ import annotations
 
@@ -28,17 +30,30 @@ def jacobian(policy, ctx, t: int, state: Tensor, create_graph: bool = True) -> t
 
 
 def violations(J: Tensor, properties: list[Property], state_names: list[str],
-               action_names: list[str]) -> Tensor:
-    """Size of each property's violation in each state [B, P] (0 where it holds)."""
+               action_names: list[str], direction: bool = False) -> Tensor:
+    """Size of each property's violation in each state [B, P] (0 where it holds).
+
+    With ``direction`` the parts of a property that only concern signs and orderings
+    (a bound at 0, an ordering) are measured on the direction of the action's Jacobian row
+    ``J / |J|`` instead of ``J``: they hold for one exactly when they hold for the other,
+    but where the action is nearly saturated (an order of almost 0 through the softplus)
+    ``J`` and its gradient are exponentially small while the direction's are not. The
+    penalty uses this; the violation metrics measure ``J`` itself."""
+    unit = J / (J.norm(dim=2, keepdim=True) + DIRECTION_EPS) if direction else J
     out = []
     for prop in properties:
-        d = J[:, action_names.index(prop.action), state_names.index(prop.coord)]
+        a, i = action_names.index(prop.action), state_names.index(prop.coord)
         if prop.other is None:
-            v = torch.relu(prop.lo - d) + torch.relu(d - prop.hi)
+            lo = unit if prop.lo == 0 else J
+            hi = unit if prop.hi == 0 else J
+            v = torch.relu(prop.lo - lo[:, a, i]) + torch.relu(hi[:, a, i] - prop.hi)
         else:
-            v = torch.relu(d - J[:, action_names.index(prop.action), state_names.index(prop.other)])
+            v = torch.relu(unit[:, a, i] - unit[:, a, state_names.index(prop.other)])
         out.append(v)
     return torch.stack(out, dim=1)
+
+
+DIRECTION_EPS = 1e-12  # below this Jacobian norm the direction fades to 0 (nothing to correct)
 
 
 def penalty(size: Tensor, weights: Tensor) -> Tensor:
@@ -58,11 +73,18 @@ def violation_metrics(size: Tensor, properties: list[Property], tol: float = 1e-
 
 def probe_states(states: Tensor, widen: float, generator: torch.Generator | None = None) -> Tensor:
     """States drawn uniformly from a box ``widen`` times as wide as the visited one in each
-    coordinate (from 0 to ``widen`` x the largest visited value): the out-of-distribution
-    probes [B, W]."""
-    top = states.detach().amax(dim=0).clamp_min(1.0) * widen
+    coordinate: from 0 to ``widen`` x the largest visited value, and down to ``widen`` x the
+    smallest where a coordinate goes negative (a backlog): the out-of-distribution probes
+    [B, W]."""
+    low, high = probe_box(states, widen)
     u = torch.rand(states.shape, generator=generator, dtype=states.dtype, device=states.device)
-    return u * top
+    return low + u * (high - low)
+
+
+def probe_box(states: Tensor, widen: float) -> tuple[Tensor, Tensor]:
+    """(low [W], high [W]) of the probe box of ``probe_states`` for visited ``states`` [N, W]."""
+    s = states.detach()
+    return s.amin(dim=0).clamp_max(0.0) * widen, s.amax(dim=0).clamp_min(1.0) * widen
 
 
 def structure_penalty(policy, traj, properties: list[Property], weights: Tensor, state_names: list[str],
@@ -78,33 +100,37 @@ def structure_penalty(policy, traj, properties: list[Property], weights: Tensor,
     n_out = round(probe_share * len(visited))
     state = torch.cat([probe_states(visited, probe_widen, generator)[:n_out], visited[n_out:]])
     _, J = jacobian(policy, traj.context, t, state)
-    size = violations(J, properties, state_names, action_names)
-    bad = (size.detach() > 1e-6).any(dim=1).double()
-    metrics = {"penalty": float(penalty(size, weights).detach())}
+    loss = penalty(violations(J, properties, state_names, action_names, direction=True), weights)
+    bad = (violations(J.detach(), properties, state_names, action_names) > 1e-6).any(dim=1).double()
+    metrics = {"penalty": float(loss.detach())}
     if n_out:
         metrics["violation_rate_out"] = float(bad[:n_out].mean())
     if n_out < len(bad):
         metrics["violation_rate_in"] = float(bad[n_out:].mean())
-    return penalty(size, weights), metrics
+    return loss, metrics
 
 
 def structure_metrics(policy, problem, batch, start: int, horizon: int, width: int,
-                      properties: list[Property], probe_widen: float, seed: int = 0) -> dict[str, float]:
-    """Violation metrics of a differentiable policy on ``batch``: at every decision period
-    of a rollout from ``start``, in the visited states (``in/...``) and in as many probe
+                      properties: list[Property], probe_widen: float, seed: int = 0,
+                      skip: int = 0, initial_state: Tensor | None = None) -> dict[str, float]:
+    """Violation metrics of a differentiable policy on ``batch``: at ``horizon`` decision
+    periods of a rollout from ``start`` (after its first ``skip`` periods; from
+    ``initial_state`` if given), in the visited states (``in/...``) and in as many probe
     states from the wider box (``out/...``); plus the share of states violating any property."""
     from pipeline.rollout import rollout
 
     with torch.no_grad():
-        traj = rollout(problem, policy, batch, start, horizon, width, record_states=True)
-    g = torch.Generator(device=traj.states.device).manual_seed(seed)
-    probes = probe_states(traj.states.reshape(-1, width), probe_widen, g).reshape(traj.states.shape)
+        traj = rollout(problem, policy, batch, start, skip + horizon, width, record_states=True,
+                       initial_state=initial_state)
+    visited = traj.states[:, skip:]
+    g = torch.Generator(device=visited.device).manual_seed(seed)
+    probes = probe_states(visited.reshape(-1, width), probe_widen, g).reshape(visited.shape)
     names, actions, out = problem.state_names(width), list(problem.actions), {}
-    for region, states in (("in", traj.states), ("out", probes)):
+    for region, states in (("in", visited), ("out", probes)):
         sizes = []
         for t in range(horizon):
             with torch.enable_grad():
-                _, J = jacobian(policy, traj.context, t, states[:, t], create_graph=False)
+                _, J = jacobian(policy, traj.context, skip + t, states[:, t], create_graph=False)
             sizes.append(violations(J, properties, names, actions).detach())
         size = torch.cat(sizes)
         out[f"{region}/violation_rate"] = float((size > 1e-6).any(dim=1).double().mean())

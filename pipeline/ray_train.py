@@ -26,7 +26,6 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,  # noqa: E402
                        RunConfig, ScalingConfig)
 import ray.train.torch  # noqa: E402
@@ -35,7 +34,8 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 from pipeline import checkpoint as ckpt  # noqa: E402
 from pipeline.config import Config, from_yaml, to_yaml  # noqa: E402
 from pipeline.data import ProductBatch, batch_from_columns  # noqa: E402
-from pipeline.engine import cosine_lr, sample_start, train_step, validation_metrics  # noqa: E402
+from pipeline.engine import (cosine_lr, gradient_averager, penalty_ramp, sample_start,  # noqa: E402
+                             train_step, validation_metrics)
 from pipeline.policy import build_policy  # noqa: E402
 from pipeline.problems import get_problem  # noqa: E402
 from pipeline.tracking import EpochLogger  # noqa: E402
@@ -59,8 +59,18 @@ def quiet_ray_logs() -> None:
         pass
 
 
-def init_ray(cfg: Config) -> None:
-    """Connect to the configured cluster (or $RAY_ADDRESS), else start Ray in-process."""
+def local_cpus(cfg: Config, runs: int = 1) -> int:
+    """Logical CPUs for a local Ray: the workers of ``runs`` concurrent training runs plus
+    one spare each (Ray Data's read tasks and the run's driver; without it ingest hangs),
+    plus one; at least one per core."""
+    t = cfg.train
+    return max(os.cpu_count() or 1, runs * (max(1, t.num_workers) * t.cpus_per_worker + 1) + 1)
+
+
+def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
+    """Connect to the configured cluster (or $RAY_ADDRESS), else start Ray in-process with
+    ``ray.num_cpus`` logical CPUs, or ``num_cpus`` (a job's own need) when that is unset,
+    or enough for one training run (``local_cpus``)."""
     quiet_ray_logs()
     if ray.is_initialized():
         return
@@ -69,8 +79,8 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, logging_config=logs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_config=logs,
-                 runtime_env={"worker_process_setup_hook": _by_value(quiet_ray_logs)})
+        ray.init(num_cpus=cfg.ray.num_cpus or num_cpus or local_cpus(cfg), include_dashboard=False,
+                 logging_config=logs, runtime_env={"worker_process_setup_hook": _by_value(quiet_ray_logs)})
 
 
 def _by_value(fn):
@@ -95,22 +105,6 @@ def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
         k: (torch.cat([getattr(p, k) for p in parts]) if isinstance(getattr(parts[0], k), torch.Tensor)
             else np.concatenate([getattr(p, k) for p in parts]))
         for k in parts[0].__dataclass_fields__})
-
-
-def _grad_sync(world_size: int):
-    if world_size <= 1:
-        return None
-
-    def sync(grads: list[torch.Tensor]) -> None:
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    return sync
 
 
 def train_loop_per_worker(payload: dict) -> None:
@@ -152,7 +146,7 @@ def train_loop_per_worker(payload: dict) -> None:
     if valid is not None:
         valid = valid.to(device)
     steps_per_epoch, batch_size = payload["steps_per_epoch"], payload["batch_size"]
-    sync = _grad_sync(world)
+    sync = gradient_averager(world)
     t = cfg.train
     started = time.time()
     for epoch in range(first_epoch, t.epochs):
@@ -168,7 +162,8 @@ def train_loop_per_worker(payload: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 start = sample_start(generator, t.history, t.horizon, batch.periods)
-                losses.append(train_step(policy, optimizer, problem, batch, start, cfg, width, sync)["loss"])
+                losses.append(train_step(policy, optimizer, problem, batch, start, cfg, width, sync,
+                                         penalty_ramp(cfg.penalty.ramp_epochs, epoch + step / steps_per_epoch))["loss"])
                 step += 1
             compute += time.time() - tic
         metrics = {"train/loss": float(np.mean(losses)) if losses else math.nan, "train/lr": lr if losses else 0.0,
@@ -192,15 +187,24 @@ def train_loop_per_worker(payload: dict) -> None:
             left = elapsed / (epoch + 1 - first_epoch) * (t.epochs - epoch - 1)
             print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
                   f"valid cost {metrics['valid/avg_cost']:.4f}  "
+                  f"violations in {metrics['valid/in/violation_rate']:.1%} out {metrics['valid/out/violation_rate']:.1%}  "
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
                   f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
-        state_width: int) -> None:
-    """Build the TorchTrainer over Ray Data datasets and run it to the last epoch."""
-    ray.data.DataContext.get_current().print_on_execution_start = False  # once per epoch otherwise
+        state_width: int, callbacks: list | None = None, storage_path: Path | None = None) -> None:
+    """Build the TorchTrainer over Ray Data datasets and run it to the last epoch.
+
+    ``callbacks``: extra Ray Train callbacks (a Tune trial passes ``TuneReportCallback``);
+    ``storage_path``: Ray Train's storage folder, by default ``run_dir.parent / "ray"``."""
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.print_on_execution_start = False  # once per epoch otherwise
+    # Ray Data's default Parquet reader (DataSourceV2) lists every dataset execution, every
+    # epoch, through a pool of up to 32 footer-reading actors, each a new process: seconds
+    # of CPU per epoch for a few small files. The V1 reader reads the footers in place.
+    data_ctx.use_datasource_v2 = False
     datasets = {name: ray.data.read_parquet(str(splits[name])) for name in ("train", "valid")}
     t = cfg.train
     world = max(1, t.num_workers)
@@ -219,7 +223,8 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir.parent / "ray"),
+        run_config=RunConfig(name=cfg.name, storage_path=str(storage_path or run_dir.parent / "ray"),
+                             callbacks=list(callbacks or []),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=2),
                              logging_config=LoggingConfig(log_level="WARNING")),

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
 
 RUN_NAME_TAG = "sidbp.run_name"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -53,17 +54,28 @@ class Tracker:
         self.run_id: str | None = None
         self.resumed = False
 
-    def start(self, cfg: Config) -> str:
-        """Reuse the latest run with this run name, else create one; log the config."""
-        found = self.client.search_runs([self.experiment_id],
-                                        f"tags.`{RUN_NAME_TAG}` = '{cfg.name}'",
-                                        order_by=["attributes.start_time DESC"], max_results=1)
+    def start(self, cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+              resume: bool = True) -> str:
+        """Reuse the latest run with this run name, else create one; log the config.
+
+        ``parent_run_id``: nest the run under that run (a sweep's trial under the sweep) and
+        reuse only a run nested there; ``tags``: extra tags; ``resume=False``: always a new run."""
+        query = f"tags.`{RUN_NAME_TAG}` = '{cfg.name}'"
+        if parent_run_id:
+            query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        found = self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                        max_results=1) if resume else []
+        extra = {k: str(v) for k, v in (tags or {}).items()}
         if found:
             self.run_id, self.resumed = found[0].info.run_id, True
             self.client.update_run(self.run_id, status="RUNNING")
+            for k, v in extra.items():
+                self.client.set_tag(self.run_id, k, v)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=cfg.name,
-                                         tags={RUN_NAME_TAG: cfg.name, "problem": cfg.problem.name})
+            run_tags = {RUN_NAME_TAG: cfg.name, "problem": cfg.problem.name, **extra}
+            if parent_run_id:
+                run_tags[PARENT_TAG] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=cfg.name, tags=run_tags)
             self.run_id = run.info.run_id
             params = flatten(cfg)
             items = list(params.items())

@@ -3,7 +3,7 @@ breaks it (both built by hand), and the network's Jacobian against finite differ
 import torch
 
 from conftest import make_batch
-from pipeline.penalty import jacobian, penalty, probe_states, violation_metrics, violations
+from pipeline.penalty import DIRECTION_EPS, jacobian, penalty, probe_states, violation_metrics, violations
 from pipeline.policy import OrderPolicy
 from pipeline.problems import get_problem
 
@@ -78,6 +78,10 @@ def test_probes_cover_a_wider_box_than_the_visited_states():
     top = STATES.amax(dim=0).clamp_min(1.0) * 4
     assert bool((probes >= 0).all()) and bool((probes <= top).all())
     assert bool((probes.amax(dim=0) > 0.9 * top).all())  # reaches far outside the visited box
+    backlog = STATES - torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)  # first coordinate down to -3
+    probes = probe_states(backlog.expand(1000, -1, -1).reshape(-1, 3), 4.0, g)
+    assert float(probes[:, 0].min()) < -0.9 * 12 and bool((probes[:, 0] >= -12).all())
+    assert bool((probes[:, 1:] >= 0).all())  # coordinates never negative are probed from 0
 
 
 def test_training_with_the_penalty_lowers_out_of_distribution_violations():
@@ -140,3 +144,85 @@ def test_structure_metrics_in_and_out_of_distribution():
     probes = probe_states(states.reshape(-1, 3), 3.0, g)
     assert bad["out/violation_rate"] == float((30.0 - probes @ w > 0).double().mean())
     assert bad["in/order.on_hand.bound/violation_size"] == ordering  # 1 unit below -1 where it orders
+
+
+def _ddp_setup():
+    from pipeline.config import load_config
+
+    cfg = load_config(["experiment=smoke", "data.lead_time_range=[3,3]", "policy.kind=mlp", "penalty.weights=[10.0]",
+                       "penalty.probe_share=0.0", "train.horizon=30", "train.grad_clip=0"])
+    demand = torch.poisson(torch.full((64, 120), 5.0), generator=torch.Generator().manual_seed(0))
+    return cfg, make_batch(demand.numpy(), lead_time=3, p=9.0)
+
+
+def _step_gradients(batch, cfg, sync=None):
+    from pipeline.engine import train_step
+    from pipeline.policy import build_policy
+
+    torch.manual_seed(0)
+    policy = build_policy(cfg.policy, 3)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+    torch.manual_seed(123)  # the penalised period: the same draw on every worker
+    out = train_step(policy, optimizer, PROBLEM, batch, 50, cfg, 3, sync)
+    assert out["penalty"] > 0
+    return [p.grad.clone() for p in policy.parameters()]
+
+
+def _ddp_worker(rank, port, folder):
+    import os
+
+    import torch.distributed as dist
+
+    from pipeline.engine import gradient_averager
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    cfg, batch = _ddp_setup()
+    half = batch.select(list(range(32 * rank, 32 * rank + 32)))
+    torch.save(_step_gradients(half, cfg, gradient_averager(2)), f"{folder}/grads_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_penalty_gradients_under_two_data_parallel_workers_equal_one_worker_on_the_whole_batch(tmp_path):
+    """Two gloo workers, each with half the products, the DirectBackprop loss plus the
+    penalty, gradients averaged by ``gradient_averager`` (what each Ray Train worker uses):
+    the same gradients as one worker with every product."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
+    cfg, batch = _ddp_setup()
+    whole = _step_gradients(batch, cfg)
+    for rank in (0, 1):
+        synced = torch.load(tmp_path / f"grads_{rank}.pt")
+        for a, b in zip(synced, whole):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
+def test_sign_and_ordering_violations_keep_their_size_in_direction_where_the_jacobian_is_tiny():
+    """A nearly saturated order (J = 1e-9 x a row that breaks the ordering and the sign):
+    the raw violation is 1e-9-small, the direction's is not; the slope bound -1 is
+    measured on J itself in both."""
+    J = 1e-9 * torch.tensor([[[0.2, -0.5, -1.0]]], dtype=torch.float64)  # dq/dy0 > 0; dq/dy1 > dq/dy2 holds
+    raw = violations(J, PROPS, NAMES, ["order"])
+    unit = violations(J, PROPS, NAMES, ["order"], direction=True)
+    row = J[0, 0] / (J[0, 0].norm() + DIRECTION_EPS)
+    assert float(raw.max()) < 1e-9
+    assert torch.isclose(unit[0, 0], row[0])  # on_hand bound: relu(dq/dy0 - 0) on the direction
+    assert float(unit[0, 3]) == 0.0 and float(unit[0, 4]) == 0.0  # the orderings hold
+    steep = torch.tensor([[[-3.0, -0.5, -0.2]]], dtype=torch.float64)  # slope -3 < -1, orderings broken
+    u = violations(steep, PROPS, NAMES, ["order"], direction=True)
+    assert torch.isclose(u[0, 0], torch.tensor(2.0, dtype=torch.float64))  # -1 bound on J: 2 too steep
+    assert float(u[0, 3]) > 0 and float(u[0, 4]) > 0  # dq/dy1 <= dq/dy0 and dq/dy2 <= dq/dy1 broken
+
+
+def test_penalty_ramp_grows_linearly_to_the_full_weight():
+    from pipeline.engine import penalty_ramp
+
+    assert penalty_ramp(0.0, 0.0) == 1.0  # no ramp: full weight from the first step
+    assert penalty_ramp(4.0, 0.0) == 0.0 and penalty_ramp(4.0, 1.0) == 0.25 and penalty_ramp(4.0, 9.0) == 1.0

@@ -1,0 +1,89 @@
+"""What the structure penalty costs per DirectBackprop step.
+
+    python -m benchmarks.penalty_step [--steps 20] [--threads 1]
+
+For every problem (its conf/problem defaults; lost sales with L = 5 as in Figure 1) and
+both policy kinds, the median wall time of ``pipeline.engine.train_step`` (rollout, loss,
+backward, Adam) on 256 products x 60 periods, without the penalty and with every default
+property weighted (Jacobian at one period, half of it at probe states). Writes
+``benchmarks/results/penalty_step.csv`` (``benchmark,config,value,unit``) and the
+"Cost of the penalty" section of ``docs/sipn.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import pandas as pd
+import torch
+
+from pipeline.config import PROJECT_ROOT, load_config, penalty_properties
+from pipeline.data import batch_from_columns, synthetic_population
+from pipeline.engine import train_step
+from pipeline.policy import build_policy
+from pipeline.problems import get_problem
+
+CASES = {"lost_sales": ["data.lead_time_range=[5,5]"], "perishable": [], "dual_sourcing": [], "removal": []}
+BATCH, HORIZON = 256, 60
+
+
+def step_seconds(args: list[str], steps: int) -> float:
+    cfg = load_config(args)
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
+    width = problem.state_width(cfg.data.lead_time_range[1])
+    batch = batch_from_columns(synthetic_population(cfg.data, cfg.seed))
+    torch.manual_seed(0)
+    policy = build_policy(cfg.policy, width, len(problem.actions))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
+    times = []
+    for i in range(steps + 3):  # the first steps warm up allocators and caches
+        tic = time.perf_counter()
+        train_step(policy, optimizer, problem, batch, cfg.train.history + i % 20, cfg, width)
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times[3:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    a = parser.parse_args()
+    torch.set_num_threads(a.threads)
+    rows, lines = [], []
+    for name, extra in CASES.items():
+        for kind in ("mlp", "cnn"):
+            base = [f"problem={name}", f"policy.kind={kind}", f"data.num_products={BATCH}",
+                    f"train.horizon={HORIZON}", "train.warmup=0", *extra]
+            plain = step_seconds(base + ["penalty.weights=[0.0]"], a.steps)
+            penalized = step_seconds(base + ["penalty.weights=[1.0]"], a.steps)
+            cfg = load_config(base)
+            problem = get_problem(name, cfg.problem.params)
+            n_props = len(penalty_properties(problem, problem.state_width(cfg.data.lead_time_range[1]), []))
+            config = f"{name} {kind} batch={BATCH} horizon={HORIZON} properties={n_props}"
+            overhead = 100 * (penalized - plain) / plain
+            rows += [("step_plain", config, 1000 * plain, "ms"), ("step_penalized", config, 1000 * penalized, "ms"),
+                     ("penalty_overhead", config, overhead, "%")]
+            lines.append(f"| {name} | {kind} | {n_props} | {1000 * plain:.1f} | {1000 * penalized:.1f} | {overhead:+.0f}% |")
+            print(lines[-1], flush=True)
+    out = PROJECT_ROOT / "benchmarks" / "results" / "penalty_step.csv"
+    pd.DataFrame(rows, columns=["benchmark", "config", "value", "unit"]).to_csv(out, index=False)
+    from jobs.sipn import write_section
+
+    body = "\n".join([
+        "## Cost of the penalty per step", "",
+        f"Command: `python -m benchmarks.penalty_step --steps {a.steps} --threads {a.threads}` "
+        f"({platform.processor() or platform.machine()}, {a.threads} thread(s), torch {torch.__version__}). "
+        f"Median wall time of one DirectBackprop step (rollout of {HORIZON} periods for {BATCH} "
+        "products, loss, backward, Adam), without and with the penalty (every default property, "
+        "one Jacobian per action at one period, half the states probes). CSV: "
+        "`benchmarks/results/penalty_step.csv`.", "",
+        "| problem | policy | properties | plain ms | penalized ms | overhead |", "|---|---|---|---|---|---|",
+        *lines])
+    write_section(PROJECT_ROOT / "docs" / "sipn.md", "overhead", body)
+    print(f"wrote {out} and docs/sipn.md")
+
+
+if __name__ == "__main__":
+    main()

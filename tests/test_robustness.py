@@ -1,0 +1,115 @@
+"""Robustness scenarios: the shocks change exactly the periods they say, off-distribution
+starts are the stated multiple of mean demand, and the scenario table scores what it says."""
+import numpy as np
+import torch
+
+from conftest import make_batch
+from pipeline.config import load_config
+from pipeline.problems import get_problem
+from pipeline.robustness import off_distribution_state, robustness_table, scenarios, shocked
+
+PROBLEM = get_problem("lost_sales")
+
+
+def batch(n=3, periods=120, lead_time=0):
+    rng = np.random.default_rng(0)
+    return make_batch(rng.poisson(5.0, size=(n, periods)), lead_time=lead_time)
+
+
+def test_shocks_scale_demand_from_the_shock_on_or_in_one_period():
+    b = batch()
+    up = shocked(b, "up", 50, 2.0, discrete=True)
+    down = shocked(b, "down", 50, 0.3, discrete=True)
+    spike = shocked(b, "spike", 50, 4.0, discrete=True)
+    assert torch.equal(up.demand[:, :50], b.demand[:, :50]) and torch.equal(up.demand[:, 50:], 2 * b.demand[:, 50:])
+    assert torch.equal(down.demand[:, 50:], torch.round(0.3 * b.demand[:, 50:]))
+    assert torch.equal(spike.demand[:, 50], 4 * b.demand[:, 50])
+    assert torch.equal(spike.demand[:, 51:], b.demand[:, 51:]) and torch.equal(spike.demand[:, :50], b.demand[:, :50])
+    assert torch.equal(b.demand, batch().demand)  # the original is untouched
+
+
+def test_off_distribution_start_is_a_multiple_of_mean_demand_in_every_entry():
+    b = batch(lead_time=3)
+    state = off_distribution_state(PROBLEM, b, 60, 3, 6.0)
+    mean = b.demand[:, :60].mean(dim=1)
+    assert state.shape == (3, 3)
+    assert torch.allclose(state, 6.0 * mean[:, None].expand(3, 3))
+
+
+class Constant:
+    """Orders a fixed amount every period (no structure: not a network)."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def prepare(self, batch, start, horizon):
+        return None
+
+    def act(self, ctx, t, state):
+        return torch.full((state.shape[0],), float(self.q))
+
+
+def test_scenario_table_scores_the_same_periods_and_shows_the_shock():
+    cfg = load_config(["experiment=smoke", "robustness.shocks=[up,down,spike]", "robustness.initial_multiples=[6.0]"])
+    b = batch(n=4, periods=cfg.data.periods)
+    names = [s["scenario"] for s in scenarios(cfg, PROBLEM, b, 1)]
+    assert names == ["nominal", "up", "down", "spike", "start_6x"]
+    table = robustness_table(cfg, PROBLEM, {"five": Constant(5)}, set(), b, 1)
+    cost = table.set_index("scenario").avg_cost
+    # ordering 5 a period against Poisson(5) demand (L = 0, h = 1, p = 4): doubled demand
+    # loses sales, a third of it leaves stock piling up; both cost more than nominal
+    assert cost["up"] > cost["nominal"] and cost["down"] > cost["nominal"]
+    # starting with 6 periods of stock (30 units), a constant order at mean demand keeps
+    # about that much on hand: holding cost of at least 25 a period, against 14 from empty
+    assert cost["start_6x"] > 25 > cost["nominal"]
+    assert "violation_rate_in" not in table.columns  # no network in this table
+
+
+def test_scenario_table_gives_violation_rates_for_networks():
+    from pipeline.policy import OrderPolicy
+
+    cfg = load_config(["experiment=smoke", "policy.kind=mlp", "robustness.shocks=[spike]",
+                       "robustness.initial_multiples=[]"])
+    torch.manual_seed(0)
+    net = OrderPolicy(1, kind="mlp")
+    b = batch(n=4, periods=cfg.data.periods)
+    table = robustness_table(cfg, PROBLEM, {"net": net}, {"net"}, b, 1)
+    assert list(table.scenario) == ["nominal", "spike"]
+    assert table[["violation_rate_in", "violation_rate_out"]].notna().all().all()
+    assert ((table.violation_rate_out >= 0) & (table.violation_rate_out <= 1)).all()
+
+
+def test_docs_sections_are_replaced_in_place_and_the_header_kept_current(tmp_path):
+    from jobs.sipn import DOC_HEADER, write_section
+
+    doc = tmp_path / "sipn.md"
+    write_section(doc, "a", "first A")
+    write_section(doc, "b", "first B")
+    write_section(doc, "a", "second A")
+    text = doc.read_text()
+    assert text.startswith(DOC_HEADER)
+    assert "second A" in text and "first A" not in text and "first B" in text
+    assert text.index("second A") < text.index("first B")  # a section keeps its place
+
+
+def test_figure_one_shows_each_policy_over_the_probe_box_of_the_first_two_state_entries():
+    """Two hand-built policies, q = relu(30 - w . y): one row each, four products, and the
+    contours drawn over 0 .. widen x the largest visited on hand and next arrival."""
+    from pipeline.plots import order_contours
+
+    class Linear(Constant):
+        def __init__(self, w):
+            self.w = torch.tensor(w)
+
+        def act(self, ctx, t, state):
+            return torch.relu(30.0 - state @ self.w)
+
+    b = batch(n=6, periods=80, lead_time=3)
+    visited = {"plain": torch.rand(6, 10, 3) * 8, "sipn": torch.rand(6, 10, 3) * 4}
+    fig = order_contours({"plain": Linear([1.0, 0.5, 0.2]), "sipn": Linear([0.5, 0.75, 1.0])}, b, 40, 3,
+                         ["on_hand", "pipeline_1", "pipeline_2"], visited, widen=3.0)
+    grid = fig.axes[0]  # the 2 x 4 subplots come first (row by row), then the colour bars
+    assert len([ax for ax in fig.axes if ax.collections]) >= 8  # 2 rows x 4 products drawn
+    top = max(float(v[0].amax(dim=0)[0]) for v in visited.values()) * 3.0
+    assert abs(grid.get_xlim()[1] - top) < 1e-3 * top  # product 0: on hand up to 3 x the largest visited
+    assert grid.get_ylabel().startswith("plain") and fig.axes[4].get_ylabel().startswith("sipn")
