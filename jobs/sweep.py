@@ -1,0 +1,42 @@
+"""Sweep the structure-penalty weights and the learning rate with Ray Tune (ASHA).
+
+    python -m jobs.sweep [experiment=NAME] [key=value ...]
+
+Writes (or finds) the product histories once, opens one MLflow run for the sweep (the run
+name), and runs ``sweep.num_samples`` Ray Train trials, ``sweep.max_concurrent_trials`` at a
+time, each an MLflow run nested under the sweep's, named ``<name>-trial-<k>``. ASHA stops
+trials that fall behind on the validation objective. The sweep run ends with the results
+table (every trial: parameters, status, validation cost, violation rates, on the Pareto
+front or not) and the plot of validation cost against the out-of-distribution violation
+rate. A failed trial is reported and the sweep goes on; the exit code is 1 only when every
+trial failed.
+"""
+from __future__ import annotations
+
+from jobs import _cli
+from pipeline.config import load_config
+
+
+def main(args: list[str]) -> int:
+    cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
+    from pipeline.sweep import FAILED, format_results, run_sweep
+
+    outcome = run_sweep(cfg)
+    table, tracker = outcome.table, outcome.tracker
+    print(f"\nSweep '{cfg.name}': {len(table)} trials, {cfg.problem.objective} objective "
+          f"(validation products; on_front: Pareto front of the finished trials)")
+    print(format_results(table.drop(columns="error")))
+    for row in table[table.status == FAILED].itertuples():
+        print(f"  {row.trial} failed: {row.error}")
+    print(f"\nResults:    {outcome.sweep_dir}/sweep_results.csv, {outcome.sweep_dir}/pareto.png")
+    print(f"MLflow run: {outcome.run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
+    print(f"            open with `make ui`, then http://127.0.0.1:5000/{tracker.run_url()}")
+    print(f"Wall time:  {outcome.seconds:.0f}s")
+    if not outcome.ok:
+        print("error: every trial failed", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run("sweep", main)
