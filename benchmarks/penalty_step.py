@@ -1,11 +1,12 @@
 """What the structure penalty costs per DirectBackprop step.
 
-    python -m benchmarks.penalty_step [--steps 20] [--threads 1]
+    python -m benchmarks.penalty_step [--steps 40] [--threads 1]
 
 For every problem (its conf/problem defaults; lost sales with L = 5 as in Figure 1) and
 both policy kinds, the median wall time of ``pipeline.engine.train_step`` (rollout, loss,
 backward, Adam) on 256 products x 60 periods, without the penalty and with every default
-property weighted (Jacobian at one period, half of it at probe states). Writes
+property weighted (Jacobian at one period, half of it at probe states), the two
+interleaved step by step. Writes
 ``benchmarks/results/penalty_step.csv`` (``benchmark,config,value,unit``) and the
 "Cost of the penalty" section of ``docs/sipn.md``.
 """
@@ -29,7 +30,8 @@ CASES = {"lost_sales": ["data.lead_time_range=[5,5]"], "perishable": [], "dual_s
 BATCH, HORIZON = 256, 60
 
 
-def step_seconds(args: list[str], steps: int) -> float:
+def setup(args: list[str]):
+    """A policy, its optimiser and a batch for the config of ``args``."""
     cfg = load_config(args)
     problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = problem.state_width(cfg.data.lead_time_range[1])
@@ -37,17 +39,26 @@ def step_seconds(args: list[str], steps: int) -> float:
     torch.manual_seed(0)
     policy = build_policy(cfg.policy, width, len(problem.actions))
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
-    times = []
-    for i in range(steps + 3):  # the first steps warm up allocators and caches
-        tic = time.perf_counter()
-        train_step(policy, optimizer, problem, batch, cfg.train.history + i % 20, cfg, width)
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times[3:])
+    return cfg, problem, width, batch, policy, optimizer
+
+
+def step_seconds(cases: list[list[str]], steps: int) -> list[float]:
+    """Median seconds per step of each config, the configs' steps interleaved so that a
+    slow spell of the machine falls on all of them alike; 3 warm-up steps each first."""
+    runs = [setup(args) for args in cases]
+    times = [[] for _ in runs]
+    for i in range(steps + 3):
+        for k, (cfg, problem, width, batch, policy, optimizer) in enumerate(runs):
+            tic = time.perf_counter()
+            train_step(policy, optimizer, problem, batch, cfg.train.history + i % 20, cfg, width)
+            if i >= 3:
+                times[k].append(time.perf_counter() - tic)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
@@ -56,8 +67,8 @@ def main() -> None:
         for kind in ("mlp", "cnn"):
             base = [f"problem={name}", f"policy.kind={kind}", f"data.num_products={BATCH}",
                     f"train.horizon={HORIZON}", "train.warmup=0", *extra]
-            plain = step_seconds(base + ["penalty.weights=[0.0]"], a.steps)
-            penalized = step_seconds(base + ["penalty.weights=[1.0]"], a.steps)
+            plain, penalized = step_seconds([base + ["penalty.weights=[0.0]"], base + ["penalty.weights=[1.0]"]],
+                                            a.steps)
             cfg = load_config(base)
             problem = get_problem(name, cfg.problem.params)
             n_props = len(penalty_properties(problem, problem.state_width(cfg.data.lead_time_range[1]), []))

@@ -101,7 +101,7 @@ def main(args: list[str]) -> int:
         nominal.to_csv(results / "nominal.csv", index=False)
         robust.to_csv(results / "robustness.csv", index=False)
         docs = resolve_path("docs")
-        fig_path = docs / "figures" / f"sipn_{problem.name}.png"
+        fig_path = docs / "figures" / f"{cfg.name}.png"
         fig_path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(fig_path, dpi=110)
         summary = summarize(nominal, robust, cfg.problem.objective)
@@ -148,7 +148,8 @@ def section(cfg, problem, command, summary, nominal, robust, figure, seconds) ->
                                                            values=["violation_rate_in", "violation_rate_out"])
     order = list(dict.fromkeys(robust.scenario))
     lines = [f"## {cfg.name}: {problem.name}, lead times {cfg.data.lead_time_range}",
-             "", f"Command: `{command}` ({seconds / 60:.0f} min on the machine of the run). "
+             "", f"Command: `{command}` ({seconds / 60:.0f} min for the last invocation, which reuses "
+             "training runs that had already finished). "
              f"Penalty weights {list(cfg.penalty.weights)}, probe share {cfg.penalty.probe_share}, "
              f"probe box x{cfg.penalty.probe_widen}. Held-out products and periods as in `jobs.train`.",
              "", "| | plain | sipn |", "|---|---|---|",
