@@ -47,12 +47,13 @@ def main(args: list[str]) -> int:
         best = run_dir / "checkpoints" / "best" / ckpt.FILE
         policy, _, state = ckpt.load_policy(best)
         test, train = read_products(splits["test"]), read_products(splits["train"])
-        table, baselines = test_report(cfg, policy, problem, train, test, width)
+        table, baselines, violations = test_report(cfg, policy, problem, train, test, width)
 
         tracker.log_table(table, "evaluation")
         tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)  # NaN: not measured for it
                              for row in table.itertuples() for k in table.columns
                              if k != "policy" and getattr(row, k) == getattr(row, k)})
+        tracker.log_metrics({f"test/learned/{k}": v for k, v in violations.items()})  # per property, in and out
         tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
         tracker.log_artifact(best, "checkpoint")
         history = {"train loss": tracker.metric_history("train/loss"),

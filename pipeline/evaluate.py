@@ -80,7 +80,9 @@ def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, w
     """The learned policy and every configured baseline on the held-out test products,
     same demand paths, integer orders where the problem is discrete; for the learned
     policy also the share of states that violate a structural property, in the visited
-    states (``violation_rate_in``) and in probes outside them (``violation_rate_out``)."""
+    states (``violation_rate_in``) and in probes outside them (``violation_rate_out``).
+    Returns the table, the baselines and the learned policy's violation metrics per
+    property (``violation_summary``)."""
     from pipeline.baselines import baseline_policies
 
     e = cfg.eval
@@ -94,4 +96,4 @@ def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, w
     v = violation_summary(cfg, policy, problem, test, width)
     for region in ("in", "out"):
         table[f"violation_rate_{region}"] = table.policy.map({"learned": v[f"{region}/violation_rate"]})
-    return table, baselines
+    return table, baselines, v

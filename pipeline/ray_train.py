@@ -107,6 +107,9 @@ def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
         for k in parts[0].__dataclass_fields__})
 
 
+PENALTY_KEYS = ("penalty", "violation_rate_in", "violation_rate_out")  # train_step's, with the penalty on
+
+
 def train_loop_per_worker(payload: dict) -> None:
     cfg = from_yaml(payload["config"])
     quiet_ray_logs()
@@ -150,7 +153,7 @@ def train_loop_per_worker(payload: dict) -> None:
     t = cfg.train
     started = time.time()
     for epoch in range(first_epoch, t.epochs):
-        t0, step, losses, compute = time.time(), 0, [], 0.0
+        t0, step, losses, compute, penalty_log = time.time(), 0, [], 0.0, {}
         # full batches only: a small remainder batch would take as many steps as a full one
         for columns in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy",
                                                 local_shuffle_buffer_size=4 * batch_size,
@@ -162,13 +165,18 @@ def train_loop_per_worker(payload: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 start = sample_start(generator, t.history, t.horizon, batch.periods)
-                losses.append(train_step(policy, optimizer, problem, batch, start, cfg, width, sync,
-                                         penalty_ramp(cfg.penalty.ramp_epochs, epoch + step / steps_per_epoch))["loss"])
+                out = train_step(policy, optimizer, problem, batch, start, cfg, width, sync,
+                                 penalty_ramp(cfg.penalty.ramp_epochs, epoch + step / steps_per_epoch))
+                losses.append(out["loss"])
+                for key in PENALTY_KEYS:
+                    if key in out:
+                        penalty_log.setdefault(key, []).append(out[key])
                 step += 1
             compute += time.time() - tic
         metrics = {"train/loss": float(np.mean(losses)) if losses else math.nan, "train/lr": lr if losses else 0.0,
                    "train/epoch_seconds": time.time() - t0, "train/compute_seconds": compute,
-                   "train/steps": step, "epoch": epoch}
+                   "train/steps": step, "epoch": epoch,
+                   **{f"train/{k}": float(np.mean(v)) for k, v in penalty_log.items()}}
         checkpoint = None
         if rank == 0:
             metrics.update(validation_metrics(policy, problem, valid, cfg, width))

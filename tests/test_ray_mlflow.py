@@ -1,5 +1,6 @@
-"""End to end on Ray: a 2-worker Ray Train job on tiny data leaves a complete MLflow run,
-and running it again with the same name resumes from its checkpoint."""
+"""End to end on Ray: a 2-worker Ray Train job with the structure penalty on tiny data
+leaves a complete MLflow run, and running it again with the same name resumes from its
+checkpoint."""
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -13,7 +14,8 @@ def tiny_job(tmp_path_factory, ray_session):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     args = ["experiment=smoke", "name=two-workers", f"output_dir={root / 'runs'}",
             f"mlflow.tracking_uri={uri}", "mlflow.experiment=test", "train.num_workers=2",
-            "data.num_products=40", "data.shard_rows=8", "train.batch_size=8", "train.epochs=2"]
+            "data.num_products=40", "data.shard_rows=8", "train.batch_size=8", "train.epochs=2",
+            "penalty.weights=[1.0]"]
     assert main(args) == 0
     return root, uri, args
 
@@ -38,6 +40,11 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tiny_job):
     for policy in ("learned", "omniscient", "estimated", "best_constant"):
         assert m[f"test/{policy}/avg_cost"] > 0
     assert m["test/omniscient/gap_pct"] == 0.0
+    # the penalty trained on both workers, and the violations were measured per property
+    assert len(client.get_metric_history(run.info.run_id, "train/penalty")) == 2
+    assert 0 <= m["test/learned/out/violation_rate"] <= 1
+    assert 0 <= m["test/learned/in/order.on_hand.bound/violation_rate"] <= 1
+    assert "test/omniscient/violation_rate_in" not in m  # measured for the network only
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for d in ("plots", "checkpoint") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"config.yaml", "evaluation.csv", "evaluation.json", "plots/learning_curve.png",
