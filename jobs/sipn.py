@@ -83,10 +83,10 @@ def main(args: list[str]) -> int:
         print("\n[sipn] nominal evaluation on held-out products ...", flush=True)
         nominal = evaluation_table(problem, {**policies, **baselines}, test, e.start, horizon, e.warmup, width,
                                    e.round_actions and problem.discrete, cfg.problem.objective)
+        measured = {k: violation_summary(cfg, p, problem, test, width) for k, p in policies.items()}
         for region in ("in", "out"):
             nominal[f"violation_rate_{region}"] = nominal.policy.map(
-                {k: violation_summary(cfg, p, problem, test, width)[f"{region}/violation_rate"]
-                 for k, p in policies.items()})
+                {k: v[f"{region}/violation_rate"] for k, v in measured.items()})
         print(format_table(nominal), flush=True)
         print("\n[sipn] robustness: shocks and off-distribution starts ...", flush=True)
         robust = robustness_table(cfg, problem, {**policies, **baselines}, set(policies), test, width,

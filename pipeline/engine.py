@@ -34,8 +34,8 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
                penalty_scale: float = 1.0) -> dict[str, float]:
     """One DirectBackprop step: roll out ``cfg.train.horizon`` periods from ``start``,
     average the (discounted) per-period loss after the warm-up, add the structure penalty
-    when ``cfg.penalty`` weights it (times ``penalty_scale``, see ``penalty_ramp``), backpropagate through the whole trajectory, average
-    gradients across workers, clip, step."""
+    when ``cfg.penalty`` weights it (times ``penalty_scale``, see ``penalty_ramp``),
+    backpropagate through the whole trajectory, average gradients across workers, clip, step."""
     t = cfg.train
     spec = penalty_spec(cfg, problem, width)
     traj = rollout(problem, policy, batch, start, t.horizon, width, record_states=spec is not None)
@@ -44,8 +44,9 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
     total, extra = loss, {}
     if spec is not None:
         props, weights = spec
-        pen, extra = structure_penalty(policy, traj, props, penalty_scale * weights.to(loss), problem.state_names(width),
-                                       list(problem.actions), cfg.penalty.probe_share, cfg.penalty.probe_widen)
+        pen, extra = structure_penalty(policy, traj, props, penalty_scale * weights.to(loss),
+                                       problem.state_names(width), list(problem.actions),
+                                       cfg.penalty.probe_share, cfg.penalty.probe_widen)
         total = loss + pen
     optimizer.zero_grad(set_to_none=True)
     total.backward()
