@@ -38,8 +38,10 @@ def violations(J: Tensor, properties: list[Property], state_names: list[str],
     ``J / |J|`` instead of ``J``: they hold for one exactly when they hold for the other,
     but where the action is nearly saturated (an order of almost 0 through the softplus)
     ``J`` and its gradient are exponentially small while the direction's are not. The
-    penalty uses this; the violation metrics measure ``J`` itself."""
-    unit = J / (J.norm(dim=2, keepdim=True) + DIRECTION_EPS) if direction else J
+    penalty uses this; the violation metrics measure ``J`` itself. A row of one entry (a
+    one-dimensional state) has only a sign for a direction, which has no gradient, so
+    there ``J`` is used."""
+    unit = J / (J.norm(dim=2, keepdim=True) + DIRECTION_EPS) if direction and J.shape[2] > 1 else J
     out = []
     for prop in properties:
         a, i = action_names.index(prop.action), state_names.index(prop.coord)

@@ -221,6 +221,17 @@ def test_sign_and_ordering_violations_keep_their_size_in_direction_where_the_jac
     assert float(u[0, 3]) > 0 and float(u[0, 4]) > 0  # dq/dy1 <= dq/dy0 and dq/dy2 <= dq/dy1 broken
 
 
+def test_a_one_entry_state_is_penalised_on_its_jacobian_so_the_penalty_has_a_gradient():
+    """Lost sales with L <= 1 has one state entry, whose direction is only a sign (no
+    gradient): there the sign condition is measured on J, with J's size and gradient."""
+    props, names = PROBLEM.claimed_properties(1), PROBLEM.state_names(1)  # -1 <= dq/dy0 <= 0
+    J = torch.tensor([[[0.3]], [[-0.2]], [[-1.5]]], dtype=torch.float64, requires_grad=True)
+    size = violations(J, props, names, ["order"], direction=True)
+    assert torch.allclose(size[:, 0], torch.tensor([0.3, 0.0, 0.5], dtype=torch.float64))
+    penalty(size, torch.ones(1, dtype=torch.float64)).backward()
+    assert torch.allclose(J.grad[:, 0, 0], torch.tensor([1 / 3, 0.0, -1 / 3], dtype=torch.float64))
+
+
 def test_penalty_ramp_grows_linearly_to_the_full_weight():
     from pipeline.engine import penalty_ramp
 
