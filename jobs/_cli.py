@@ -5,6 +5,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import ConfigError
+from pipeline.errors import DataError
 
 USAGE = """usage: python -m jobs.{job} [GROUP=NAME ...] [key=value ...]
 
@@ -24,7 +25,7 @@ def run(job: str, main: Callable[[list[str]], int | None]) -> None:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
-    except FileNotFoundError as e:  # a data path that is not there
+    except (FileNotFoundError, DataError) as e:  # a data path that is not there; unusable data
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

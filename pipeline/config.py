@@ -58,6 +58,8 @@ class PolicyConfig:
     channels: int = MISSING
     dilations: List[int] = MISSING
     hidden: List[int] = MISSING
+    features: List[str] = MISSING  # covariates of the data (feature_<name> columns) the policy reads
+    feature_lookahead: int = MISSING  # periods of known-ahead features at each decision (t .. t+k-1)
 
 
 @dataclass
@@ -126,6 +128,57 @@ class BenchmarkConfig:
 
 
 @dataclass
+class PrepareConfig:
+    source: str = MISSING          # favorita (raw Kaggle CSVs), favorita_weekly (long sales Parquet), synthetic_retail
+    input: Optional[str] = None    # raw folder (favorita) or sales Parquet file/folder (favorita_weekly)
+    output: Optional[str] = None   # null: <output_dir>/data/<source>-<frequency>
+    frequency: str = MISSING       # weekly or daily periods
+    buckets: int = MISSING         # hash partitions of the series: memory per task ~ rows / buckets
+
+
+@dataclass
+class RetailConfig:
+    num_series: int = MISSING
+    periods: int = MISSING
+    frequency: str = MISSING       # weekly or daily
+    start_date: str = MISSING      # date of period 0 (ISO)
+    mean_range: List[float] = MISSING        # base demand per period, log-uniform
+    dispersion_range: List[float] = MISSING  # negative binomial shape k (larger: closer to Poisson)
+    slow_mover_share: float = MISSING        # share of intermittent series
+    slow_mover_zero_range: List[float] = MISSING  # their probability of a zero period
+    trend_range: List[float] = MISSING       # relative change of the level per year
+    yearly_amplitude_range: List[float] = MISSING  # yearly seasonality (relative)
+    weekly_amplitude_range: List[float] = MISSING  # day-of-week seasonality (daily only)
+    christmas_lift_range: List[float] = MISSING    # extra demand in the Christmas period (relative)
+    promo_prob: float = MISSING    # share of periods on promotion
+    promo_lift_range: List[float] = MISSING
+    shock_share: float = MISSING   # share of series hit by the shock
+    shock_period: int = MISSING    # period the shock starts (like the 2016 earthquake)
+    shock_length: int = MISSING    # periods of the spike before recovery
+    shock_lift_range: List[float] = MISSING
+
+
+@dataclass
+class RetailExperimentConfig:
+    source: str = MISSING          # synthetic (retail.*) or a path, see data_path
+    data_path: Optional[str] = None  # Parquet (file or folder): series layout, or series_id,store,item,week,units
+    output_dir: str = MISSING      # summary.csv, weekly.csv, plots (relative: to the project)
+    lead_times: List[int] = MISSING  # a comparison at each; 0 is the paper's setting
+    train_end: int = MISSING       # training rollouts and forecaster fit use periods < train_end
+    valid_end: int = MISSING       # validation scores periods [train_end, valid_end)
+    test_end: Optional[int] = None  # test scores periods [valid_end, test_end); null: to the end
+    price: float = MISSING         # per unit sold (every series)
+    unit_cost: float = MISSING     # per unit ordered
+    holding_cost: float = MISSING  # per unit left at the end of a period
+    policies: List[str] = MISSING  # directbackprop, directbackprop_sipn, pto_mqcnn, pto_moving_average
+    quantiles: List[float] = MISSING  # forecaster quantile levels (the critical fractile is added)
+    forecast_epochs: int = MISSING
+    forecast_lr: float = MISSING
+    moving_average_window: int = MISSING
+    plot_series: int = MISSING
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = None  # null: start a local Ray in-process (or use RAY_ADDRESS)
     num_cpus: Optional[int] = None
@@ -151,6 +204,9 @@ class Config:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    retail: RetailConfig = field(default_factory=RetailConfig)
+    favorita: RetailExperimentConfig = field(default_factory=RetailExperimentConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -259,6 +315,8 @@ def validate(c: Config) -> None:
     p = c.policy
     _check(p.kind in ("cnn", "mlp"), "policy.kind", f"must be cnn or mlp, got {p.kind!r}")
     _check(len(p.hidden) >= 1 and min(p.hidden) >= 1, "policy.hidden", f"must list layer widths >= 1, got {list(p.hidden)}")
+    _check(p.feature_lookahead >= 1 or not p.features, "policy.feature_lookahead",
+           f"must be >= 1 when policy.features are set, got {p.feature_lookahead}")
     if p.kind == "cnn":
         _check(1 + sum(p.dilations) == p.window, "policy.dilations",
                f"must add up to policy.window - 1 = {p.window - 1} (kernel 2), got {list(p.dilations)}")
@@ -311,6 +369,43 @@ def validate(c: Config) -> None:
     _range(s.lr_range, "sweep.lr_range", low=1e-12)
     _check(s.grace_period >= 1, "sweep.grace_period", f"must be >= 1, got {s.grace_period}")
     _check(s.reduction_factor >= 2, "sweep.reduction_factor", f"must be >= 2, got {s.reduction_factor}")
+    validate_retail(c)
+
+
+PREPARE_SOURCES = ("favorita", "favorita_weekly", "synthetic_retail")
+FAVORITA_SOURCES = ("synthetic", "favorita_weekly")
+FAVORITA_POLICIES = ("directbackprop", "directbackprop_sipn", "pto_mqcnn", "pto_moving_average")
+FREQUENCIES = ("weekly", "daily")
+
+
+def validate_retail(c: Config) -> None:
+    """The sections of the real-demand jobs: prepare, retail, favorita."""
+    pr = c.prepare
+    _check(pr.source in PREPARE_SOURCES, "prepare.source", f"must be one of {', '.join(PREPARE_SOURCES)}, got {pr.source!r}")
+    _check(pr.frequency in FREQUENCIES, "prepare.frequency", f"must be weekly or daily, got {pr.frequency!r}")
+    _check(pr.buckets >= 1, "prepare.buckets", f"must be >= 1, got {pr.buckets}")
+    from pipeline.retail import validate_retail as check_retail
+
+    try:
+        check_retail(c.retail)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    f = c.favorita
+    _check(f.source in FAVORITA_SOURCES, "favorita.source", f"must be one of {', '.join(FAVORITA_SOURCES)}, got {f.source!r}")
+    _check(len(f.lead_times) >= 1 and min(f.lead_times) >= 0, "favorita.lead_times", f"must list lead times >= 0, got {list(f.lead_times)}")
+    _check(0 < f.train_end < f.valid_end, "favorita.train_end/valid_end",
+           f"must satisfy 0 < train_end < valid_end, got {f.train_end}/{f.valid_end}")
+    _check(f.test_end is None or f.test_end > f.valid_end, "favorita.test_end",
+           f"must be after favorita.valid_end={f.valid_end} (or null), got {f.test_end}")
+    for key in ("price", "unit_cost", "holding_cost"):
+        _check(getattr(f, key) >= 0, f"favorita.{key}", f"must be >= 0, got {getattr(f, key)}")
+    _check(f.price > f.unit_cost, "favorita.price", f"must exceed favorita.unit_cost={f.unit_cost}, got {f.price}")
+    _check(len(f.policies) >= 1 and set(f.policies) <= set(FAVORITA_POLICIES), "favorita.policies",
+           f"must be a non-empty subset of {', '.join(FAVORITA_POLICIES)}, got {list(f.policies)}")
+    _check(all(0 < q < 1 for q in f.quantiles), "favorita.quantiles", f"must be levels in (0, 1), got {list(f.quantiles)}")
+    for key in ("forecast_epochs", "moving_average_window", "plot_series"):
+        _check(getattr(f, key) >= 1, f"favorita.{key}", f"must be >= 1, got {getattr(f, key)}")
+    _check(f.forecast_lr > 0, "favorita.forecast_lr", f"must be > 0, got {f.forecast_lr}")
 
 
 def penalty_properties(problem, width: int, texts: list[str]):

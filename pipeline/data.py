@@ -38,6 +38,17 @@ class ProductBatch:
     true_shape: Tensor
     true_dist: np.ndarray  # str per product
     product_id: np.ndarray
+    features: Tensor | None = None  # [B, N, F] covariates known in advance (promotions, calendar)
+    feature_names: tuple[str, ...] = ()
+
+    def feature(self, names) -> Tensor:
+        """The named feature channels [B, N, len(names)], in that order."""
+        missing = [n for n in names if n not in self.feature_names]
+        if missing:
+            raise ValueError(f"the data has no feature {missing[0]!r}; it has "
+                             f"{', '.join(self.feature_names) or 'none'}")
+        index = [self.feature_names.index(n) for n in names]
+        return self.features[:, :, index]
 
     @property
     def size(self) -> int:
@@ -63,6 +74,8 @@ class ProductBatch:
             v = getattr(self, f.name)
             if isinstance(v, Tensor):
                 out[f.name] = v[torch.as_tensor(index, device=v.device)]
+            elif v is None or isinstance(v, tuple):
+                out[f.name] = v
             else:
                 out[f.name] = v[np.asarray(index if not isinstance(index, Tensor) else index.cpu())]
         return ProductBatch(**out)
@@ -82,9 +95,28 @@ def _stack(column) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def concat_batches(parts: list[ProductBatch]) -> ProductBatch:
+    """One batch from several with the same periods and feature names."""
+    def merge(values):
+        if isinstance(values[0], torch.Tensor):
+            return torch.cat(values)
+        if values[0] is None or isinstance(values[0], tuple):  # features absent; feature names
+            return values[0]
+        return np.concatenate(values)
+
+    return ProductBatch(**{k: merge([getattr(p, k) for p in parts]) for k in parts[0].__dataclass_fields__})
+
+
+FEATURE_PREFIX = "feature_"
+
+
 def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
-    """Build a batch from a dict of numpy columns (a Ray Data numpy batch or a table)."""
+    """Build a batch from a dict of numpy columns (a Ray Data numpy batch or a table).
+    Every ``feature_<name>`` list column becomes a channel of ``features``, by name."""
     f = lambda k: torch.as_tensor(np.array(cols[k], dtype=np.float64), dtype=dtype)  # noqa: E731
+    names = tuple(sorted(k[len(FEATURE_PREFIX):] for k in cols if k.startswith(FEATURE_PREFIX)))
+    features = (torch.as_tensor(np.stack([_stack(cols[FEATURE_PREFIX + n]) for n in names], axis=2), dtype=dtype)
+                if names else None)
     return ProductBatch(
         demand=torch.as_tensor(_stack(cols["demand"]), dtype=dtype),
         holding_cost=f("holding_cost"), shortage_cost=f("shortage_cost"),
@@ -93,6 +125,7 @@ def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
         true_mean=f("true_mean"), true_shape=f("true_shape"),
         true_dist=np.asarray(cols["true_dist"]).astype(str),
         product_id=np.asarray(cols["product_id"]),
+        features=features, feature_names=names,
     )
 
 

@@ -65,22 +65,30 @@ N_RUNNING = 3
 class DemandEncoder(nn.Module):
     """Dilated causal CNN: output at position i depends on inputs i-31 .. i."""
 
-    def __init__(self, channels: int, dilations: tuple[int, ...]):
+    def __init__(self, channels: int, dilations: tuple[int, ...], inputs: int = 1):
         super().__init__()
         self.dilations = tuple(dilations)
         self.convs = nn.ModuleList(
-            nn.Conv1d(1 if i == 0 else channels, channels, kernel_size=2, dilation=d)
+            nn.Conv1d(inputs if i == 0 else channels, channels, kernel_size=2, dilation=d)
             for i, d in enumerate(self.dilations))
 
     @property
     def receptive_field(self) -> int:
         return 1 + sum(self.dilations)
 
-    def forward(self, x: Tensor) -> Tensor:  # x [B, N] -> [B, N, C]
-        h = x[:, None, :]
+    def forward(self, x: Tensor) -> Tensor:  # x [B, N] or [B, N, inputs] -> [B, N, C]
+        h = x[:, None, :] if x.ndim == 2 else x.transpose(1, 2)
         for conv, d in zip(self.convs, self.dilations):
             h = F.elu(conv(F.pad(h, (d, 0))))
         return h.transpose(1, 2)
+
+
+def lookahead_features(feats: Tensor, start: int, horizon: int, lookahead: int) -> Tensor:
+    """[B, horizon, F * lookahead]: at decision t, the features of periods t .. t+lookahead-1
+    (zero past the end of the history)."""
+    ahead = F.pad(feats[:, start:], (0, 0, 0, max(0, start + horizon + lookahead - 1 - feats.shape[1])))
+    windows = ahead.unfold(1, lookahead, 1)[:, :horizon]  # [B, horizon, F, lookahead]
+    return windows.flatten(2)
 
 
 @dataclass
@@ -92,15 +100,17 @@ class PolicyContext:
 class OrderPolicy(nn.Module):
     def __init__(self, state_width: int, kind: str = "cnn", window: int = 32, channels: int = 16,
                  hidden: tuple[int, ...] = (32, 32), dilations: tuple[int, ...] = (1, 2, 4, 8, 16),
-                 n_actions: int = 1):
+                 n_actions: int = 1, features: tuple[str, ...] = (), feature_lookahead: int = 0):
         super().__init__()
         self.kind, self.state_width, self.n_actions = kind, state_width, n_actions
-        self.encoder = DemandEncoder(channels, dilations) if kind == "cnn" else None
+        self.features, self.lookahead = tuple(features), feature_lookahead if features else 0
+        n_feat = len(self.features)
+        self.encoder = DemandEncoder(channels, dilations, 1 + n_feat) if kind == "cnn" else None
         if self.encoder is not None and self.encoder.receptive_field != window:
             raise ValueError(f"dilations {dilations} see {self.encoder.receptive_field} periods, "
                              f"not policy.window={window}")
         self.window = window if kind == "cnn" else 0
-        n_exo = N_STATIC + N_RUNNING + (channels if kind == "cnn" else 0)
+        n_exo = N_STATIC + N_RUNNING + (channels if kind == "cnn" else 0) + n_feat * self.lookahead
         n_endo = state_width + 1  # scaled state and inventory position
         self.first_exo = nn.Linear(n_exo, hidden[0])
         self.first_endo = nn.Linear(n_endo, hidden[0], bias=False)
@@ -121,9 +131,14 @@ class OrderPolicy(nn.Module):
         mean, std = running_moments(batch.demand, start, horizon)
         parts = [static_features(batch, scale)[:, None, :].expand(-1, horizon, -1),
                  running_features(mean, std, scale)]
+        feats = batch.feature(self.features) if self.features else None
         if self.encoder is not None:
             x = batch.demand[:, start - self.window:start + horizon - 1] / scale[:, None]
+            if feats is not None:  # the past features beside the past demand they went with
+                x = torch.cat([x[:, :, None], feats[:, start - self.window:start + horizon - 1]], dim=2)
             parts.append(self.encoder(x)[:, self.window - 1:, :])  # decision t sees D_{t-32..t-1}
+        if self.lookahead:  # known in advance: the features of periods t .. t + lookahead - 1
+            parts.append(lookahead_features(feats, start, horizon, self.lookahead))
         return PolicyContext(self.first_exo(torch.cat(parts, dim=2)), scale)
 
     def act(self, ctx: PolicyContext, t: int, state: Tensor) -> Tensor:
@@ -136,4 +151,5 @@ class OrderPolicy(nn.Module):
 def build_policy(cfg, state_width: int, n_actions: int = 1) -> OrderPolicy:
     """``cfg`` is a ``PolicyConfig``; ``n_actions`` the length of the problem's action."""
     return OrderPolicy(state_width, kind=cfg.kind, window=cfg.window, channels=cfg.channels,
-                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations), n_actions=n_actions)
+                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations), n_actions=n_actions,
+                       features=tuple(cfg.features), feature_lookahead=cfg.feature_lookahead)

@@ -33,7 +33,7 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 
 from pipeline import checkpoint as ckpt  # noqa: E402
 from pipeline.config import Config, from_yaml, to_yaml  # noqa: E402
-from pipeline.data import ProductBatch, batch_from_columns  # noqa: E402
+from pipeline.data import ProductBatch, batch_from_columns, concat_batches  # noqa: E402
 from pipeline.engine import (cosine_lr, gradient_averager, penalty_ramp, sample_start,  # noqa: E402
                              train_step, validation_metrics)
 from pipeline.policy import build_policy  # noqa: E402
@@ -101,10 +101,8 @@ def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
                                                                  batch_format="numpy")]
     if not parts:
         return None
-    return ProductBatch(**{
-        k: (torch.cat([getattr(p, k) for p in parts]) if isinstance(getattr(parts[0], k), torch.Tensor)
-            else np.concatenate([getattr(p, k) for p in parts]))
-        for k in parts[0].__dataclass_fields__})
+    return concat_batches(parts)
+
 
 
 PENALTY_KEYS = ("penalty", "violation_rate_in", "violation_rate_out")  # train_step's, with the penalty on
@@ -194,7 +192,7 @@ def train_loop_per_worker(payload: dict) -> None:
             elapsed = time.time() - started
             left = elapsed / (epoch + 1 - first_epoch) * (t.epochs - epoch - 1)
             print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
-                  f"valid cost {metrics['valid/avg_cost']:.4f}  "
+                  f"valid {cfg.problem.objective} {metrics[f'valid/avg_{cfg.problem.objective}']:.4f}  "
                   f"violations in {metrics['valid/in/violation_rate']:.1%} out {metrics['valid/out/violation_rate']:.1%}  "
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
                   f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)

@@ -1,8 +1,11 @@
 """The order network: causal demand window, non-negative scaled orders, no peeking."""
+from dataclasses import replace
+
+import pytest
 import torch
 
 from conftest import make_batch
-from pipeline.policy import DemandEncoder, OrderPolicy, running_moments
+from pipeline.policy import DemandEncoder, OrderPolicy, lookahead_features, running_moments
 
 
 def test_encoder_sees_exactly_the_last_32_periods():
@@ -46,3 +49,32 @@ def test_running_moments_use_only_the_past():
     mean, std = running_moments(demand, start=2, horizon=3)
     assert mean.tolist() == [[2.0, 3.0, 4.0]]
     assert torch.allclose(std, torch.tensor([[1.0, (8 / 3) ** 0.5, 5 ** 0.5]]))
+
+
+def test_lookahead_features_are_the_next_periods_zero_past_the_end():
+    feats = torch.arange(10.0).reshape(1, 10, 1) * torch.tensor([1.0, -1.0])  # two channels
+    out = lookahead_features(feats, start=6, horizon=3, lookahead=3)  # decisions at 6, 7, 8
+    assert out.shape == (1, 3, 6)
+    # per decision: channel 0 at t..t+2, then channel 1 at t..t+2
+    assert out[0].tolist() == [[6, 7, 8, -6, -7, -8], [7, 8, 9, -7, -8, -9], [8, 9, 0, -8, -9, 0]]
+
+
+def test_features_reach_the_order_only_from_the_past_and_the_lookahead():
+    """A promotion known in advance changes the order of the periods that see it (within
+    the lookahead, or in the CNN's past window), never earlier ones."""
+    torch.manual_seed(0)
+    demand = torch.poisson(torch.full((2, 80), 6.0))
+    promo = torch.zeros(2, 80)
+    base = make_batch(demand)
+    policy = OrderPolicy(state_width=1, kind="cnn", features=("promo",), feature_lookahead=2)
+    with_promo = lambda p: replace(base, features=p[:, :, None], feature_names=("promo",))  # noqa: E731
+    orders = lambda b: torch.stack([policy.act(policy.prepare(b, 40, 20), t, torch.zeros(2, 1))  # noqa: E731
+                                    for t in range(20)], 1)[..., 0]
+    quiet = orders(with_promo(promo))
+    promo[:, 50] = 1.0  # a promotion in period 50 = decision t = 10
+    busy = orders(with_promo(promo))
+    changed = (quiet != busy).any(dim=0).nonzero()[:, 0].tolist()
+    assert changed[0] == 9 and 10 in changed and 11 in changed  # seen from one period ahead on
+    with pytest.raises(ValueError, match="no feature 'holiday'"):
+        OrderPolicy(state_width=1, kind="cnn", features=("holiday",), feature_lookahead=1).prepare(
+            with_promo(promo), 40, 20)
