@@ -12,7 +12,7 @@ export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK ?= true
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: venv run test sweep sipn benchmark ui clean
+.PHONY: venv run test sweep sipn favorita benchmark ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ sipn: $(STAMP)
 	$(PY) -m jobs.sipn experiment=sipn_perishable
 	$(PY) -m jobs.sipn experiment=sipn_dual_sourcing
 	$(PY) -m benchmarks.penalty_step
+
+## favorita: DirectBackprop vs predict-then-optimize on the weekly Favorita data -> results/favorita, docs/favorita.md
+favorita: $(STAMP)
+	$(PY) -m jobs.favorita experiment=favorita $(ARGS)
 
 ## benchmark: every benchmark suite -> benchmarks/results/<suite>.csv and docs/benchmarks.md
 benchmark: $(STAMP)

@@ -142,3 +142,47 @@ def pareto_plot(table, x: str, y: str, xlabel: str, ylabel: str, higher_x_better
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def weekly_aggregates(weekly, title: str, periods: tuple[int, int] | None = None):
+    """Total demand, sales, orders and inventory across series per period, one line per
+    policy (``weekly``: the per-period table of ``pipeline.favorita_study.score``), over all
+    test periods or ``periods = (first, last)``, dates on the x axis."""
+    shown = weekly if periods is None else weekly[weekly.period.between(*periods)]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    demand = shown.groupby("date", sort=True).demand.first()
+    for ax, column, label in zip(axes, ("orders", "inventory", "sales"),
+                                 ("orders placed", "inventory on hand (end of period)", "sales")):
+        for i, (policy, part) in enumerate(shown.groupby("policy", sort=False)):
+            ax.plot(part.date, part[column], color=f"C{i}", lw=1.4, label=policy)
+        if column != "inventory":
+            ax.plot(demand.index, demand.values, color="black", lw=1, ls="--", label="demand")
+        ax.set_ylabel(f"{label}\n(units, all series)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, ncol=3)
+    axes[0].set_title(title, fontsize=10)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def series_sample(trajectories: dict, batch: ProductBatch, start: int, warmup: int, dates, series: list[int],
+                  labels: list[str]):
+    """For a few series: demand and each policy's orders and inventory over the scored
+    periods (``trajectories``: policy -> rollout from ``start``)."""
+    fig, axes = plt.subplots(len(series), 2, figsize=(12, 2.6 * len(series)), squeeze=False)
+    for row, (i, label) in enumerate(zip(series, labels)):
+        for k, (name, traj) in enumerate(trajectories.items()):
+            axes[row, 0].plot(dates, traj.orders[i, warmup:].numpy(), color=f"C{k}", lw=1.2, label=name)
+            axes[row, 1].plot(dates, traj.held[i, warmup:].numpy(), color=f"C{k}", lw=1.2, label=name)
+        d = batch.demand[i, start + warmup:].numpy()
+        axes[row, 0].plot(dates, d, color="black", lw=1, ls="--", label="demand")
+        axes[row, 0].set_ylabel(label, fontsize=9)
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_title("orders (dashed: demand)", fontsize=10)
+    axes[0, 1].set_title("inventory on hand, end of period", fontsize=10)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
