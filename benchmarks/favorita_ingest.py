@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from pipeline.config import PROJECT_ROOT, ConfigError, load_config
+from pipeline.docs import write_block
 
 START = np.datetime64("2013-01-01")
 DAYS, STORES, ITEMS = 1600, 50, 4000
@@ -207,20 +208,6 @@ def parse_args(args: list[str]) -> dict:
     return opts
 
 
-def write_section(path: Path, body: str) -> None:
-    """Put ``body`` between ``<!-- ingest:benchmark -->`` markers inside the Ingestion
-    section (``<!-- ingest -->`` ... ``<!-- /ingest -->``) of ``path``, leaving the rest."""
-    begin, end = "<!-- ingest:benchmark -->", "<!-- /ingest:benchmark -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else ""
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    elif "<!-- /ingest -->" in text:
-        text = text.replace("<!-- /ingest -->", block + "\n<!-- /ingest -->")
-    else:
-        text = text.rstrip() + f"\n\n<!-- ingest -->\n## Ingestion\n\n{block}\n<!-- /ingest -->\n"
-    path.write_text(text)
-
 
 def main(args: list[str]) -> int:
     opts = parse_args(args)
@@ -283,7 +270,7 @@ def main(args: list[str]) -> int:
         f"Repairs counted: {counts}.",
     ]
     print("\n".join(lines))
-    write_section(PROJECT_ROOT / "docs" / "favorita.md", "\n".join(lines))
+    write_block(PROJECT_ROOT / "docs" / "favorita.md", "ingest:benchmark", "\n".join(lines))
     return 0
 
 

@@ -1,26 +1,45 @@
 """DirectBackprop against predict-then-optimize on retail demand (the paper's Section 3.3).
 
-    python -m jobs.favorita [experiment=favorita] [favorita.data_path=...] [key=value ...]
+    python -m jobs.favorita [experiment=favorita] [data.path=<Parquet file or folder>] [output_dir=...]
+                            [key=value ...]
 
 For each lead time in ``favorita.lead_times``: writes the time split of every series
 (``pipeline/favorita_study.py``), trains DirectBackprop with ``jobs.train`` (plain, and
 with the structure penalty), fits the quantile forecaster of the predict-then-optimize
 pipeline on the training periods, and scores every policy on the same test periods.
 Writes ``summary.csv`` (policy, lead_time, reward, avg_inventory, fill_rate),
-``weekly.csv``, ``forecast.csv`` and plots to ``favorita.output_dir``, all logged to one
-MLflow run with the training runs nested under it.
+``weekly.csv``, ``forecast.csv`` and plots to ``favorita.output_dir`` (the split data and
+the training runs under it too), all logged to one MLflow run with the training runs
+nested under it. ``data.path=`` and ``output_dir=`` are short for ``favorita.data_path``
+and ``favorita.output_dir``.
 """
 from __future__ import annotations
 
+import shutil
 import time
 
 from jobs import _cli
 from pipeline.config import load_config, resolve_path
+from pipeline.docs import write_block
 
 DIRECTBACKPROP = {"directbackprop": ["penalty.weights=[0.0]"], "directbackprop_sipn": []}
 
 
+SHORT_KEYS = {"data.path": "favorita.data_path", "output_dir": "favorita.output_dir"}
+
+
+def study_args(args: list[str]) -> list[str]:
+    """``data.path=`` (the sales data) and ``output_dir=`` (where everything goes) are short
+    for ``favorita.data_path`` and ``favorita.output_dir``; the rest as is."""
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        out.append(f"{SHORT_KEYS[key]}={value}" if key in SHORT_KEYS else arg)
+    return out
+
+
 def main(args: list[str]) -> int:
+    args = study_args(args)
     cfg = load_config(args)
     f = cfg.favorita
     if "directbackprop_sipn" in f.policies and max(cfg.penalty.weights) <= 0:
@@ -68,7 +87,7 @@ def main(args: list[str]) -> int:
     summaries, weeklies, forecasts = [], [], []
     try:
         tracker.log_metrics({f"data/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})
-        forecaster = None
+        forecaster, fractile = None, float("nan")
         for lead_time in f.lead_times:
             width = problem.state_width(lead_time)
             splits = write_splits(series, split, lead_time, f, out / "data" / f"L{lead_time}", cfg.data.shard_rows)
@@ -78,7 +97,7 @@ def main(args: list[str]) -> int:
                 if label not in f.policies:
                     continue
                 name = f"{cfg.name}-L{lead_time}-{label}"
-                run_args = args + [f"name={name}", f"data.path={splits['train'].parent}",
+                run_args = args + [f"name={name}", f"output_dir={out / 'runs'}", f"data.path={splits['train'].parent}",
                                    f"data.periods={split.train_end}", f"data.lead_time_range=[{lead_time},{lead_time}]",
                                    "problem.name=lost_sales", "problem.objective=reward", "eval.baselines=[]"] + extra
                 print(f"\n[favorita] L={lead_time}: training {label}: python -m jobs.train {' '.join(run_args)}",
@@ -87,8 +106,7 @@ def main(args: list[str]) -> int:
                 child = tracker.client.search_runs([tracker.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'",
                                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
                 tracker.client.set_tag(child.info.run_id, PARENT_TAG, run_id)
-                policies[label] = ckpt.load_policy(resolve_path(cfg.output_dir) / name / "checkpoints" / "best"
-                                                   / ckpt.FILE)[0]
+                policies[label] = ckpt.load_policy(out / "runs" / name / "checkpoints" / "best" / ckpt.FILE)[0]
             fractile = float(critical_fractile(test, "reward")[0])
             if "pto_mqcnn" in f.policies:
                 if forecaster is None:  # one forecaster for every lead time: horizons up to the longest
@@ -109,7 +127,8 @@ def main(args: list[str]) -> int:
                                            f.moving_average_window)
                 forecasts.append({"model": "moving_average", "lead_time": lead_time, **m})
             if "pto_moving_average" in f.policies:
-                policies["pto_moving_average"] = MovingAverageOrderUpTo(problem, f.moving_average_window, objective="reward")
+                policies["pto_moving_average"] = MovingAverageOrderUpTo(problem, f.moving_average_window,
+                                                                        objective="reward")
 
             print(f"\n[favorita] L={lead_time}: scoring {', '.join(policies)} on the test periods ...", flush=True)
             summary, weekly, trajectories = score(problem, policies, test, split, width, lead_time, dates)
@@ -137,10 +156,95 @@ def main(args: list[str]) -> int:
         tracker.finish("FAILED")
         raise
     tracker.finish()
+    if f.docs:
+        docs = resolve_path(f.docs)
+        figures = {}
+        for file in sorted((out / "plots").glob("*.png")):
+            if file.name.startswith(("aggregate_", "christmas_")):
+                target = docs.parent / "figures" / f"{cfg.name}-{file.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+                figures[file.stem] = target.relative_to(docs.parent)
+        write_block(docs, f"favorita:{cfg.name}",
+                    report(cfg, args, series.num_rows, periods, info, split, dates, fractile, summary,
+                           pd.DataFrame(forecasts), figures, time.time() - started), header=DOC_HEADER)
+        print(f"Report:  {docs}")
     print("\n" + summary.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
     print(f"\nResults: {out}/summary.csv, weekly.csv, forecast.csv, plots/")
     print(f"MLflow run: {run_id} at {tracker.uri}  ({time.time() - started:.0f}s)")
     return 0
+
+
+def compare(summary, lead_time: int, ours: str, theirs: str) -> str | None:
+    """One line: ``ours`` against ``theirs`` at a lead time, in reward, inventory, fill rate."""
+    rows = summary[summary.lead_time == lead_time].set_index("policy")
+    if ours not in rows.index or theirs not in rows.index:
+        return None
+    a, b = rows.loc[ours], rows.loc[theirs]
+    verdict = ("higher reward, lower inventory, fill rate no lower"
+               if a.reward > b.reward and a.avg_inventory < b.avg_inventory and a.fill_rate >= b.fill_rate
+               else "not better on all three")
+    return (f"- `{ours}` against `{theirs}`: reward {100 * (a.reward / b.reward - 1):+.2f}%, "
+            f"average inventory {100 * (a.avg_inventory / b.avg_inventory - 1):+.1f}%, "
+            f"fill rate {100 * (a.fill_rate - b.fill_rate):+.2f} points: **{verdict}**.")
+
+
+def report(cfg, args, n_series, periods, info, split, dates, fractile, summary, forecast, figures,
+           seconds) -> str:
+    """This run's section of the markdown report: setup, results per lead time, forecast
+    accuracy, figures."""
+    f = cfg.favorita
+    lines = [f"## {cfg.name}",
+             "",
+             f"Command: `python -m jobs.favorita {' '.join(args)}` ({seconds / 60:.0f} min on this machine). "
+             f"Data: {n_series:,} series x {periods} periods from {dates[0]} ({info['source']}).",
+             "",
+             f"Time split: training periods 0-{split.train_end - 1} ({dates[0]} to {dates[split.train_end - 1]}), "
+             f"validation {split.train_end}-{split.valid_end - 1}, test {split.valid_end}-{split.test_end - 1} "
+             f"({dates[split.valid_end]} to {dates[split.test_end - 1]}). Each scored range follows "
+             f"{split.history} periods of history and {split.warmup} unscored periods from an empty system. "
+             f"Economics of every series: price {f.price}, unit cost {f.unit_cost}, holding cost "
+             f"{f.holding_cost} per unit per period, lost sales without goodwill cost (critical fractile "
+             f"{fractile:.3f}). DirectBackprop: `policy.*`, `train.*` of the config "
+             f"({cfg.train.epochs} epochs; `directbackprop_sipn` with penalty weights {list(cfg.penalty.weights)}); "
+             f"predict-then-optimize: the MQ-CNN quantile forecaster (`pipeline/forecast.py`, "
+             f"{f.forecast_epochs} epochs) or a {f.moving_average_window}-period moving average with normal "
+             f"safety stock, ordering up to the critical-fractile quantile of demand over the lead time "
+             f"plus one period.",
+             ""]
+    for lead_time, part in summary.groupby("lead_time", sort=True):
+        lines += [f"### Lead time {lead_time}: test periods", "",
+                  "| policy | total reward | average inventory | fill rate |", "|---|---|---|---|"]
+        lines += [f"| {r.policy} | {r.reward:,.1f} | {r.avg_inventory:,.3f} | {r.fill_rate:.4f} |"
+                  for r in part.itertuples()]
+        lines.append("")
+        lines += [c for c in (compare(summary, lead_time, ours, "pto_mqcnn")
+                              for ours in ("directbackprop", "directbackprop_sipn")) if c]
+        for name in (f"aggregate_L{lead_time}", f"christmas_L{lead_time}"):
+            if name in figures:
+                lines += ["", f"![{name}]({figures[name]})"]
+        lines.append("")
+    if len(forecast):
+        keys = [c for c in forecast.columns if c.startswith(("wql_", "coverage_"))] + ["mean_wql"]
+        lines += ["### Forecast accuracy on the test periods",
+                  "",
+                  "Weighted quantile loss (2 x pinball / |demand|, lower is better) and coverage (share of "
+                  "outcomes at or below the quantile) of demand over the lead time plus one period.",
+                  "",
+                  "| model | lead time | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        lines += [f"| {r['model']} | {r['lead_time']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |"
+                  for _, r in forecast.iterrows()]
+    lines.append(f"\nResults: `{f.output_dir}/summary.csv`, `weekly.csv`, `forecast.csv`, `plots/`.")
+    return "\n".join(lines)
+
+
+DOC_HEADER = """# Real retail demand: DirectBackprop against predict-then-optimize
+
+The paper's Section 3.3: on weekly Corporacion Favorita sales, one DirectBackprop policy
+trained end to end across every series, against a predict-then-optimize pipeline (a
+multi-horizon quantile forecaster feeding a newsvendor order-up-to at the critical
+fractile). Each section below is rewritten by the command it shows.
+"""
 
 
 def plot_lead_time(weekly, trajectories, test, split, dates, frequency: str, lead_time: int,

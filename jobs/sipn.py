@@ -14,11 +14,11 @@ training runs nested under it, and this problem's section of ``docs/sipn.md``
 """
 from __future__ import annotations
 
-import re
 import time
 
 from jobs import _cli
 from pipeline.config import ConfigError, load_config, resolve_path
+from pipeline.docs import replace_block
 
 DOC_HEADER = """# Structure-informed policy networks: penalized against plain DirectBackprop
 
@@ -174,16 +174,11 @@ def section(cfg, problem, command, summary, nominal, robust, figure, seconds) ->
 
 
 def write_section(path, name: str, body: str) -> None:
-    """Replace (or append) the section of ``name`` in ``path``, between marker comments."""
-    begin, end = f"<!-- sipn:{name} -->", f"<!-- /sipn:{name} -->"
+    """Replace (or append) the section of ``name`` in ``path``, under today's header."""
     text = path.read_text() if path.exists() else ""
     first = text.find("<!-- sipn:")
     text = DOC_HEADER + ("\n" + text[first:] if first >= 0 else "")  # today's header, the sections kept
-    block = f"{begin}\n{body}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
+    path.write_text(replace_block(text, f"sipn:{name}", body))
 
 if __name__ == "__main__":
     _cli.run("sipn", main)

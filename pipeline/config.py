@@ -163,6 +163,7 @@ class RetailExperimentConfig:
     source: str = MISSING          # synthetic (retail.*) or a path, see data_path
     data_path: Optional[str] = None  # Parquet (file or folder): series layout, or series_id,store,item,week,units
     output_dir: str = MISSING      # summary.csv, weekly.csv, plots (relative: to the project)
+    docs: Optional[str] = None     # markdown report to write this run's section into (null: none)
     lead_times: List[int] = MISSING  # a comparison at each; 0 is the paper's setting
     train_end: int = MISSING       # training rollouts and forecaster fit use periods < train_end
     valid_end: int = MISSING       # validation scores periods [train_end, valid_end)

@@ -61,8 +61,9 @@ class TimeSplit:
 
 
 def load_series(fcfg, retail_cfg, seed: int) -> tuple[pa.Table, dict]:
-    """The series layout of the configured source, and what was repaired on the way."""
-    if fcfg.source == "synthetic":
+    """The series layout of ``data_path`` when set, else of the configured source, and
+    what was repaired on the way."""
+    if fcfg.source == "synthetic" and not fcfg.data_path:
         from pipeline.retail import synthetic_retail
 
         return synthetic_retail(retail_cfg, seed), {"source": "synthetic retail (retail.*)"}

@@ -87,7 +87,7 @@ def child_runs(uri, experiment):
 def test_job_end_to_end_on_synthetic_retail(tmp_path, ray_session):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "fav"
-    args = ["experiment=favorita_smoke", f"output_dir={tmp_path / 'runs'}", f"favorita.output_dir={out}",
+    args = ["experiment=favorita_smoke", f"output_dir={out}",
             f"mlflow.tracking_uri={uri}", "mlflow.experiment=fav", "favorita.lead_times=[0,1]",
             "retail.num_series=32", "data.shard_rows=16"]
     assert favorita.main(args) == 0
@@ -105,6 +105,7 @@ def test_job_end_to_end_on_synthetic_retail(tmp_path, ray_session):
     parent = [r for r in runs if r.data.tags[RUN_NAME_TAG] == "favorita-smoke"][0]
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert (out / "runs" / "favorita-smoke-L1-directbackprop_sipn" / "checkpoints" / "best").is_dir()
     assert parent.data.metrics["test/L1/pto_mqcnn/fill_rate"] == pytest.approx(
         float(summary.query("lead_time == 1 and policy == 'pto_mqcnn'").fill_rate.iloc[0]))
 
@@ -120,8 +121,8 @@ def test_job_reads_any_long_sales_parquet_and_moves_its_results(tmp_path):
     path = tmp_path / "sales.parquet"
     pq.write_table(pa.Table.from_pandas(long, preserve_index=False), path)
     out = tmp_path / "elsewhere"
-    args = ["experiment=favorita_smoke", "favorita.source=favorita_weekly", f"favorita.data_path={path}",
-            f"favorita.output_dir={out}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+    args = ["experiment=favorita_smoke", f"data.path={path}",
+            f"output_dir={out}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
             "favorita.policies=[pto_mqcnn,pto_moving_average]", "favorita.lead_times=[0]",
             "favorita.train_end=66", "favorita.valid_end=75", "data.periods=66"]
     assert favorita.main(args) == 0
