@@ -148,8 +148,8 @@ def section(cfg, problem, command, summary, nominal, robust, figure, seconds) ->
                                                            values=["violation_rate_in", "violation_rate_out"])
     order = list(dict.fromkeys(robust.scenario))
     lines = [f"## {cfg.name}: {problem.name}, lead times {cfg.data.lead_time_range}",
-             "", f"Command: `{command}` ({seconds / 60:.0f} min for the last invocation, which reuses "
-             "training runs that had already finished). "
+             "", f"Command: `{command}` ({seconds / 60:.0f} min for the last invocation; a training "
+             "run that had already finished is reused, not retrained). "
              f"Penalty weights {list(cfg.penalty.weights)}, probe share {cfg.penalty.probe_share}, "
              f"probe box x{cfg.penalty.probe_widen}. Held-out products and periods as in `jobs.train`.",
              "", "| | plain | sipn |", "|---|---|---|",
