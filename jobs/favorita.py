@@ -114,7 +114,8 @@ def main(args: list[str]) -> int:
                     levels = sorted({*f.quantiles, round(fractile, 6)})
                     forecaster, history = fit_forecaster(
                         train_batch, split.train_end, levels, max(f.lead_times) + 1, epochs=f.forecast_epochs,
-                        lr=f.forecast_lr, seed=cfg.seed,
+                        lr=f.forecast_lr, seed=cfg.seed, channels=cfg.policy.channels,
+                        dilations=tuple(cfg.policy.dilations),  # the same receptive field as the policy's CNN
                         progress=lambda epoch, loss: print(f"  epoch {epoch + 1}/{f.forecast_epochs}  "
                                                            f"pinball loss {loss:.4f}", flush=True))
                     for epoch, loss in enumerate(history):
