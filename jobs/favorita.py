@@ -42,9 +42,14 @@ def main(args: list[str]) -> int:
     args = study_args(args)
     cfg = load_config(args)
     f = cfg.favorita
+    from pipeline.config import ConfigError
+
     if "directbackprop_sipn" in f.policies and max(cfg.penalty.weights) <= 0:
-        from pipeline.config import ConfigError
         raise ConfigError("penalty.weights must be > 0 for the directbackprop_sipn policy of jobs.favorita")
+    t = cfg.train
+    if t.history + t.horizon > f.train_end:
+        raise ConfigError(f"train.history + train.horizon = {t.history}+{t.horizon} must fit in the "
+                          f"{f.train_end} training periods (favorita.train_end); see experiment=favorita")
 
     import pandas as pd
     import torch

@@ -130,3 +130,10 @@ def test_job_reads_any_long_sales_parquet_and_moves_its_results(tmp_path):
     assert summary.policy.tolist() == ["pto_mqcnn", "pto_moving_average"] and (summary.fill_rate > 0.5).all()
     weekly = pd.read_csv(out / "weekly.csv")
     assert weekly.date.min() == str((weeks[75]).date()) and weekly.period.max() == 99
+
+
+def test_job_rejects_rollouts_longer_than_the_training_periods():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.history \+ train.horizon = 40\+70 must fit in the 70 training"):
+        favorita.main(["experiment=favorita_smoke", "train.horizon=70", "data.periods=120"])
