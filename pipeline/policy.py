@@ -6,13 +6,24 @@ running mean and spread of the history so far) and the scaled endogenous state, 
 with ELU maps that to non-negative actions (softplus) times the product's demand scale: one
 output per entry of the problem's action (an order; or two orders; or an order and a removal).
 
-Demand is exogenous, so the CNN runs once over the whole window of a rollout and the
-static part of the first MLP layer is computed for every period at once; only the state
-part runs per period.
+Demand is exogenous, so the CNN and the features are computed once for the whole window
+of a rollout (``prepare``); each period (``act``) runs the MLP on that period's exogenous
+inputs beside the scaled state. Three details keep that loop fast on CPU (see
+``benchmarks/step_speed.py``):
+
+- ``prepare`` hands out the exogenous inputs as one tensor per period: indexing a [B, T, ...]
+  tensor at every period makes the backward build and add a full-size zero gradient
+  per period (quadratic in T);
+- the first layer's two weights (``first_exo``, ``first_endo``) are joined once per rollout
+  and applied in one matmul per period. Precomputing the exogenous part for every period
+  costs more: MKL is slow on the huge narrow matmuls involved, and on the gradients of a
+  narrow state-only matmul every period;
+- the ELUs run in place: their backward then uses the output instead of recomputing exp.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -93,8 +104,10 @@ def lookahead_features(feats: Tensor, start: int, horizon: int, lookahead: int) 
 
 @dataclass
 class PolicyContext:
-    exogenous: Tensor  # [B, T, hidden0]: first-layer pre-activation from exogenous inputs
-    scale: Tensor      # [B]
+    exogenous: tuple[Tensor, ...]  # T x [B, n_exo]: the exogenous inputs of each decision period
+    weight: Tensor                 # [n_exo + n_endo, hidden0]: the first layer's, transposed
+    bias: Tensor                   # [hidden0]
+    scale: Tensor                  # [B]
 
 
 class OrderPolicy(nn.Module):
@@ -115,9 +128,9 @@ class OrderPolicy(nn.Module):
         self.first_exo = nn.Linear(n_exo, hidden[0])
         self.first_endo = nn.Linear(n_endo, hidden[0], bias=False)
         layers: list[nn.Module] = []
-        for a, b in zip(hidden[:-1], hidden[1:]):
-            layers += [nn.ELU(), nn.Linear(a, b)]
-        layers += [nn.ELU(), nn.Linear(hidden[-1], n_actions)]
+        for a, b in pairwise(hidden):
+            layers += [nn.ELU(inplace=True), nn.Linear(a, b)]
+        layers += [nn.ELU(inplace=True), nn.Linear(hidden[-1], n_actions)]
         self.head = nn.Sequential(*layers)
         with torch.no_grad():  # start with the order at about one period's mean demand, the rest low
             self.head[-1].bias.fill_(-2.0)
@@ -139,13 +152,23 @@ class OrderPolicy(nn.Module):
             parts.append(self.encoder(x)[:, self.window - 1:, :])  # decision t sees D_{t-32..t-1}
         if self.lookahead:  # known in advance: the features of periods t .. t + lookahead - 1
             parts.append(lookahead_features(feats, start, horizon, self.lookahead))
-        return PolicyContext(self.first_exo(torch.cat(parts, dim=2)), scale)
+        exogenous = torch.cat(parts, dim=2).transpose(0, 1).contiguous()  # [T, B, n_exo]
+        weight = torch.cat([self.first_exo.weight, self.first_endo.weight], dim=1).t().contiguous()
+        return PolicyContext(exogenous.unbind(0), weight, self.first_exo.bias, scale)
 
     def act(self, ctx: PolicyContext, t: int, state: Tensor) -> Tensor:
-        scaled = state / ctx.scale[:, None]
-        endo = torch.cat([scaled, scaled.sum(dim=1, keepdim=True)], dim=1)
-        z = self.head(ctx.exogenous[:, t] + self.first_endo(endo))
-        return F.softplus(z) * ctx.scale[:, None]  # [B, A]
+        return self.period(ctx.exogenous[t], state, ctx.weight, ctx.bias, ctx.scale)
+
+    def period(self, exogenous: Tensor, state: Tensor, weight: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+        """The actions [B, A] from one period's exogenous inputs [B, n_exo] and the state [B, W]
+        (``weight`` and ``bias`` of the joined first layer, ``scale`` [B]). Tensors only, so
+        that ``policy.period = torch.compile(policy.period)`` can compile it (optional:
+        ``benchmarks/step_speed.py compile=true``; a compiled period has no double backward,
+        which the structure penalty needs)."""
+        scaled = state / scale[:, None]
+        x = torch.cat([exogenous, scaled, scaled.sum(dim=1, keepdim=True)], dim=1)
+        z = self.head(torch.addmm(bias, x, weight))  # first_exo + first_endo, one matmul
+        return F.softplus(z) * scale[:, None]  # [B, A]
 
 
 def build_policy(cfg, state_width: int, n_actions: int = 1) -> OrderPolicy:

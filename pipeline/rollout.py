@@ -41,6 +41,7 @@ def rollout(problem, policy, batch: ProductBatch, start: int, horizon: int, widt
     ctx = policy.prepare(batch, start, horizon)
     state = problem.initial_state(batch, width) if initial_state is None else initial_state
     setup = problem.setup(batch, width)
+    demand = batch.demand[:, start:start + horizon].t().contiguous()  # [T, B]: each period's contiguous
     out = {k: [] for k in ("cost", "sales", "held", "lost", "waste", "actions", "states")}
     for t in range(horizon):
         if record_states:
@@ -50,12 +51,14 @@ def rollout(problem, policy, batch: ProductBatch, start: int, horizon: int, widt
             action = action[:, None]
         if round_actions:
             action = torch.round(action)
-        step = problem.step(state, action, batch.demand[:, start + t], batch, setup)
+        step = problem.step(state, action, demand[t], batch, setup)
         state = step.next_state
         for k in ("cost", "sales", "held", "lost", "waste"):
             out[k].append(getattr(step, k))
         out["actions"].append(action)
-    stacked = {k: torch.stack(v, 1) for k, v in out.items() if v}
+    # stacked period-major ([T, B, ...], contiguous copies) and viewed as [B, T, ...]:
+    # stacking along dim 1 scatters every period's values and is many times slower
+    stacked = {k: torch.stack(v).transpose(0, 1) for k, v in out.items() if v}
     return Trajectory(demand=batch.demand[:, start:start + horizon], states=stacked.pop("states", None),
                       context=ctx, **stacked)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.data import ProductBatch
@@ -46,12 +47,17 @@ def lead_time_slots(lead_time: Tensor, width: int, dtype) -> Tensor:
     return (slots[None, :] == lead_time[:, None]).to(dtype)
 
 
-def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+def shift_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> Tensor:
     """Shift a pipeline [B, P] (entry j arrives in j + 1 periods) by one period and add this
     period's order in its slot (``slots`` [B, P + 2] from ``lead_time_slots(lead_time, P + 1)``,
-    column 0 unused). Returns (what arrives next period [B], the remaining pipeline [B, P])."""
-    shifted = torch.cat([pipeline, torch.zeros_like(order)[:, None]], dim=1)
-    shifted = shifted + slots[:, 1:] * order[:, None]
+    column 0 unused). Returns [B, P + 1]: column 0 arrives next period, the rest is the
+    pipeline then."""
+    return F.pad(pipeline, (0, 1)) + slots[:, 1:] * order[:, None]
+
+
+def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """``shift_pipeline`` split into (what arrives next period [B], the remaining pipeline [B, P])."""
+    shifted = shift_pipeline(pipeline, order, slots)
     return shifted[:, 0], shifted[:, 1:]
 
 

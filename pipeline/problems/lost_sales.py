@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.data import ProductBatch
-from pipeline.problems.base import Step, advance_pipeline, lead_time_slots
+from pipeline.problems.base import Step, lead_time_slots, shift_pipeline
 
 
 @dataclass
@@ -48,8 +49,8 @@ class LostSales:
         lost = torch.relu(demand - available)
         cost = (batch.holding_cost * held + batch.shortage_cost * lost
                 + batch.unit_cost * order)
-        arriving, pipeline = advance_pipeline(state[:, 1:], order, slots)
-        next_state = torch.cat([(held + arriving)[:, None], pipeline], dim=1)
+        # the pipeline moves up by one (its first entry arrives) and what is held stays on hand
+        next_state = shift_pipeline(state[:, 1:], order, slots) + F.pad(held[:, None], (0, state.shape[1] - 1))
         return Step(next_state, cost, sales, held, lost, torch.zeros_like(held))
 
     def inventory_position(self, state: Tensor) -> Tensor:
