@@ -12,7 +12,7 @@ export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK ?= true
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: venv run test sweep sipn favorita benchmark ui clean
+.PHONY: venv run test sweep sipn favorita benchmark perf ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ favorita: $(STAMP)
 ## benchmark: every benchmark suite -> benchmarks/results/<suite>.csv and docs/benchmarks.md
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark suite=all
+
+## perf: throughput, solve times and peak memory -> benchmarks/results/perf.csv and docs/performance.md; ARGS="quick=true"
+perf: $(STAMP)
+	$(PY) -m benchmarks.perf $(ARGS)
 
 ## ui: the MLflow UI on the project's runs at http://127.0.0.1:5000
 ui: $(STAMP)

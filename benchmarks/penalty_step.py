@@ -56,6 +56,19 @@ def step_seconds(cases: list[list[str]], steps: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def penalty_cost(name: str, kind: str, steps: int, batch: int = BATCH,
+                 horizon: int = HORIZON) -> tuple[float, float, int, str]:
+    """(plain, penalized) median seconds per step of problem ``name`` (``CASES`` settings)
+    with policy ``kind``, the number of properties penalized, and the config's label."""
+    base = [f"problem={name}", f"policy.kind={kind}", f"data.num_products={batch}",
+            f"train.horizon={horizon}", "train.warmup=0", *CASES[name]]
+    plain, penalized = step_seconds([base + ["penalty.weights=[0.0]"], base + ["penalty.weights=[1.0]"]], steps)
+    cfg = load_config(base)
+    problem = get_problem(name, cfg.problem.params)
+    n_props = len(penalty_properties(problem, problem.state_width(cfg.data.lead_time_range[1]), []))
+    return plain, penalized, n_props, f"{name} {kind} batch={batch} horizon={horizon} properties={n_props}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -63,16 +76,9 @@ def main() -> None:
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
     rows, lines = [], []
-    for name, extra in CASES.items():
+    for name in CASES:
         for kind in ("mlp", "cnn"):
-            base = [f"problem={name}", f"policy.kind={kind}", f"data.num_products={BATCH}",
-                    f"train.horizon={HORIZON}", "train.warmup=0", *extra]
-            plain, penalized = step_seconds([base + ["penalty.weights=[0.0]"], base + ["penalty.weights=[1.0]"]],
-                                            a.steps)
-            cfg = load_config(base)
-            problem = get_problem(name, cfg.problem.params)
-            n_props = len(penalty_properties(problem, problem.state_width(cfg.data.lead_time_range[1]), []))
-            config = f"{name} {kind} batch={BATCH} horizon={HORIZON} properties={n_props}"
+            plain, penalized, n_props, config = penalty_cost(name, kind, a.steps)
             overhead = 100 * (penalized - plain) / plain
             rows += [("step_plain", config, 1000 * plain, "ms"), ("step_penalized", config, 1000 * penalized, "ms"),
                      ("penalty_overhead", config, overhead, "%")]
