@@ -1,3 +1,18 @@
 """Performance benchmarks (run as modules: ``python -m benchmarks.<name>``); results go to
 ``benchmarks/results/`` and the docs. Quality benchmarks against exact optima are
 ``python -m jobs.benchmark``."""
+
+from pipeline.config import ConfigError
+
+
+def key_values(args: list[str], defaults: dict) -> dict:
+    """``key=value`` arguments over ``defaults``, each value converted to its default's type
+    (a bool from 1/true/yes); a key not in ``defaults`` is a ``ConfigError``."""
+    opts = dict(defaults)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in defaults:
+            raise ConfigError(f"expected one of {', '.join(f'{k}=...' for k in defaults)}, got {arg!r}")
+        default = defaults[key]
+        opts[key] = value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value)
+    return opts

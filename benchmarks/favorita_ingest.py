@@ -32,7 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from pipeline.config import PROJECT_ROOT, ConfigError, load_config
+from benchmarks import key_values
+from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.docs import write_block
 
 START = np.datetime64("2013-01-01")
@@ -199,13 +200,7 @@ class PeakMemory(threading.Thread):
 
 
 def parse_args(args: list[str]) -> dict:
-    opts = dict(DEFAULTS)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            raise ConfigError(f"expected one of {', '.join(f'{k}=...' for k in DEFAULTS)}, got {arg!r}")
-        opts[key] = value.lower() in ("1", "true", "yes") if key == "keep" else type(DEFAULTS[key])(value)
-    return opts
+    return key_values(args, DEFAULTS)
 
 
 

@@ -64,6 +64,7 @@ from typing import Callable  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import key_values  # noqa: E402
 from pipeline.config import ConfigError, resolve_path  # noqa: E402
 from pipeline.docs import write_block  # noqa: E402
 
@@ -133,12 +134,7 @@ Row = tuple[str, str, float, str]
 
 
 def parse_args(args: list[str]) -> dict:
-    opts = dict(DEFAULTS)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            raise ConfigError(f"expected one of {', '.join(f'{k}=...' for k in DEFAULTS)}, got {arg!r}")
-        opts[key] = value.lower() in ("1", "true", "yes") if key == "quick" else value
+    opts = key_values(args, DEFAULTS)
     only = [g for g in opts["only"].split(",") if g]
     unknown = [g for g in only if g not in GROUPS]
     if unknown:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import key_values
 from pipeline.config import PROJECT_ROOT, ConfigError, load_config
 from pipeline.docs import write_block
 
@@ -34,13 +35,7 @@ TRAIN = ["policy.kind=mlp", "policy.hidden=[32,32,32]", "train.batch_size=8192",
 
 
 def options(args: list[str]) -> dict:
-    opts = dict(DEFAULTS)
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key not in DEFAULTS or not value:
-            raise ConfigError(f"expected one of {', '.join(f'{k}=...' for k in DEFAULTS)}, got {arg!r}")
-        opts[key] = type(DEFAULTS[key])(value)
-    return opts
+    return key_values(args, DEFAULTS)
 
 
 def write_population(folder: Path, products: int, periods: int, seed: int = 0) -> float:

@@ -22,6 +22,7 @@ import time
 import pandas as pd
 import torch
 
+from benchmarks import key_values
 from pipeline.config import PROJECT_ROOT, ConfigError, load_config
 from pipeline.docs import write_block
 
@@ -33,13 +34,7 @@ CONFIG = ["experiment=zipkin_p19_L4", "data.shortage_cost_range=[9.0,9.0]", "dat
 
 
 def options(args: list[str]) -> dict:
-    opts = dict(DEFAULTS)
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key not in DEFAULTS or not value:
-            raise ConfigError(f"expected one of {', '.join(f'{k}=...' for k in DEFAULTS)}, got {arg!r}")
-        opts[key] = type(DEFAULTS[key])(value)
-    return opts
+    return key_values(args, DEFAULTS)
 
 
 def run(opts: dict) -> tuple[pd.DataFrame, dict]:
