@@ -16,3 +16,14 @@ def key_values(args: list[str], defaults: dict) -> dict:
         default = defaults[key]
         opts[key] = value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value)
     return opts
+
+
+def run_script(main) -> None:
+    """``sys.exit(main(argv))``; a ``ConfigError`` is one line on stderr and exit code 2."""
+    import sys
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)

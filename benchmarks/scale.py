@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import key_values
-from pipeline.config import PROJECT_ROOT, ConfigError, load_config
+from benchmarks import key_values, run_script
+from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.docs import write_block
 
 DEFAULTS = {"products": "100000,1000000", "workers": 1, "periods": 104, "work": "/tmp/sidbp-scale", "only": 0}
@@ -147,8 +147,4 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -16,14 +16,13 @@ part of training). Writes ``benchmarks/results/time_to_quality.csv`` (the curve)
 from __future__ import annotations
 
 import platform
-import sys
 import time
 
 import pandas as pd
 import torch
 
-from benchmarks import key_values
-from pipeline.config import PROJECT_ROOT, ConfigError, load_config
+from benchmarks import key_values, run_script
+from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.docs import write_block
 
 OPTIMUM = 6.835941904994463  # exact DP, p = 9, L = 4 (benchmarks/results/lost_sales.csv)
@@ -122,8 +121,4 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)
