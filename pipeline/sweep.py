@@ -221,6 +221,13 @@ def run_trial(params: dict, ctx: dict) -> None:
         splits = {s: Path(p) for s, p in ctx["splits"].items()}
         fit(cfg, splits, run_dir, tracker.uri, run_id, ctx["state_width"], callbacks=[TuneReportCallback()])
     except BaseException as e:
+        if len(tracker.metric_history("valid/avg_cost")) >= cfg.train.epochs:
+            # ended while tearing down after its last epoch was logged (Tune ends a trial at
+            # max_t as soon as it reports it): the trial finished; marking it failed here
+            # would race the driver's final marks (settle_runs)
+            tracker.client.set_tag(run_id, STATUS_TAG, FINISHED)
+            tracker.finish()
+            raise
         tracker.client.set_tag(run_id, STATUS_TAG, FAILED)
         tracker.client.set_tag(run_id, ERROR_TAG, error_summary(e)[:5000])
         tracker.finish("FAILED")
