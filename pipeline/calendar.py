@@ -22,12 +22,6 @@ def period_dates(start_date, periods: int, frequency: str) -> np.ndarray:
     return start + np.arange(periods) * period_days(frequency)
 
 
-def period_index(dates, start_date, frequency: str) -> np.ndarray:
-    """The period each date falls in (negative before the start)."""
-    days = (np.asarray(dates, dtype="datetime64[D]") - np.datetime64(str(start_date), "D")).astype(np.int64)
-    return np.floor_divide(days, period_days(frequency))
-
-
 def calendar_features(start_date, periods: int, frequency: str) -> dict[str, np.ndarray]:
     """Float32 [periods] each: ``christmas`` (1 in the period that holds 25 December),
     ``to_christmas`` (days from the period's first day to the next 25 December, / 365),

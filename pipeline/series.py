@@ -68,10 +68,6 @@ def series_table(demand: np.ndarray, start_date: str, frequency: str, product_id
     return pa.table(cols)
 
 
-def feature_names(schema: pa.Schema) -> list[str]:
-    return sorted(n[len(FEATURE_PREFIX):] for n in schema.names if n.startswith(FEATURE_PREFIX))
-
-
 def write_manifest(folder: Path, **info) -> None:
     (Path(folder) / MANIFEST).write_text(json.dumps(info, indent=2, default=str))
 
