@@ -1,78 +1,89 @@
 """Speed of the DirectBackprop core: product-periods per second through rollout and loss.
 
     python -m benchmarks.step_speed [threads=1,2] [repeats=10] [batch=8192] [horizon=50]
-        [lead_time=4] [kind=mlp] [hidden=32,32,32] [compile=false] [profile=false] [rows=25]
+        [lead_time=4] [kind=mlp] [hidden=32,32,32] [device=cpu] [compile=false]
+        [compile_mode=default] [profile=false] [rows=25] [docs=false]
 
 Headline config (issue 6 item 2): lost sales with lead time 4, the MLP policy with hidden
 [32, 32, 32] and ELU, 8192 products x 50 periods, float32. Three measurements, each the
 median of ``repeats`` calls after two warm-up calls, interleaved call by call (so that a
-slow spell of the machine falls on all of them alike), at each thread count of ``threads``:
+slow spell of the machine falls on all of them alike), at each batch size of ``batch`` and
+each thread count of ``threads``:
 
 - ``forward+backward``: ``rollout`` + ``period_loss`` + ``directbackprop_loss`` and
   ``loss.backward()`` (a training step without the optimiser);
 - ``forward``: the same without the backward (the autograd graph is still recorded);
 - ``no_grad``: the rollout and loss under ``torch.no_grad`` (evaluation, simulation).
 
-``compile=true`` runs ``policy.period`` (the network's per-period work) and
-``problem.step`` (the simulator's) through ``torch.compile`` first and reports how long the
-first call took (compilation included). Optional and not used by training: a compiled
-period has no double backward (the structure penalty needs one) and recompiles for every
-new batch shape.
+``device=cuda`` runs on the GPU: the batch and the network are moved there once, every
+period's work stays there, and each timed call ends with ``torch.cuda.synchronize()``.
+The GPU measurement of issue 6 item 4:
 
-``profile=true`` also prints torch.profiler's top ``rows`` ops (by self CPU time, grouped
-by input shape) of one forward+backward call at the first thread count.
+    python -m benchmarks.step_speed device=cuda batch=65536,131072,262144,524288,1048576 \\
+        repeats=5 compile=true compile_mode=reduce-overhead docs=true
+
+(eager, and compiled with CUDA graphs, interleaved).
+
+``compile=true`` also times the three calls with ``policy.period`` (the network's
+per-period work) and ``problem.step`` (the simulator's) run through ``torch.compile``
+(``compile_mode``: default, reduce-overhead = CUDA graphs, max-autotune, ...), on a copy of
+the same weights, interleaved with the eager calls; it reports how long the first compiled
+calls took (compilation included). Optional and not used by training: a compiled period has no
+double backward (the structure penalty needs one) and recompiles for every new batch shape.
+
+``profile=true`` also prints torch.profiler's top ``rows`` ops (by self time, grouped by
+input shape) of one forward+backward call at the first batch size and thread count.
+``docs=true`` writes the table (and the profile) into ``docs/performance.md``, in the block
+``perf:step_<device>``.
 """
 from __future__ import annotations
 
+import copy
+import datetime
+import os
 import platform
 import statistics
-import sys
 import time
+from pathlib import Path
 
 import torch
 
-from pipeline.config import load_config
+from benchmarks import key_values, run_script
+from pipeline.config import ConfigError, load_config
 from pipeline.data import batch_from_columns, synthetic_population
+from pipeline.docs import write_block
 from pipeline.policy import OrderPolicy
 from pipeline.problems import get_problem
 from pipeline.rollout import directbackprop_loss, period_loss, rollout
 
-DEFAULTS = {"threads": "1,2", "repeats": "10", "batch": "8192", "horizon": "50", "lead_time": "4",
-            "kind": "mlp", "hidden": "32,32,32", "compile": "false", "profile": "false", "rows": "25"}
+DEFAULTS = {"threads": "1,2", "repeats": 10, "batch": "8192", "horizon": 50, "lead_time": 4,
+            "kind": "mlp", "hidden": "32,32,32", "device": "cpu", "compile": False,
+            "compile_mode": "default", "profile": False, "rows": 25, "docs": False}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    args = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise SystemExit(f"expected key=value with key in {', '.join(DEFAULTS)}; got {arg!r}")
-        args[key] = value
-    return args
+def ints(text: str, key: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{key} takes comma-separated integers, got {text!r}") from None
 
 
-def setup(batch_size: int, horizon: int, lead_time: int, kind: str, hidden: tuple[int, ...]):
-    """(problem, policy, batch, start, width) of the benchmark config."""
+def setup(batch_size: int, horizon: int, lead_time: int, kind: str, hidden: tuple[int, ...],
+          device: str = "cpu"):
+    """(problem, policy, batch, start, width, warmup) of the benchmark config, on ``device``."""
     cfg = load_config([f"data.num_products={batch_size}", f"data.lead_time_range=[{lead_time},{lead_time}]",
                        f"train.horizon={horizon}", f"policy.kind={kind}"])
     problem = get_problem("lost_sales")
     width = problem.state_width(lead_time)
-    batch = batch_from_columns(synthetic_population(cfg.data, cfg.seed))
+    batch = batch_from_columns(synthetic_population(cfg.data, cfg.seed)).to(device)
     torch.manual_seed(0)
-    policy = OrderPolicy(width, kind=kind, hidden=hidden)
+    policy = OrderPolicy(width, kind=kind, hidden=hidden).to(device)
     return problem, policy, batch, cfg.train.history, width, cfg.train.warmup
 
 
-def main(argv: list[str]) -> None:
-    a = parse(argv)
-    threads = [int(t) for t in a["threads"].split(",")]
-    batch_size, horizon, lead_time = int(a["batch"]), int(a["horizon"]), int(a["lead_time"])
-    hidden = tuple(int(h) for h in a["hidden"].split(","))
-    problem, policy, batch, start, width, warmup = setup(batch_size, horizon, lead_time, a["kind"], hidden)
-    if a["compile"] == "true":
-        policy.period = torch.compile(policy.period, dynamic=False)
-        problem.step = torch.compile(problem.step, dynamic=False)
-
+def step_calls(problem, policy, batch, start: int, horizon: int, width: int, warmup: int) -> dict:
+    """The three timed calls, by name."""
     def forward():
         traj = rollout(problem, policy, batch, start, horizon, width)
         return directbackprop_loss(period_loss(traj, batch, "cost"), warmup, 1.0)
@@ -85,35 +96,97 @@ def main(argv: list[str]) -> None:
         with torch.no_grad():
             forward()
 
-    calls = {"forward+backward": forward_backward, "forward": forward, "no_grad": no_grad}
-    compiled = ", compiled" if a["compile"] == "true" else ""
-    print(f"lost sales L={lead_time}, {a['kind']} policy hidden {list(hidden)}, {batch_size} products x "
-          f"{horizon} periods, float32{compiled}; torch {torch.__version__}, {platform.machine()}, "
-          f"median of {a['repeats']} calls")
-    if a["compile"] == "true":
-        tic = time.perf_counter()
-        for call in calls.values():
+    return {"forward+backward": forward_backward, "forward": forward, "no_grad": no_grad}
+
+
+def time_calls(calls: dict, repeats: int, sync) -> dict[str, float]:
+    """Median seconds of each call over ``repeats`` rounds after two warm-up rounds."""
+    times = {name: [] for name in calls}
+    for i in range(repeats + 2):
+        for name, call in calls.items():
+            tic = time.perf_counter()
             call()
-        print(f"compiled (policy.period and problem.step): first calls took {time.perf_counter() - tic:.1f} s")
-    for n in threads:
-        torch.set_num_threads(n)
-        times = {name: [] for name in calls}
-        for i in range(int(a["repeats"]) + 2):
-            for name, call in calls.items():
-                tic = time.perf_counter()
+            sync()
+            if i >= 2:
+                times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads by default"
+
+
+def main(argv: list[str]) -> None:
+    a = key_values(argv, DEFAULTS)
+    threads, sizes = ints(a["threads"], "threads"), ints(a["batch"], "batch")
+    hidden = tuple(ints(a["hidden"], "hidden"))
+    device = a["device"]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but torch {torch.__version__} sees no CUDA device")
+    if device.startswith("cuda"):
+        threads = threads[:1]  # the host threads do not matter for the GPU's kernels
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    mode = f", eager and compiled (mode {a['compile_mode']})" if a["compile"] else ""
+    head = (f"lost sales L={a['lead_time']}, {a['kind']} policy hidden {list(hidden)}, {a['horizon']} periods, "
+            f"float32{mode}; {device}: {hardware(device)}; torch {torch.__version__}; median of {a['repeats']} calls; "
+            f"load average at start {os.getloadavg()[0]:.2f}")
+    print(head)
+    rows, profile = [], ""
+    for size in sizes:
+        problem, policy, batch, start, width, warmup = setup(size, a["horizon"], a["lead_time"], a["kind"],
+                                                            hidden, device)
+        calls = step_calls(problem, policy, batch, start, a["horizon"], width, warmup)
+        if a["compile"]:  # the same weights compiled, timed interleaved with the eager calls
+            cproblem, cpolicy = get_problem("lost_sales"), copy.deepcopy(policy)
+            cpolicy.period = torch.compile(cpolicy.period, dynamic=False, mode=a["compile_mode"])
+            cproblem.step = torch.compile(cproblem.step, dynamic=False, mode=a["compile_mode"])
+            compiled = step_calls(cproblem, cpolicy, batch, start, a["horizon"], width, warmup)
+            tic = time.perf_counter()
+            for call in compiled.values():
                 call()
-                if i >= 2:
-                    times[name].append(time.perf_counter() - tic)
-        for name, ts in times.items():
-            m = statistics.median(ts)
-            print(f"  threads={n}  {name:17s} {1000 * m:8.1f} ms  {batch_size * horizon / m / 1e6:6.2f} M product-periods/s")
-    if a["profile"] == "true":
-        torch.set_num_threads(threads[0])
-        with torch.profiler.profile(record_shapes=True) as prof:
-            forward_backward()
-        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
-                                                                 row_limit=int(a["rows"])))
+            sync()
+            print(f"  batch {size}: first compiled calls (compilation included) took {time.perf_counter() - tic:.1f} s")
+            calls |= {f"{name}, compiled": call for name, call in compiled.items()}
+        for n in threads:
+            torch.set_num_threads(n)
+            for name, m in time_calls(calls, a["repeats"], sync).items():
+                rate = size * a["horizon"] / m
+                rows.append((size, n, name, 1000 * m, rate))
+                print(f"  batch={size:<8d} threads={n}  {name:27s} {1000 * m:9.1f} ms  "
+                      f"{rate / 1e6:8.2f} M product-periods/s")
+        if a["profile"] and not profile:
+            torch.set_num_threads(threads[0])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if device.startswith("cuda"):
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+                calls["forward+backward"]()
+                sync()
+            sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+            profile = prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=a["rows"])
+            print(profile)
+    if a["docs"]:
+        key = f"perf:step_{device.split(':')[0]}"
+        write_block(DOC, key, report(a, head, rows, profile, threads))
+        print(f"wrote the block {key} of {DOC}")
+
+
+def report(a: dict, head: str, rows: list, profile: str, threads: list[int]) -> str:
+    args = " ".join(f"{k}={str(a[k]).lower() if isinstance(a[k], bool) else a[k]}"
+                    for k in DEFAULTS if a[k] != DEFAULTS[k] and k != "docs")
+    lines = [f"### DirectBackprop step on {a['device']}", "",
+             f"`python -m benchmarks.step_speed {args} docs=true`, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. {head}.", "",
+             "| batch | threads | call | ms per call | product-periods/s |", "|---|---|---|---|---|"]
+    lines += [f"| {b:,} | {n} | {name} | {ms:.1f} | {rate:,.0f} |" for b, n, name, ms, rate in rows]
+    if profile:
+        lines += ["", f"torch.profiler, one forward+backward call at batch {rows[0][0]:,} on "
+                  f"{threads[0]} thread(s): the top {a['rows']} ops by self time.", "", "```"]
+        lines += [line.rstrip() for line in profile.strip().splitlines()] + ["```"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main)
