@@ -304,9 +304,9 @@ def ingest_group(s: dict, work: Path, log) -> list[Row]:
 
 def ray_train_group(s: dict, work: Path, log) -> list[Row]:
     from pipeline.config import load_config
-    from pipeline.data import materialize
+    from pipeline.data import count_rows, materialize
     from pipeline.problems import get_problem
-    from pipeline.ray_train import count_rows, fit, init_ray, local_cpus
+    from pipeline.ray_train import fit, init_ray, local_cpus
     from pipeline.tracking import Tracker
 
     uri = f"sqlite:///{work / 'mlflow.db'}"

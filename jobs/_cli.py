@@ -18,7 +18,8 @@ conf/experiment/NAME.yaml), then key=value overrides, e.g.
 def run(job: str, main: Callable[[list[str]], int | None]) -> None:
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
-        print(USAGE.format(job=job))
+        doc = sys.modules[main.__module__].__doc__ or ""
+        print(doc.strip() + "\n\n" + USAGE.format(job=job))
         sys.exit(0)
     try:
         code = main(args)

@@ -40,7 +40,7 @@ def main(args: list[str]) -> int:
         table.to_csv(csv, index=False)
         cfg.name = f"benchmark-{suite}"
         tracker = Tracker(cfg)
-        tracker.start(cfg)
+        tracker.start(cfg, kind="benchmark")
         tracker.log_table(table, suite)
         tracker.log_metrics({f"{row.instance.replace('=', '').replace(';', '_')}/{row.policy}/avg_cost": row.avg_cost
                              for row in table.itertuples()})

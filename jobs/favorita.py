@@ -88,7 +88,8 @@ def main(args: list[str]) -> int:
 
     problem = get_problem("lost_sales", {})
     tracker = Tracker(cfg)
-    run_id = tracker.start(cfg, tags={"study": "favorita"})
+    run_id = tracker.start(cfg, kind="favorita", data=resolve_path(f.data_path) if f.data_path else None,
+                           tags={"study": "favorita"})
     summaries, weeklies, forecasts = [], [], []
     try:
         tracker.log_metrics({f"data/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})

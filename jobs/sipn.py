@@ -60,7 +60,7 @@ def main(args: list[str]) -> int:
     width = problem.state_width(cfg.data.lead_time_range[1])
     out_dir = resolve_path(cfg.output_dir)
     tracker = Tracker(cfg)
-    run_id = tracker.start(cfg)
+    run_id = tracker.start(cfg, kind="sipn")
     runs = {"plain": [f"name={cfg.name}-plain", "penalty.weights=[0.0]"], "sipn": [f"name={cfg.name}-sipn"]}
     try:
         for label, extra in runs.items():

@@ -17,11 +17,11 @@ from pipeline.config import load_config, resolve_path, to_yaml
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
     from pipeline import checkpoint as ckpt
-    from pipeline.data import materialize, read_products
-    from pipeline.evaluate import format_table, test_report
-    from pipeline.plots import learning_curve, order_vs_on_hand
+    from pipeline.data import materialize
+    from pipeline.plots import learning_curve
     from pipeline.problems import get_problem
     from pipeline.ray_train import fit, init_ray
+    from pipeline.report import evaluate_and_log
     from pipeline.tracking import Tracker
 
     started = time.time()
@@ -37,7 +37,7 @@ def main(args: list[str]) -> int:
     print(f"[data] {splits['train'].parent}", flush=True)
 
     tracker = Tracker(cfg)
-    run_id = tracker.start(cfg)
+    run_id = tracker.start(cfg, kind="train", data=splits["train"].parent)
     print(f"[mlflow] run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
     try:
         init_ray(cfg)
@@ -46,32 +46,18 @@ def main(args: list[str]) -> int:
         print("[eval] evaluating the best checkpoint on held-out products ...", flush=True)
         best = run_dir / "checkpoints" / "best" / ckpt.FILE
         policy, _, state = ckpt.load_policy(best)
-        test, train = read_products(splits["test"]), read_products(splits["train"])
-        table, baselines, violations = test_report(cfg, policy, problem, train, test, width)
-
-        tracker.log_table(table, "evaluation")
-        tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)  # NaN: not measured for it
-                             for row in table.itertuples() for k in table.columns
-                             if k != "policy" and getattr(row, k) == getattr(row, k)})
-        tracker.log_metrics({f"test/learned/{k}": v for k, v in violations.items()})  # per property, in and out
+        table, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
         tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
         tracker.log_artifact(best, "checkpoint")
         history = {"train loss": tracker.metric_history("train/loss"),
                    "validation cost": tracker.metric_history("valid/avg_cost")}
         tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
-        shown = {k: v for k, v in baselines.items() if k in ("dp", "omniscient", "estimated")}
-        tracker.log_figure(order_vs_on_hand(policy, shown, test, cfg.eval.start, width,
-                                            cfg.eval.plot_products, problem.state_names(width)),
-                           "plots/order_vs_on_hand.png")
-        table.to_csv(run_dir / "evaluation.csv", index=False)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish()
 
-    print(f"\nHeld-out products: {test.size}, periods {cfg.eval.start}..{test.periods - 1} "
-          f"(first {cfg.eval.warmup} not scored), {cfg.problem.objective} objective")
-    print(format_table(table))
+    print("\n" + summary)
     print(f"\nResults:    {run_dir}/evaluation.csv")
     print(f"MLflow run: {run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
     print(f"            open with `make ui`, then http://127.0.0.1:5000/{tracker.run_url()}")

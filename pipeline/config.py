@@ -189,6 +189,28 @@ class RayConfig:
 class MlflowConfig:
     tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db
     experiment: str = MISSING
+    registered_model: Optional[str] = None  # null: sidbp-<problem.name>; a sweep's best is its @champion
+
+
+@dataclass
+class ModelConfig:
+    uri: Optional[str] = None  # checkpoint file, runs:/<run_id>, models:/<name>@<alias> or /<version>
+
+
+@dataclass
+class RecommendConfig:
+    input: Optional[str] = None    # Parquet file or folder of product histories; null: the data's test split
+    output: Optional[str] = None   # Parquet folder; null: <output_dir>/<name>/recommendations
+    state: str = MISSING           # columns (the data's state columns) | simulate (run the policy through the history)
+    batch_size: int = MISSING      # products per map_batches call
+    concurrency: int = MISSING     # Ray Data actors, each holding the policy
+
+
+@dataclass
+class CompareConfig:
+    runs: int = MISSING            # newest runs shown
+    kind: Optional[str] = None     # only runs of this kind (train, evaluate, sweep, trial); null: all
+    metrics: list[str] = field(default_factory=list)  # columns; empty: the standard set
 
 
 @dataclass
@@ -210,9 +232,14 @@ class Config:
     favorita: RetailExperimentConfig = field(default_factory=RetailExperimentConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 BASELINES = ("dp", "omniscient", "estimated", "best_constant")
+RECOMMEND_STATES = ("columns", "simulate")
+RUN_KINDS = ("train", "evaluate", "sweep", "trial", "favorita", "benchmark", "sipn")
 DISTRIBUTIONS = ("poisson", "negbin", "zip", "gamma", "uniform")
 SHOCKS = ("up", "down", "spike")
 
@@ -371,6 +398,14 @@ def validate(c: Config) -> None:
     _check(s.grace_period >= 1, "sweep.grace_period", f"must be >= 1, got {s.grace_period}")
     _check(s.reduction_factor >= 2, "sweep.reduction_factor", f"must be >= 2, got {s.reduction_factor}")
     validate_retail(c)
+    rec = c.recommend
+    _check(rec.state in RECOMMEND_STATES, "recommend.state", f"must be one of {', '.join(RECOMMEND_STATES)}, got {rec.state!r}")
+    for key in ("batch_size", "concurrency"):
+        _check(getattr(rec, key) >= 1, f"recommend.{key}", f"must be >= 1, got {getattr(rec, key)}")
+    _check(c.compare.runs >= 1, "compare.runs", f"must be >= 1, got {c.compare.runs}")
+    _check(c.compare.kind in (None, *RUN_KINDS), "compare.kind",
+           f"must be one of {', '.join(RUN_KINDS)} or null, got {c.compare.kind!r}")
+    _check(c.model.uri is None or c.model.uri.strip() != "", "model.uri", "must be null or a checkpoint path or URI")
 
 
 PREPARE_SOURCES = ("favorita", "favorita_weekly", "synthetic_retail")

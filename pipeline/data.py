@@ -114,6 +114,7 @@ def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
     """Build a batch from a dict of numpy columns (a Ray Data numpy batch or a table).
     Every ``feature_<name>`` list column becomes a channel of ``features``, by name."""
     f = lambda k: torch.as_tensor(np.array(cols[k], dtype=np.float64), dtype=dtype)  # noqa: E731
+    n = len(cols["demand"])
     names = tuple(sorted(k[len(FEATURE_PREFIX):] for k in cols if k.startswith(FEATURE_PREFIX)))
     features = (torch.as_tensor(np.stack([_stack(cols[FEATURE_PREFIX + n]) for n in names], axis=2), dtype=dtype)
                 if names else None)
@@ -122,8 +123,10 @@ def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
         holding_cost=f("holding_cost"), shortage_cost=f("shortage_cost"),
         unit_cost=f("unit_cost"), price=f("price"),
         lead_time=torch.as_tensor(np.array(cols["lead_time"], dtype=np.int64)),
-        true_mean=f("true_mean"), true_shape=f("true_shape"),
-        true_dist=np.asarray(cols["true_dist"]).astype(str),
+        # the generating distribution: known for synthetic data only (the omniscient baseline)
+        true_mean=f("true_mean") if "true_mean" in cols else torch.full((n,), math.nan, dtype=dtype),
+        true_shape=f("true_shape") if "true_shape" in cols else torch.full((n,), math.nan, dtype=dtype),
+        true_dist=np.asarray(cols["true_dist"]).astype(str) if "true_dist" in cols else np.full(n, "unknown"),
         product_id=np.asarray(cols["product_id"]),
         features=features, feature_names=names,
     )
@@ -280,6 +283,28 @@ def read_products(folder: str | Path) -> ProductBatch:
 
 
 # ---------------------------------------------------------------- datasets on disk
+
+def count_rows(path: str | Path) -> int:
+    """Rows in a Parquet file or folder (every ``*.parquet`` under it), from the footers."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def data_version(path: str | Path) -> str:
+    """A short hash that changes when a Parquet dataset does: over every Parquet file under
+    ``path`` (or the file itself), its path relative to ``path``, size and row count (read
+    from the footer, so hashing a million products costs one footer read per shard)."""
+    import hashlib
+
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    digest = hashlib.sha256()
+    for f in files:
+        rel = f.name if f == root else f.relative_to(root).as_posix()
+        digest.update(f"{rel}:{f.stat().st_size}:{pq.ParquetFile(f).metadata.num_rows};".encode())
+    return digest.hexdigest()[:12]
+
 
 SPLITS = ("train", "valid", "test")
 

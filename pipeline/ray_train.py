@@ -22,20 +22,17 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS":
     os.environ.setdefault(_k, _v)
 
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import ray.train  # noqa: E402
-import torch  # noqa: E402
-from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,  # noqa: E402
-                       RunConfig, ScalingConfig)
 import ray.train.torch  # noqa: E402
+import torch  # noqa: E402
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
 from pipeline import checkpoint as ckpt  # noqa: E402
 from pipeline.config import Config, from_yaml, to_yaml  # noqa: E402
-from pipeline.data import ProductBatch, batch_from_columns, concat_batches  # noqa: E402
-from pipeline.engine import (cosine_lr, gradient_averager, penalty_ramp, sample_start,  # noqa: E402
-                             train_step, validation_metrics)
+from pipeline.data import ProductBatch, batch_from_columns, concat_batches, count_rows  # noqa: E402
+from pipeline.engine import cosine_lr, gradient_averager, penalty_ramp, sample_start, train_step, validation_metrics  # noqa: E402
 from pipeline.policy import build_policy  # noqa: E402
 from pipeline.problems import get_problem  # noqa: E402
 from pipeline.tracking import EpochLogger  # noqa: E402
@@ -88,11 +85,6 @@ def _by_value(fn):
     import types
 
     return types.FunctionType(fn.__code__, {"__builtins__": __builtins__}, fn.__name__)
-
-
-def count_rows(folder: Path) -> int:
-    """Rows in a Parquet folder, from the file footers (no data read)."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(folder).glob("*.parquet")))
 
 
 def collect(shard, batch_size: int = 4096) -> ProductBatch | None:

@@ -33,7 +33,6 @@ from pipeline.config import (
 
 FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
 SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
-KIND_TAG = "sidbp.kind"            # "sweep" on the sweep's run, "trial" on a trial's
 STATUS_TAG = "sidbp.trial_status"  # finished / stopped by ASHA / failed
 ERROR_TAG = "sidbp.error"          # a failed trial: the first line of its error
 OOD, IN = "valid/out/violation_rate", "valid/in/violation_rate"
@@ -171,6 +170,14 @@ def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -
     return table
 
 
+def champion_trial(table: pd.DataFrame, value_col: str, mode: str) -> pd.Series | None:
+    """The finished trial with the best validation objective (``None`` if none finished)."""
+    done = table[(table.status == FINISHED) & table[value_col].notna()]
+    if done.empty:
+        return None
+    return done.loc[done[value_col].idxmax() if mode == "max" else done[value_col].idxmin()]
+
+
 def _trial_sort_key(name: str):
     tail = str(name).rsplit("-", 1)[-1]
     return (0, int(tail), "") if tail.isdigit() else (1, 0, str(name))
@@ -213,8 +220,8 @@ def run_trial(params: dict, ctx: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tracker = Tracker(cfg)
-    run_id = tracker.start(cfg, parent_run_id=ctx["parent_run_id"],
-                           tags={SWEEP_TAG: base.name, KIND_TAG: "trial", "sidbp.trial": k})
+    run_id = tracker.start(cfg, kind="trial", data=Path(ctx["splits"]["train"]).parent,
+                           parent_run_id=ctx["parent_run_id"], tags={SWEEP_TAG: base.name, "sidbp.trial": k})
     try:
         if k in ctx["fail_trials"]:
             raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
@@ -356,7 +363,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     print(f"[data] {splits['train'].parent}", flush=True)
 
     tracker = Tracker(cfg)  # creates the experiment once, before any trial
-    run_id = tracker.start(cfg, tags={KIND_TAG: "sweep"}, resume=False)
+    run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=False)
     print(f"[mlflow] sweep run {run_id} at {tracker.uri}", flush=True)
     try:
         init_ray(cfg, num_cpus=local_cpus(cfg))
@@ -418,15 +425,37 @@ def run_sweep(cfg: Config) -> SweepOutcome:
         summary = {"sweep/trials_finished": counts.get(FINISHED, 0), "sweep/trials_stopped": counts.get(STOPPED, 0),
                    "sweep/trials_failed": counts.get(FAILED, 0), "sweep/trials_on_front": int(table.on_front.sum()),
                    "wall_seconds": time.time() - started}
-        done = table[table.status == FINISHED][value_col]
-        if len(done):
-            summary[f"sweep/best_{value_col}"] = done.max() if mode == "max" else done.min()
+        best = champion_trial(table, value_col, mode)
+        if best is not None:
+            summary[f"sweep/best_{value_col}"] = best[value_col]
+            register_best(cfg, tracker, best, value_col, sweep_dir, run_id)
         tracker.log_metrics(summary)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish()
     return SweepOutcome(table, run_id, tracker, sweep_dir, time.time() - started)
+
+
+def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_dir: Path, sweep_run_id: str) -> None:
+    """Log the best trial's best checkpoint to its run and register it as a new version of
+    the registered model, with the alias ``champion``; tag the sweep's run with it."""
+    from pipeline.checkpoint import FILE
+    from pipeline.tracking import register_champion, registered_model_name
+
+    path = sweep_dir / "trials" / best.trial / "checkpoints" / "best" / FILE
+    if not best.run_id or not path.exists():
+        print(f"[mlflow] no champion registered: {best.trial} has no run or no {path}", flush=True)
+        return
+    tracker.client.log_artifact(best.run_id, str(path), "checkpoint")
+    name = registered_model_name(cfg)
+    version = register_champion(
+        tracker.client, name, best.run_id,
+        description=f"Best finished trial {best.trial} of sweep {cfg.name}: {value_col} {best[value_col]:.4f}, "
+                    f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.",
+        tags={"sweep": cfg.name, "trial": best.trial, value_col: best[value_col], "sweep_run_id": sweep_run_id})
+    tracker.client.set_tag(sweep_run_id, "champion", f"models:/{name}/{version}")
+    print(f"[mlflow] registered {best.trial} as models:/{name}/{version}, alias @champion", flush=True)
 
 
 def settle_runs(client, table: pd.DataFrame, children: dict) -> None:

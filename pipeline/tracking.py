@@ -8,17 +8,61 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
 
 RUN_NAME_TAG = "sidbp.run_name"
+KIND_TAG = "sidbp.kind"            # train, evaluate, sweep, trial, favorita, benchmark, sipn
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+NOTE_TAG = "mlflow.note.content"   # the run's description in the MLflow UI
+# on every run (docs/mlflow.md): what a reviewer filters and groups by
+REVIEW_TAGS = ("problem", "instance", "policy_kind", "penalty_weights", "data_version", "git_commit")
+
+
+def git_commit() -> str:
+    """The project's commit (``-dirty`` with uncommitted changes to tracked files);
+    ``$SIDBP_GIT_COMMIT`` where the project was shipped without ``.git`` (a Ray job's
+    working directory, a container image); else ``unknown``."""
+    import subprocess
+
+    if os.environ.get("SIDBP_GIT_COMMIT"):
+        return os.environ["SIDBP_GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def review_tags(cfg: Config, kind: str, data: Path | None) -> dict[str, str]:
+    """The tags every run carries, and its description (``mlflow.note.content``)."""
+    from pipeline.data import data_version
+
+    lo, hi = cfg.data.lead_time_range
+    params = " ".join(f"{k}={v}" for k, v in sorted((cfg.problem.params or {}).items()))
+    instance = " ".join(x for x in (cfg.problem.name, f"L={lo}" if lo == hi else f"L={lo}-{hi}", params) if x)
+    policy = f"{cfg.policy.kind}[{','.join(str(h) for h in cfg.policy.hidden)}]"
+    version = data_version(data) if data is not None else "none"
+    source = (f"the data at {cfg.data.path}" if cfg.data.path
+              else f"{cfg.data.num_products} synthetic products x {cfg.data.periods} periods (seed {cfg.seed})")
+    commit = git_commit()
+    note = (f"**{kind}** run `{cfg.name}`: {cfg.policy.kind} policy (hidden {list(cfg.policy.hidden)}) on {instance}, "
+            f"{cfg.problem.objective} objective, structure-penalty weights {list(cfg.penalty.weights)}; "
+            f"{source}, data version `{version}`; {cfg.train.epochs} epochs on {cfg.train.num_workers} Ray Train "
+            f"worker(s){' with GPUs' if cfg.train.use_gpu else ''}; commit `{commit}`.")
+    return {KIND_TAG: kind, "problem": cfg.problem.name, "instance": instance, "policy_kind": policy,
+            "penalty_weights": str(list(cfg.penalty.weights)), "data_version": version, "git_commit": commit,
+            NOTE_TAG: note}
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -54,25 +98,26 @@ class Tracker:
         self.run_id: str | None = None
         self.resumed = False
 
-    def start(self, cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-              resume: bool = True) -> str:
+    def start(self, cfg: Config, kind: str, data: Path | None = None, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None, resume: bool = True) -> str:
         """Reuse the latest run with this run name, else create one; log the config.
 
-        ``parent_run_id``: nest the run under that run (a sweep's trial under the sweep) and
-        reuse only a run nested there; ``tags``: extra tags; ``resume=False``: always a new run."""
-        query = f"tags.`{RUN_NAME_TAG}` = '{cfg.name}'"
+        ``kind``: what the job is (``KIND_TAG``); ``data``: the Parquet folder it reads (its
+        ``data_version`` tag); ``parent_run_id``: nest the run under that run (a sweep's trial
+        under the sweep) and reuse only a run nested there; ``tags``: extra tags;
+        ``resume=False``: always a new run. Every run gets ``review_tags``."""
+        query = f"tags.`{RUN_NAME_TAG}` = '{cfg.name}' and tags.`{KIND_TAG}` = '{kind}'"
         if parent_run_id:
             query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
         found = self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time DESC"],
                                         max_results=1) if resume else []
-        extra = {k: str(v) for k, v in (tags or {}).items()}
+        extra = {**review_tags(cfg, kind, data), **{k: str(v) for k, v in (tags or {}).items()}}
         if found:
             self.run_id, self.resumed = found[0].info.run_id, True
             self.client.update_run(self.run_id, status="RUNNING")
-            for k, v in extra.items():
-                self.client.set_tag(self.run_id, k, v)
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in extra.items()])
         else:
-            run_tags = {RUN_NAME_TAG: cfg.name, "problem": cfg.problem.name, **extra}
+            run_tags = {RUN_NAME_TAG: cfg.name, **extra}
             if parent_run_id:
                 run_tags[PARENT_TAG] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=cfg.name, tags=run_tags)
@@ -132,3 +177,83 @@ class EpochLogger:
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         log_metrics(self.client, self.run_id, metrics, step)
+
+
+# ---------------------------------------------------------------- the model registry
+
+CHAMPION = "champion"
+
+
+def registered_model_name(cfg: Config) -> str:
+    return cfg.mlflow.registered_model or f"sidbp-{cfg.problem.name}"
+
+
+def register_champion(client: MlflowClient, name: str, run_id: str, description: str,
+                      tags: dict[str, str]) -> str:
+    """A new version of the registered model ``name`` from the ``checkpoint`` artifact of
+    ``run_id``, given the alias ``champion``; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Order policies trained with structure-informed "
+                                       "DirectBackprop; @champion: the best trial of the latest sweep.")
+    version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id,
+                                          tags={k: str(v) for k, v in tags.items()}, description=description)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version.version
+
+
+@dataclass
+class ResolvedModel:
+    checkpoint: Path  # the local checkpoint file
+    uri: str          # what was asked for
+    version: str      # what was used: models:/<name>/<version>, runs:/<run_id>, or file:<path>#sha256=...
+    run_id: str | None
+
+
+def resolve_model(uri: str | None, cfg: Config) -> ResolvedModel:
+    """The checkpoint behind ``model.uri``: a checkpoint file (or a folder holding
+    ``checkpoint.pt``), ``runs:/<run_id>`` (that run's ``checkpoint`` artifact),
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; ``None`` is the champion
+    of ``registered_model_name(cfg)``. A model that cannot be found is a ``ConfigError``
+    naming it."""
+    import hashlib
+
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.checkpoint import FILE
+    from pipeline.config import ConfigError
+
+    uri = uri or f"models:/{registered_model_name(cfg)}@{CHAMPION}"
+    if not uri.startswith(("models:/", "runs:/")):
+        path = Path(uri).expanduser()
+        path = path / FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"model.uri {uri!r}: no checkpoint file there (expected a {FILE} file or folder, "
+                              "runs:/<run_id>, models:/<name>@<alias> or models:/<name>/<version>)")
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return ResolvedModel(path.resolve(), uri, f"file:{path.resolve()}#sha256={sha}", None)
+    tracking = tracking_uri(cfg)
+    client = MlflowClient(tracking)
+    try:
+        if uri.startswith("models:/"):
+            ref = uri[len("models:/"):]
+            name, alias = ref.split("@", 1) if "@" in ref else (ref.rsplit("/", 1)[0], None)
+            mv = (client.get_model_version_by_alias(name, alias) if alias
+                  else client.get_model_version(name, ref.rsplit("/", 1)[1]))
+            folder, version, run_id = mv.source, f"models:/{name}/{mv.version}", mv.run_id
+        else:
+            run_id = uri[len("runs:/"):].strip("/").split("/")[0]
+            client.get_run(run_id)
+            folder, version = f"runs:/{run_id}/checkpoint", f"runs:/{run_id}"
+        local = Path(mlflow.artifacts.download_artifacts(folder, tracking_uri=tracking))
+    except MlflowException as e:
+        raise ConfigError(f"model.uri {uri!r} not found at {tracking}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # a malformed models:/ reference
+        raise ConfigError(f"model.uri {uri!r}: {e}") from None
+    checkpoint = local / FILE if local.is_dir() else local
+    if not checkpoint.is_file():
+        raise ConfigError(f"model.uri {uri!r} has no {FILE} (found {local})")
+    return ResolvedModel(checkpoint, uri, version, run_id)

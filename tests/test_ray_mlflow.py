@@ -61,3 +61,54 @@ def test_same_run_name_resumes_from_checkpoint_in_process(tiny_job):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [0, 1, 2]  # epochs 0 and 1 were not trained again
     assert run.data.params["train.num_workers"] == "2"  # the params of the run's first job
+
+
+def test_every_run_carries_the_review_tags_and_a_description(tiny_job):
+    from pipeline.data import data_version
+    from pipeline.tracking import NOTE_TAG, git_commit
+
+    root, uri, _ = tiny_job
+    _, run = the_run(uri)
+    tags = run.data.tags
+    data_root = next((root / "runs" / "data").glob("synthetic-*"))
+    assert {k: tags[k] for k in ("sidbp.kind", "problem", "instance", "policy_kind", "penalty_weights")} == {
+        "sidbp.kind": "train", "problem": "lost_sales", "instance": "lost_sales L=0-2", "policy_kind": "cnn[32,32]",
+        "penalty_weights": "[0.0]"}  # the tags of the latest job on the run: the resumed one, without penalty
+    assert tags["data_version"] == data_version(data_root) and len(tags["data_version"]) == 12
+    assert tags["git_commit"] == git_commit() != "unknown"
+    assert tags[NOTE_TAG].startswith("**train** run `two-workers`: cnn policy") and "weights [0.0]" in tags[NOTE_TAG]
+
+
+def test_evaluate_recommend_and_compare_on_the_trained_run(tiny_job, capsys):
+    """``jobs.evaluate`` on the run's checkpoint reproduces the training job's test table;
+    ``jobs.recommend`` writes one order per test product with the model version;
+    ``jobs.compare`` shows both runs side by side."""
+    import pandas as pd
+
+    from jobs import compare, evaluate, recommend
+
+    root, uri, args = tiny_job
+    _, run = the_run(uri)
+    model = f"model.uri=runs:/{run.info.run_id}"
+    common = [a for a in args if not a.startswith(("train.", "penalty."))]
+    assert evaluate.main(common + [model]) == 0
+    trained = pd.read_csv(root / "runs" / "two-workers" / "evaluation.csv")
+    evaluated = pd.read_csv(root / "runs" / "two-workers" / "evaluate" / "evaluation.csv")
+    pd.testing.assert_frame_equal(trained, evaluated)
+
+    assert recommend.main(common + [model, "recommend.state=simulate", "recommend.batch_size=5"]) == 0
+    out = pd.read_parquet(root / "runs" / "two-workers" / "recommendations")
+    test = pd.read_parquet(next((root / "runs" / "data").glob("synthetic-*")) / "test")
+    assert sorted(out.product_id) == sorted(test.product_id)
+    assert (out.model_version == f"runs:/{run.info.run_id}").all() and (out.period == 120).all()
+    assert (out.order >= 0).all() and (out.order == out.order.round()).all() and out.order.sum() > 0
+
+    capsys.readouterr()
+    assert compare.main(["mlflow_experiment=test", f"mlflow.tracking_uri={uri}", "compare.runs=2"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = printed[2].split()
+    assert header[0] == "two-workers" and header[1].startswith("two-workers@")
+    kinds = next(line for line in printed if line.startswith("kind")).split()
+    assert kinds[1:] == ["evaluate", "train"]
+    gap = next(line for line in printed if line.startswith("test/learned/gap_pct")).split()
+    assert gap[1] == gap[2] == f"{trained.set_index('policy').gap_pct['learned']:,.4f}"

@@ -5,6 +5,7 @@ import os
 from types import SimpleNamespace
 
 import pandas as pd
+import torch
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -169,3 +170,25 @@ def test_sweep_nests_trials_and_logs_table_and_plot(tiny_sweep):
     assert (table.run_id == [by_name[t].info.run_id for t in table.trial]).all()
     assert table.on_front[1:].astype(str).isin(["True"]).any() and str(table.on_front[0]) == "False"
     assert (root / "runs" / "sw" / "pareto.png").stat().st_size > 0
+
+
+def test_sweep_registers_its_best_finished_trial_as_champion(tiny_sweep):
+    from pipeline.checkpoint import load
+
+    root, uri = tiny_sweep
+    client = MlflowClient(uri)
+    table = pd.read_csv(root / "runs" / "sw" / "sweep_results.csv", keep_default_na=False)
+    done = table[table.status == "finished"]
+    best = done.loc[pd.to_numeric(done.valid_avg_cost).idxmin()]
+    version = client.get_model_version_by_alias("sidbp-lost_sales", "champion")
+    assert version.run_id == best.run_id and version.tags["trial"] == best.trial
+    parent = client.search_runs([client.get_experiment_by_name("test").experiment_id], f"tags.`{RUN_NAME_TAG}` = 'sw'")
+    assert parent[0].data.tags["champion"] == f"models:/sidbp-lost_sales/{version.version}"
+    import mlflow
+
+    folder = mlflow.artifacts.download_artifacts("models:/sidbp-lost_sales@champion", tracking_uri=uri)
+    registered = load(f"{folder}/checkpoint.pt")
+    on_disk = load(root / "runs" / "sw" / "trials" / best.trial / "checkpoints" / "best" / "checkpoint.pt")
+    assert all(torch.equal(registered["policy"][k], v) for k, v in on_disk["policy"].items())
+    trial = client.get_run(best.run_id).data.tags
+    assert trial["sidbp.kind"] == "trial" and trial["instance"] == "lost_sales L=0-2" and trial["policy_kind"] == "mlp[32,32]"

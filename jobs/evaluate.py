@@ -1,0 +1,61 @@
+"""Evaluate a trained policy on a dataset: metrics against the baselines, and plots.
+
+    python -m jobs.evaluate [experiment=NAME] [model.uri=URI] [data.path=FOLDER] [key=value ...]
+
+``model.uri``: a checkpoint file, ``runs:/<run_id>`` (a training run's checkpoint),
+``models:/<name>@<alias>`` or ``models:/<name>/<version>``; by default the champion of the
+registered model (``models:/sidbp-<problem>@champion``). The policy is evaluated on the
+test split of the configured data (``data.path``, or the synthetic population of
+``data.*``) with the problem it was trained on, against ``eval.baselines``, on the same
+demand paths. Everything goes to an MLflow run of kind ``evaluate`` (tagged with the model
+version and linked to the run that trained it) and to ``<output_dir>/<name>/evaluate/``.
+"""
+from __future__ import annotations
+
+import time
+
+from jobs import _cli
+from pipeline.config import load_config, resolve_path
+
+
+def main(args: list[str]) -> int:
+    cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
+    from pipeline.data import materialize
+    from pipeline.problems import get_problem
+    from pipeline.report import evaluate_and_log, load_model
+    from pipeline.tracking import Tracker
+
+    started = time.time()
+    policy, cfg, state, model = load_model(cfg)
+    print(f"[model] {model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} policy, "
+          f"epoch {state['epoch']}", flush=True)
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
+    width = state["state_width"]
+    out_dir = resolve_path(cfg.output_dir)
+    run_dir = out_dir / cfg.name / "evaluate"
+    print("[data] preparing product histories ...", flush=True)
+    splits = materialize(cfg.data, cfg.seed, out_dir)
+    print(f"[data] {splits['test']}", flush=True)
+
+    tracker = Tracker(cfg)
+    run_id = tracker.start(cfg, kind="evaluate", data=splits["test"].parent, resume=False,
+                           tags={"model_uri": model.uri, "model_version": model.version,
+                                 "model_run_id": model.run_id or ""})
+    print(f"[mlflow] run {run_id} at {tracker.uri}", flush=True)
+    try:
+        print("[eval] the policy and the baselines on the test products ...", flush=True)
+        table, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
+        tracker.log_metrics({"wall_seconds": time.time() - started})
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    print("\n" + summary)
+    print(f"\nResults:    {run_dir}/evaluation.csv")
+    print(f"MLflow run: {run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
+    print(f"Wall time:  {time.time() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run("evaluate", main)

@@ -1,0 +1,62 @@
+"""Batch inference: next period's order quantity for every product in a Parquet dataset.
+
+    python -m jobs.recommend [experiment=NAME] [model.uri=URI] [recommend.input=PATH]
+        [recommend.output=FOLDER] [recommend.state=columns|simulate] [key=value ...]
+
+For every product (one row: ``product_id``, ``demand`` history, ``lead_time`` and the cost
+columns) the policy computes the order for the period after its history, from that history
+and the product's current state: the data's state columns (``on_hand``, ``pipeline_1``, ...
+for lost sales: the problem's state names), or with ``recommend.state=simulate`` the state
+the policy ends the history in when run from an empty system. Ray Data's ``map_batches``
+runs ``recommend.concurrency`` actors, each holding the policy; each batch is written as a
+Parquet file under ``recommend.output`` with columns ``product_id, period, lead_time``, the
+state, the actions (``order``, ...), ``state_source`` and ``model_version``.
+``model.uri`` as in ``jobs.evaluate`` (default: the registered model's @champion).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+from jobs import _cli
+from pipeline.config import load_config, resolve_path
+
+
+def main(args: list[str]) -> int:
+    cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
+    from pipeline.data import count_rows, materialize
+    from pipeline.errors import DataError
+    from pipeline.ray_train import init_ray
+    from pipeline.recommend import recommend
+    from pipeline.report import load_model
+
+    started = time.time()
+    _, cfg, state, model = load_model(cfg)
+    r = cfg.recommend
+    print(f"[model] {model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} policy, "
+          f"epoch {state['epoch']}", flush=True)
+    if r.input:
+        source = resolve_path(r.input)
+        if not source.exists():
+            raise FileNotFoundError(f"recommend.input {source} does not exist")
+    else:
+        source = materialize(cfg.data, cfg.seed, resolve_path(cfg.output_dir))["test"]
+    total = count_rows(source)
+    if total == 0:
+        raise DataError(f"recommend.input {source}: no products (no rows in its Parquet files)")
+    output = resolve_path(r.output) if r.output else resolve_path(cfg.output_dir) / cfg.name / "recommendations"
+    if output.exists():  # a fresh set: never a mix of two models' recommendations
+        shutil.rmtree(output)
+    print(f"[recommend] {total:,} products from {source}, state from {r.state}, "
+          f"{r.concurrency} actor(s), batches of {r.batch_size}", flush=True)
+    init_ray(cfg)
+    done = recommend(source, output, model.checkpoint, model.version, r.state,
+                     cfg.eval.round_actions, r.batch_size, r.concurrency, total,
+                     progress=lambda line: print(line, flush=True))
+    print(f"\nRecommendations: {output} ({done:,} products, model {model.version})")
+    print(f"Wall time:  {time.time() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run("recommend", main)
