@@ -111,7 +111,7 @@ def main(args: list[str]) -> int:
         tracker.log_table(nominal, "nominal")
         tracker.log_table(robust, "robustness")
         tracker.log_figure(figure, "plots/order_contours.png")
-        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        tracker.log_metrics({f"sipn/{k}": v for k, v in summary.items() if isinstance(v, float)})
     except BaseException:
         tracker.finish("FAILED")
         raise

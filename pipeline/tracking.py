@@ -213,12 +213,35 @@ class ResolvedModel:
     run_id: str | None
 
 
+def default_model_uri(cfg: Config) -> str:
+    """What ``model.uri: null`` means: the champion of ``registered_model_name(cfg)`` if
+    there is one, else the latest finished training run named ``cfg.name`` (so that
+    ``jobs.evaluate experiment=smoke`` follows ``jobs.train experiment=smoke``)."""
+    from mlflow.exceptions import MlflowException
+
+    name = registered_model_name(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    try:
+        client.get_model_version_by_alias(name, CHAMPION)
+        return f"models:/{name}@{CHAMPION}"
+    except MlflowException:
+        pass
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    query = f"tags.`{RUN_NAME_TAG}` = '{cfg.name}' and tags.`{KIND_TAG}` = 'train' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
+                              max_results=1) if exp else []
+    if runs:
+        print(f"[model] no models:/{name}@{CHAMPION} registered; using the latest finished training run "
+              f"named {cfg.name!r}", flush=True)
+        return f"runs:/{runs[0].info.run_id}"
+    return f"models:/{name}@{CHAMPION}"  # reported as not found, by name
+
+
 def resolve_model(uri: str | None, cfg: Config) -> ResolvedModel:
     """The checkpoint behind ``model.uri``: a checkpoint file (or a folder holding
     ``checkpoint.pt``), ``runs:/<run_id>`` (that run's ``checkpoint`` artifact),
-    ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; ``None`` is the champion
-    of ``registered_model_name(cfg)``. A model that cannot be found is a ``ConfigError``
-    naming it."""
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; ``None``: ``default_model_uri``.
+    A model that cannot be found is a ``ConfigError`` naming it."""
     import hashlib
 
     from mlflow.exceptions import MlflowException
@@ -226,7 +249,8 @@ def resolve_model(uri: str | None, cfg: Config) -> ResolvedModel:
     from pipeline.checkpoint import FILE
     from pipeline.config import ConfigError
 
-    uri = uri or f"models:/{registered_model_name(cfg)}@{CHAMPION}"
+    if uri is None:
+        uri = default_model_uri(cfg)
     if not uri.startswith(("models:/", "runs:/")):
         path = Path(uri).expanduser()
         path = path / FILE if path.is_dir() else path
