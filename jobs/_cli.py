@@ -5,7 +5,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import ConfigError
-from pipeline.errors import DataError
+from pipeline.errors import DataError, NumericalFault
 
 USAGE = """usage: python -m jobs.{job} [GROUP=NAME ...] [key=value ...]
 
@@ -29,4 +29,7 @@ def run(job: str, main: Callable[[list[str]], int | None]) -> None:
     except (FileNotFoundError, DataError) as e:  # a data path that is not there; unusable data
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except NumericalFault as e:  # training stopped on a non-finite loss or gradient
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code or 0)

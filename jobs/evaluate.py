@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from jobs import _cli
-from pipeline.config import load_config, resolve_path
+from pipeline.config import load_config, required_periods, resolve_path
 
 
 def main(args: list[str]) -> int:
@@ -34,7 +34,7 @@ def main(args: list[str]) -> int:
     out_dir = resolve_path(cfg.output_dir)
     run_dir = out_dir / cfg.name / "evaluate"
     print("[data] preparing product histories ...", flush=True)
-    splits = materialize(cfg.data, cfg.seed, out_dir)
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['test']}", flush=True)
 
     tracker = Tracker(cfg)

@@ -24,8 +24,7 @@ from pipeline.config import load_config, resolve_path
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
-    from pipeline.data import count_rows, materialize
-    from pipeline.errors import DataError
+    from pipeline.data import materialize, validate_products
     from pipeline.ray_train import init_ray
     from pipeline.recommend import recommend
     from pipeline.report import load_model
@@ -41,9 +40,8 @@ def main(args: list[str]) -> int:
             raise FileNotFoundError(f"recommend.input {source} does not exist")
     else:
         source = materialize(cfg.data, cfg.seed, resolve_path(cfg.output_dir))["test"]
-    total = count_rows(source)
-    if total == 0:
-        raise DataError(f"recommend.input {source}: no products (no rows in its Parquet files)")
+    checked = validate_products(source, min_periods=cfg.policy.window + 1)
+    total = checked["products"]
     output = resolve_path(r.output) if r.output else resolve_path(cfg.output_dir) / cfg.name / "recommendations"
     if output.exists():  # a fresh set: never a mix of two models' recommendations
         shutil.rmtree(output)

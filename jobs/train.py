@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from jobs import _cli
-from pipeline.config import load_config, resolve_path, to_yaml
+from pipeline.config import load_config, required_periods, resolve_path, to_yaml
 
 
 def main(args: list[str]) -> int:
@@ -33,7 +33,7 @@ def main(args: list[str]) -> int:
     width = problem.state_width(cfg.data.lead_time_range[1])
 
     print("[data] preparing product histories ...", flush=True)
-    splits = materialize(cfg.data, cfg.seed, out_dir)
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['train'].parent}", flush=True)
 
     tracker = Tracker(cfg)
@@ -52,7 +52,8 @@ def main(args: list[str]) -> int:
         history = {"train loss": tracker.metric_history("train/loss"),
                    "validation cost": tracker.metric_history("valid/avg_cost")}
         tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
-    except BaseException:
+    except BaseException as e:
+        tracker.client.set_tag(run_id, "sidbp.error", f"{type(e).__name__}: {e}"[:5000])
         tracker.finish("FAILED")
         raise
     tracker.finish()

@@ -251,11 +251,22 @@ def _load_yaml(path: Path):
         raise ConfigError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
 
 
+def known_keys(key: str) -> str:
+    """``"<section> has: a, b, c"`` for the section of the dotted ``key`` (the top level when
+    the section itself is unknown)."""
+    node, prefix = OmegaConf.structured(Config), ""
+    for part in key.split(".")[:-1]:
+        if part not in node or not OmegaConf.is_dict(node[part]):
+            break
+        node, prefix = node[part], f"{prefix}{part}."
+    return f"{prefix.rstrip('.') or 'the config'} has: {', '.join(str(k) for k in node.keys())}"
+
+
 def _explain(e: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(e, "full_key", None) or ""
     first = str(e).splitlines()[0]
     if isinstance(e, ConfigKeyError) or "not in" in first:
-        return ConfigError(f"unknown config key {key!r} (from {source})")
+        return ConfigError(f"unknown config key {key!r} (from {source}); {known_keys(key)}")
     if isinstance(e, ValidationError):
         return ConfigError(f"bad value for {key!r} (from {source}): {first}")
     return ConfigError(f"config error at {key!r} (from {source}): {first}")
@@ -488,6 +499,12 @@ def flatten(c: Config) -> dict[str, str]:
 
     walk(OmegaConf.to_container(OmegaConf.structured(c)), "")
     return out
+
+
+def required_periods(c: Config) -> int:
+    """The history a product needs: a training rollout (``train.history + train.horizon``)
+    and the evaluation window (``eval.start + eval.warmup + 1``)."""
+    return max(c.train.history + c.train.horizon, c.eval.start + c.eval.warmup + 1)
 
 
 def resolve_path(path: str) -> Path:

@@ -309,10 +309,11 @@ def data_version(path: str | Path) -> str:
 SPLITS = ("train", "valid", "test")
 
 
-def materialize(cfg, seed: int, out_dir: Path) -> dict[str, Path]:
+def materialize(cfg, seed: int, out_dir: Path, min_periods: int = 1) -> dict[str, Path]:
     """The train / valid / test Parquet folders for a job.
 
-    With ``data.path`` set they are its ``train``, ``valid`` and ``test`` subfolders.
+    With ``data.path`` set they are its ``train``, ``valid`` and ``test`` subfolders, each
+    checked by ``validate_products`` (histories of ``min_periods`` or more).
     Otherwise the synthetic population of ``cfg`` (a ``DataConfig``) is written once under
     ``out_dir/data/<hash of the data config and seed>`` and reused by later jobs.
     """
@@ -327,6 +328,11 @@ def materialize(cfg, seed: int, out_dir: Path) -> dict[str, Path]:
         if missing:
             raise FileNotFoundError(f"data.path {root} must hold train/, valid/ and test/ Parquet "
                                     f"folders; missing: {', '.join(missing)}")
+        for name, folder in splits.items():
+            c = validate_products(folder, min_periods)
+            empty = f", {c['empty_files']} empty files skipped" if c["empty_files"] else ""
+            print(f"[data] {name}: {c['products']:,} products x {c['periods']} periods in {c['files']} files{empty}",
+                  flush=True)
         return splits
     spec = {k: v for k, v in asdict(cfg).items() if k not in ("path", "shard_rows")}
     key = hashlib.sha256(json.dumps({"seed": seed, **spec}, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -350,3 +356,98 @@ def materialize(cfg, seed: int, out_dir: Path) -> dict[str, Path]:
     except OSError:  # another job finished the same dataset first
         shutil.rmtree(tmp, ignore_errors=True)
     return splits
+
+
+# ---------------------------------------------------------------- checking a dataset
+
+REQUIRED_COLUMNS = ("product_id", "demand", "lead_time", *ECONOMICS)
+
+
+def validate_products(path: str | Path, min_periods: int = 1) -> dict[str, int]:
+    """Check a Parquet file or folder of product rows before a job reads it; a problem is a
+    ``DataError`` naming the file, the column and how many rows. Checked: files readable,
+    the columns ``REQUIRED_COLUMNS`` present with numeric types (``demand`` a list), no
+    NaN or infinite values, no negative demand, costs or lead times, one row per
+    ``product_id``, every history ``min_periods`` long or more and all of the same length.
+    Files with no rows are skipped and counted. Returns the counts: files, empty files,
+    products, periods."""
+    from pipeline.errors import DataError
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{root}: no Parquet files")
+    counts, ids, lengths = {"files": len(files), "empty_files": 0, "products": 0, "periods": 0}, [], set()
+    for f in files:
+        try:
+            table = pq.read_table(f)
+        except Exception as e:  # truncated, corrupt, not Parquet at all
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            raise DataError(f"{f}: not a readable Parquet file ({reason})") from None
+        if table.num_rows == 0:
+            counts["empty_files"] += 1
+            continue
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise DataError(f"{f}: no column {', '.join(missing)} (a product row has {', '.join(REQUIRED_COLUMNS)})")
+        lengths |= _check_columns(f, table, min_periods)
+        ids.append(table.column("product_id").to_numpy(zero_copy_only=False))
+        counts["products"] += table.num_rows
+    if counts["products"] == 0:
+        raise DataError(f"{root}: every Parquet file is empty ({len(files)} files, no rows)")
+    all_ids = np.concatenate(ids)
+    unique, seen = np.unique(all_ids, return_counts=True)
+    if (seen > 1).any():
+        raise DataError(f"{root}: column product_id: {int((seen - 1).sum())} duplicate rows "
+                        f"({int((seen > 1).sum())} products appear more than once, e.g. {unique[seen > 1][0]!r})")
+    if len(lengths) > 1:
+        raise DataError(f"{root}: column demand: histories of different lengths {sorted(lengths)[:5]}; "
+                        "every product needs the same periods")
+    counts["periods"] = lengths.pop()
+    return counts
+
+
+def _check_columns(f: Path, table: pa.Table, min_periods: int) -> set[int]:
+    """The per-file checks of ``validate_products``; returns the history lengths seen."""
+    import pyarrow.compute as pc
+
+    from pipeline.errors import DataError
+
+    demand = table.column("demand")
+    if not (pa.types.is_list(demand.type) or pa.types.is_large_list(demand.type)) \
+            or not pa.types.is_floating(demand.type.value_type) and not pa.types.is_integer(demand.type.value_type):
+        raise DataError(f"{f}: column demand has type {demand.type}; expected a list of numbers per product")
+    sizes = pc.list_value_length(demand).to_numpy(zero_copy_only=False)
+    nulls = int(demand.null_count)
+    if nulls:
+        raise DataError(f"{f}: column demand: {nulls} rows with no history (null)")
+    short = sizes < min_periods
+    if short.any():
+        raise DataError(f"{f}: column demand: {int(short.sum())} rows with histories shorter than {min_periods} "
+                        f"periods (shortest {int(sizes.min())}); the policy's window and rollouts need {min_periods}")
+    values = pc.list_flatten(demand).to_numpy(zero_copy_only=False).astype(np.float64)
+    row = np.repeat(np.arange(len(sizes)), sizes)
+    _check_values(f, "demand", values, row, "negative demand")
+    for name in (*ECONOMICS, "lead_time"):
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise DataError(f"{f}: column {name} has type {column.type}; expected numbers")
+        if column.null_count:
+            raise DataError(f"{f}: column {name}: {column.null_count} rows with no value (null)")
+        _check_values(f, name, column.to_numpy(zero_copy_only=False).astype(np.float64),
+                      np.arange(table.num_rows), f"a negative {name}")
+    lead = table.column("lead_time").to_numpy(zero_copy_only=False)
+    fractional = lead != np.round(lead)
+    if fractional.any():
+        raise DataError(f"{f}: column lead_time: {int(fractional.sum())} rows with a fractional lead time")
+    return set(np.unique(sizes).tolist())
+
+
+def _check_values(f: Path, name: str, values: np.ndarray, row: np.ndarray, what: str) -> None:
+    from pipeline.errors import DataError
+
+    for bad, label in ((~np.isfinite(values), "NaN or infinite values"), (values < 0, what)):
+        if bad.any():
+            raise DataError(f"{f}: column {name}: {len(np.unique(row[bad]))} rows with {label}")

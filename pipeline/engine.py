@@ -58,7 +58,7 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, bat
     else:
         norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params))
     if not torch.isfinite(total) or not torch.isfinite(norm):
-        raise FloatingPointError(f"non-finite loss {float(total)} or gradient norm {float(norm)} "
+        raise FloatingPointError(f"non-finite loss {total.item()} or gradient norm {norm.item()} "
                                  f"at rollout start {start}")
     optimizer.step()
     return {"loss": loss.item(), "grad_norm": norm.item(), **extra}  # loss: the DirectBackprop objective

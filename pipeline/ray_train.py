@@ -33,6 +33,7 @@ from pipeline import checkpoint as ckpt  # noqa: E402
 from pipeline.config import Config, from_yaml, to_yaml  # noqa: E402
 from pipeline.data import ProductBatch, batch_from_columns, concat_batches, count_rows  # noqa: E402
 from pipeline.engine import cosine_lr, gradient_averager, penalty_ramp, sample_start, train_step, validation_metrics  # noqa: E402
+from pipeline.errors import FAULT_FILE, NumericalFault  # noqa: E402
 from pipeline.policy import build_policy  # noqa: E402
 from pipeline.problems import get_problem  # noqa: E402
 from pipeline.tracking import EpochLogger  # noqa: E402
@@ -155,8 +156,13 @@ def train_loop_per_worker(payload: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 start = sample_start(generator, t.history, t.horizon, batch.periods)
-                out = train_step(policy, optimizer, problem, batch, start, cfg, width, sync,
-                                 penalty_ramp(cfg.penalty.ramp_epochs, epoch + step / steps_per_epoch))
+                try:
+                    out = train_step(policy, optimizer, problem, batch, start, cfg, width, sync,
+                                     penalty_ramp(cfg.penalty.ramp_epochs, epoch + step / steps_per_epoch))
+                except FloatingPointError as e:  # every worker sees it: the gradients are averaged first
+                    if rank == 0:
+                        report_fault(run_dir, latest, epoch, step, e, t.grad_clip)
+                    return  # no weights were changed by the bad step; the last checkpoint stays
                 losses.append(out["loss"])
                 for key in PENALTY_KEYS:
                     if key in out:
@@ -189,6 +195,16 @@ def train_loop_per_worker(payload: dict) -> None:
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
                   f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exception, grad_clip: float) -> None:
+    kept = (f"the last good checkpoint (epoch {ckpt.load(latest)['epoch'] + 1}) is kept at {latest}"
+            if latest.exists() else "no epoch had finished, so there is no checkpoint")
+    message = (f"training stopped at epoch {epoch + 1}, step {step + 1}: {error}; {kept}. "
+               f"Lower train.lr or set train.grad_clip (now {grad_clip}), then run again with the same name "
+               f"to resume from that checkpoint")
+    (run_dir / FAULT_FILE).write_text(message)
+    print(f"[train] {message}", flush=True)
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
@@ -227,4 +243,7 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
                              failure_config=FailureConfig(max_failures=2),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
+    (run_dir / FAULT_FILE).unlink(missing_ok=True)
     trainer.fit()
+    if (run_dir / FAULT_FILE).exists():
+        raise NumericalFault((run_dir / FAULT_FILE).read_text())

@@ -27,6 +27,7 @@ from pipeline.config import (
     ConfigError,
     from_yaml,
     penalty_properties,
+    required_periods,
     resolve_path,
     to_yaml,
 )
@@ -359,7 +360,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
 
     print("[data] preparing product histories ...", flush=True)
-    splits = materialize(cfg.data, cfg.seed, out_dir)
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['train'].parent}", flush=True)
 
     tracker = Tracker(cfg)  # creates the experiment once, before any trial

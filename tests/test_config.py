@@ -60,7 +60,9 @@ def test_command_line_error_exits_2_without_traceback():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert out.stderr.strip() == "config error: unknown config key 'train.lrr' (from command line 'train.lrr=0.1')"
+    assert out.stderr.strip() == ("config error: unknown config key 'train.lrr' (from command line 'train.lrr=0.1'); "
+                                  "train has: epochs, batch_size, windows_per_batch, lr, lr_final_fraction, history, "
+                                  "horizon, warmup, grad_clip, num_workers, use_gpu, cpus_per_worker, checkpoint_every")
 
 
 def test_saved_config_without_newer_keys_still_loads():
@@ -72,3 +74,22 @@ def test_saved_config_without_newer_keys_still_loads():
     del saved["benchmark"]  # as saved before the benchmark section existed
     cfg = from_yaml(OmegaConf.to_yaml(saved))
     assert cfg.train.epochs == 3 and cfg.benchmark.suite == "lost_sales"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("train.lrr=0.1", "unknown config key 'train.lrr' (from command line 'train.lrr=0.1'); train has: epochs, "),
+    ("colour=red", "unknown config key 'colour' (from command line 'colour=red'); the config has: name, seed, "),
+    ("train.epochs=many", "bad value for 'train.epochs' (from command line 'train.epochs=many'): Value 'many' of "
+                          "type 'str' could not be converted to Integer"),
+    ("data.lead_time_range=[-1,2]", "data.lead_time_range must be >= 0.0, got [-1, 2]"),
+    ("problem.discount=1.2", "problem.discount must be in (0, 1], got 1.2"),
+    ("problem.name=backorders", "problem.name must be one of lost_sales, perishable, dual_sourcing, removal, "
+                                "got 'backorders'"),
+    ("problem=backorders", "unknown problem 'backorders'; known: dual_sourcing, lost_sales, perishable, removal"),
+    ("policy.kind=rnn", "policy.kind must be cnn or mlp, got 'rnn'"),
+    ("train.grad_clip=-1", "train.grad_clip must be >= 0, got -1"),
+])
+def test_every_invalid_value_names_the_key_and_what_is_allowed(arg, message):
+    with pytest.raises(ConfigError) as err:
+        load_config([arg])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
