@@ -5,7 +5,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import ConfigError
-from pipeline.errors import DataError, NumericalFault
+from pipeline.errors import DataError, NumericalFault, TrackingUnavailable
 
 USAGE = """usage: python -m jobs.{job} [GROUP=NAME ...] [key=value ...]
 
@@ -27,6 +27,9 @@ def run(job: str, main: Callable[[list[str]], int | None]) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     except (FileNotFoundError, DataError) as e:  # a data path that is not there; unusable data
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrackingUnavailable as e:  # the MLflow server does not answer at the start
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except NumericalFault as e:  # training stopped on a non-finite loss or gradient

@@ -26,6 +26,7 @@ def main(args: list[str]) -> int:
     from pipeline.tracking import Tracker
 
     started = time.time()
+    tracker = Tracker(cfg)  # an unreachable tracking server fails at once
     policy, cfg, state, model = load_model(cfg)
     print(f"[model] {model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} policy, "
           f"epoch {state['epoch']}", flush=True)
@@ -37,7 +38,6 @@ def main(args: list[str]) -> int:
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['test']}", flush=True)
 
-    tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="evaluate", data=splits["test"].parent, resume=False,
                            tags={"model_uri": model.uri, "model_version": model.version,
                                  "model_run_id": model.run_id or ""})

@@ -32,16 +32,16 @@ def main(args: list[str]) -> int:
     problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = problem.state_width(cfg.data.lead_time_range[1])
 
+    tracker = Tracker(cfg)  # before the data: an unreachable tracking server fails at once
     print("[data] preparing product histories ...", flush=True)
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['train'].parent}", flush=True)
 
-    tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="train", data=splits["train"].parent)
     print(f"[mlflow] run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
     try:
         init_ray(cfg)
-        fit(cfg, splits, run_dir, tracker.uri, run_id, width)
+        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, run_id, width))
 
         print("[eval] evaluating the best checkpoint on held-out products ...", flush=True)
         best = run_dir / "checkpoints" / "best" / ckpt.FILE

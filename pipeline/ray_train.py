@@ -8,6 +8,7 @@ checkpoint, from Ray (after a worker-group restart) or from the run's checkpoint
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -34,6 +35,8 @@ from pipeline.config import Config, from_yaml, to_yaml  # noqa: E402
 from pipeline.data import ProductBatch, batch_from_columns, concat_batches, count_rows  # noqa: E402
 from pipeline.engine import cosine_lr, gradient_averager, penalty_ramp, sample_start, train_step, validation_metrics  # noqa: E402
 from pipeline.errors import FAULT_FILE, NumericalFault  # noqa: E402
+
+UNSENT_FILE = "unsent_metrics.json"  # in the run folder: epochs' metrics the tracking server did not take
 from pipeline.policy import build_policy  # noqa: E402
 from pipeline.problems import get_problem  # noqa: E402
 from pipeline.tracking import EpochLogger  # noqa: E402
@@ -195,6 +198,10 @@ def train_loop_per_worker(payload: dict) -> None:
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
                   f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
+    if log is not None:  # metrics the tracking server did not take (it is down): the driver sends them
+        unsent = log.close()
+        if unsent:
+            (run_dir / UNSENT_FILE).write_text(json.dumps(unsent))
 
 
 def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exception, grad_clip: float) -> None:
@@ -208,8 +215,10 @@ def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exce
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
-        state_width: int, callbacks: list | None = None, storage_path: Path | None = None) -> None:
-    """Build the TorchTrainer over Ray Data datasets and run it to the last epoch.
+        state_width: int, callbacks: list | None = None, storage_path: Path | None = None) -> list:
+    """Build the TorchTrainer over Ray Data datasets and run it to the last epoch. Returns
+    the epochs' metrics that rank 0 could not send to the tracking server (it was down at
+    the end): ``[(metrics, step), ...]`` for ``Tracker.send_buffered``.
 
     ``callbacks``: extra Ray Train callbacks (a Tune trial passes ``TuneReportCallback``);
     ``storage_path``: Ray Train's storage folder, by default ``run_dir.parent / "ray"``."""
@@ -243,7 +252,10 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
                              failure_config=FailureConfig(max_failures=2),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    (run_dir / FAULT_FILE).unlink(missing_ok=True)
+    for stale in (FAULT_FILE, UNSENT_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
     trainer.fit()
     if (run_dir / FAULT_FILE).exists():
         raise NumericalFault((run_dir / FAULT_FILE).read_text())
+    unsent = run_dir / UNSENT_FILE
+    return [(m, step) for m, step in json.loads(unsent.read_text())] if unsent.exists() else []

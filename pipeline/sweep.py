@@ -227,7 +227,8 @@ def run_trial(params: dict, ctx: dict) -> None:
         if k in ctx["fail_trials"]:
             raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
         splits = {s: Path(p) for s, p in ctx["splits"].items()}
-        fit(cfg, splits, run_dir, tracker.uri, run_id, ctx["state_width"], callbacks=[TuneReportCallback()])
+        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, run_id, ctx["state_width"],
+                                  callbacks=[TuneReportCallback()]))
     except BaseException as e:
         if len(tracker.metric_history("valid/avg_cost")) >= cfg.train.epochs:
             # ended while tearing down after its last epoch was logged (Tune ends a trial at
@@ -359,11 +360,11 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
 
+    tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
     print("[data] preparing product histories ...", flush=True)
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['train'].parent}", flush=True)
 
-    tracker = Tracker(cfg)  # creates the experiment once, before any trial
     run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=False)
     print(f"[mlflow] sweep run {run_id} at {tracker.uri}", flush=True)
     try:

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
+from pipeline.errors import TrackingUnavailable
 
 RUN_NAME_TAG = "sidbp.run_name"
 KIND_TAG = "sidbp.kind"            # train, evaluate, sweep, trial, favorita, benchmark, sipn
@@ -79,11 +80,35 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP tracking server does not answer its health
+    check (MLflow's own client would retry for minutes), or a SQLite store's folder cannot
+    be written."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+                if answer.status == 200:
+                    return
+                reason = f"HTTP {answer.status}"
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({reason}); start it, or set "
+                                  "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to one that is")
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: the folder {folder} does not exist or cannot be written")
+
+
 class Tracker:
     """Opens (or reopens) the run of a job and logs to it."""
 
     def __init__(self, cfg: Config):
         self.uri = tracking_uri(cfg)
+        check_reachable(self.uri)
         self.client = MlflowClient(self.uri)
         mlflow.set_tracking_uri(self.uri)
         exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -150,6 +175,11 @@ class Tracker:
     def log_figure(self, fig, name: str) -> None:
         self.client.log_figure(self.run_id, fig, name)
 
+    def send_buffered(self, pending: list[tuple[dict[str, float], int]]) -> None:
+        """Metrics a worker could not send during an outage (``EpochLogger.close``)."""
+        for metrics, step in pending:
+            self.log_metrics(metrics, step)
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
 
@@ -170,13 +200,61 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
 
 
 class EpochLogger:
-    """What a Ray Train worker (rank 0) uses to log per-epoch metrics to the job's run."""
+    """What a Ray Train worker (rank 0) uses to log per-epoch metrics to the job's run.
+
+    Training never waits on the tracking server: each call tries once, quickly
+    (``QUICK``: one retry, a 10 s timeout, instead of MLflow's minutes of retries); when the
+    server cannot be reached the epoch's metrics are kept and sent, in order, by the first
+    call that reaches it again, which also records the gap (tag ``sidbp.tracking_gap`` and
+    metric ``tracking/buffered_epochs``). ``close`` makes a last try and returns what could
+    not be sent, for the driver to send (``Tracker.send_buffered``)."""
+
+    QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
     def __init__(self, uri: str, run_id: str):
         self.client, self.run_id = MlflowClient(uri), run_id
+        self.pending: list[tuple[dict[str, float], int]] = []
+        self.down_since: float | None = None
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
-        log_metrics(self.client, self.run_id, metrics, step)
+        self.pending.append((dict(metrics), step))
+        self._send()
+
+    def close(self) -> list[tuple[dict[str, float], int]]:
+        self._send()
+        return self.pending
+
+    def _send(self) -> None:
+        import time
+
+        saved = {k: os.environ.get(k) for k in self.QUICK}
+        os.environ.update(self.QUICK)
+        try:
+            while self.pending:
+                metrics, step = self.pending[0]
+                log_metrics(self.client, self.run_id, metrics, step)
+                self.pending.pop(0)
+            if self.down_since is not None:
+                gap = time.time() - self.down_since
+                self.client.set_tag(self.run_id, "sidbp.tracking_gap",
+                                    f"tracking server unreachable for {gap:.0f}s; {self.buffered} epochs of metrics "
+                                    "were buffered and sent when it was back")
+                log_metrics(self.client, self.run_id, {"tracking/buffered_epochs": self.buffered}, step)
+                print(f"[mlflow] tracking server back after {gap:.0f}s; sent {self.buffered} buffered epochs",
+                      flush=True)
+                self.down_since = None
+        except Exception as e:  # the server is down or unreachable: keep the metrics, train on
+            if self.down_since is None:
+                self.down_since, self.buffered = time.time(), 0
+                print(f"[mlflow] tracking server unreachable ({type(e).__name__}); buffering metrics", flush=True)
+            self.buffered = len(self.pending)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 # ---------------------------------------------------------------- the model registry
