@@ -68,7 +68,8 @@ class MlflowServer:
         from pathlib import Path
 
         mlflow = Path(sys.executable).with_name("mlflow")
-        self.process = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root / 's.db'}",
+        store = f"sqlite:///{self.root / 's.db'}"
+        self.process = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", store,
                                          "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                                         cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
