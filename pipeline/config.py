@@ -77,6 +77,7 @@ class TrainConfig:
     use_gpu: bool = MISSING
     cpus_per_worker: int = MISSING
     checkpoint_every: int = MISSING  # epochs between checkpoints
+    max_failures: int = MISSING      # worker-group restarts from the last checkpoint before the run fails
 
 
 @dataclass
@@ -367,6 +368,7 @@ def validate(c: Config) -> None:
     _check(0 <= t.warmup < t.horizon, "train.warmup", f"must be in [0, train.horizon), got {t.warmup}")
     _check(t.num_workers >= 0, "train.num_workers", f"must be >= 0, got {t.num_workers}")
     _check(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {t.grad_clip}")
+    _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: no limit), got {t.max_failures}")
     min_history = p.window if p.kind == "cnn" else 1
     _check(t.history >= min_history, "train.history", f"must be >= the policy window {min_history}, got {t.history}")
     _check(t.history + t.horizon <= d.periods, "train.horizon",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -121,23 +122,29 @@ def train_loop_per_worker(payload: dict) -> None:
     first_epoch, best = 0, math.inf
     resume = ray.train.get_checkpoint()
     latest = run_dir / "checkpoints" / "latest" / ckpt.FILE
-    if resume is not None:
+    state = None
+    if resume is not None:  # a restarted worker group, or a run started again under its name
         with resume.as_directory() as d:
             state = ckpt.load(Path(d) / ckpt.FILE)
-    elif latest.exists():
-        state = ckpt.load(latest)
-    else:
-        state = None
+    if latest.exists():  # written before each report: newer when a failure came in between
+        own = ckpt.load(latest)
+        if state is None or own["epoch"] > state["epoch"]:
+            state, resume = own, None
     if state is not None:
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch = state["epoch"] + 1
         best = state["metrics"].get("best_valid", math.inf)
-        if rank == 0:
-            print(f"[train] resuming from epoch {state['epoch']} checkpoint", flush=True)
-
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7 * first_epoch)
     log = EpochLogger(payload["tracking_uri"], payload["run_id"]) if rank == 0 else None
+    workers = run_dir / "workers"  # which process is which rank (py-spy dump --pid ..., the failure tests)
+    workers.mkdir(parents=True, exist_ok=True)
+    (workers / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    if state is not None and rank == 0:
+        how = "the Ray Train checkpoint (a restart)" if resume is not None else f"{latest}"
+        print(f"[train] resuming after epoch {state['epoch'] + 1} from {how}", flush=True)
+        log({"train/resumed_after_epoch": state["epoch"] + 1}, step=first_epoch)  # the restarts, on the run
+
+    generator = torch.Generator()
     train_shard = ray.train.get_dataset_shard("train")
     valid = collect(ray.train.get_dataset_shard("valid")) if rank == 0 else None
     if valid is not None:
@@ -147,6 +154,9 @@ def train_loop_per_worker(payload: dict) -> None:
     t = cfg.train
     started = time.time()
     for epoch in range(first_epoch, t.epochs):
+        # the rollout windows of an epoch depend on (seed, epoch, rank) only: a run restarted
+        # from a checkpoint samples what an uninterrupted run would have
+        generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
         t0, step, losses, compute, penalty_log = time.time(), 0, [], 0.0, {}
         # full batches only: a small remainder batch would take as many steps as a full one
         for columns in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy",
@@ -222,12 +232,16 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
 
     ``callbacks``: extra Ray Train callbacks (a Tune trial passes ``TuneReportCallback``);
     ``storage_path``: Ray Train's storage folder, by default ``run_dir.parent / "ray"``."""
+    storage = Path(storage_path or run_dir.parent / "ray")
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = False  # once per epoch otherwise
     # Ray Data's default Parquet reader (DataSourceV2) lists every dataset execution, every
     # epoch, through a pool of up to 32 footer-reading actors, each a new process: seconds
     # of CPU per epoch for a few small files. The V1 reader reads the footers in place.
     data_ctx.use_datasource_v2 = False
+    # blocks in file order: with one worker, a run (and a run restarted from a checkpoint)
+    # sees the same batches; with several, Ray Data's split among them is dynamic
+    data_ctx.execution_options.preserve_order = True
     datasets = {name: ray.data.read_parquet(str(splits[name])) for name in ("train", "valid")}
     t = cfg.train
     world = max(1, t.num_workers)
@@ -246,14 +260,19 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=cfg.name, storage_path=str(storage_path or run_dir.parent / "ray"),
+        run_config=RunConfig(name=cfg.name, storage_path=str(storage),
                              callbacks=list(callbacks or []),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=2),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     for stale in (FAULT_FILE, UNSENT_FILE):
         (run_dir / stale).unlink(missing_ok=True)
+    if (storage / cfg.name).exists() and not (run_dir / "checkpoints" / "latest" / ckpt.FILE).exists():
+        # the run's own checkpoints were deleted: start afresh rather than restore Ray's copy of them
+        print(f"[train] {run_dir} has no checkpoint; removing Ray Train's state of an earlier run at "
+              f"{storage / cfg.name}", flush=True)
+        shutil.rmtree(storage / cfg.name)
     trainer.fit()
     if (run_dir / FAULT_FILE).exists():
         raise NumericalFault((run_dir / FAULT_FILE).read_text())

@@ -144,3 +144,114 @@ def test_a_tracking_outage_during_training_loses_no_metrics_and_is_reported(tmp_
         assert "2 epochs of metrics were buffered" in run.data.tags["sidbp.tracking_gap"]
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- dead workers and drivers
+
+RUN = ["train.num_workers=1", "train.epochs=3", "train.batch_size=16", "eval.baselines=[]"]
+
+
+def history(root, name):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id],
+                              f"tags.`{RUN_NAME_TAG}` = '{name}'")
+    assert len(runs) == 1  # one MLflow run, however often the job was started
+    run = runs[0]
+    return client, run, {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                                  key=lambda m: (m.step, m.timestamp))]
+                         for key in ("train/loss", "valid/avg_cost", "train/resumed_after_epoch")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_session):
+    """The uninterrupted run every failure is compared with."""
+    from jobs import train
+
+    root = tmp_path_factory.mktemp("faults")
+    assert train.main(smoke_args(root, "reference", *RUN)) == 0
+    return root, history(root, "reference")[2]
+
+
+def wait_for_checkpoint(run_dir, epochs_done, pid_file=None, timeout=300):
+    """Poll until the run's latest checkpoint holds ``epochs_done`` epochs (and the worker
+    wrote its pid); returns that pid."""
+    import time
+
+    from pipeline import checkpoint as ckpt
+
+    latest, deadline = run_dir / "checkpoints" / "latest" / ckpt.FILE, time.time() + timeout
+    while time.time() < deadline:
+        ready = pid_file is None or pid_file.exists()
+        if ready and latest.exists() and ckpt.load(latest)["epoch"] + 1 >= epochs_done:
+            return int(pid_file.read_text()) if pid_file else None
+        time.sleep(0.05)
+    raise TimeoutError(f"no checkpoint of {epochs_done} epochs in {run_dir}")
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint_and_the_run_matches(reference):
+    """The worker's process is killed (SIGKILL, by its pid) once epoch 1 is checkpointed:
+    Ray Train (``train.max_failures``) restarts the worker group from that checkpoint, the
+    run completes, its metrics equal the uninterrupted run's to float32 rounding, and the
+    MLflow run records the restart (``train/resumed_after_epoch``)."""
+    import os
+    import signal
+    import threading
+
+    from jobs import train
+
+    root, expected = reference
+    run_dir, killed = root / "runs" / "worker-kill", {}
+
+    def kill_worker():
+        pid = wait_for_checkpoint(run_dir, 1, run_dir / "workers" / "rank-0.pid")
+        os.kill(pid, signal.SIGKILL)
+        killed["pid"] = pid
+
+    killer = threading.Thread(target=kill_worker, daemon=True)
+    killer.start()
+    assert train.main(smoke_args(root, "worker-kill", *RUN)) == 0
+    killer.join(timeout=5)
+    assert killed and int((run_dir / "workers" / "rank-0.pid").read_text()) != killed["pid"]  # a new worker
+    _, run, got = history(root, "worker-kill")
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in got["train/resumed_after_epoch"]] in ([1], [2])  # epoch 1 or 2 checkpointed at the kill
+    for key in ("train/loss", "valid/avg_cost"):
+        by_step = dict(got[key])  # an epoch cut short by the kill is logged again when redone: the last value
+        assert sorted(by_step) == [0, 1, 2]
+        assert by_step == pytest.approx(dict(expected[key]), rel=1e-5)
+
+
+def test_a_killed_driver_resumes_the_same_run_without_repeating_epochs(reference):
+    """The job's whole process group (driver and the Ray it started) is killed once epoch 1
+    is checkpointed; the same command again resumes from the checkpoint into the same
+    MLflow run, trains only the remaining epochs, and ends where the uninterrupted run does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from jobs import train
+    from pipeline.config import PROJECT_ROOT
+
+    root, expected = reference
+    run_dir = root / "runs" / "driver-kill"
+    job = subprocess.Popen([sys.executable, "-m", "jobs.train", *smoke_args(root, "driver-kill", *RUN)],
+                           cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    try:
+        wait_for_checkpoint(run_dir, 1)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    _, run, partial = history(root, "driver-kill")
+    assert run.info.status == "RUNNING"  # nobody could mark it
+    done = len(partial["valid/avg_cost"])
+    assert done in (1, 2)
+
+    assert train.main(smoke_args(root, "driver-kill", *RUN)) == 0
+    _, run, got = history(root, "driver-kill")
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in got["valid/avg_cost"]] == [0, 1, 2]  # each epoch logged once: none repeated
+    assert [s for s, _ in got["train/resumed_after_epoch"]] == [done]
+    for key in ("train/loss", "valid/avg_cost"):
+        assert dict(got[key]) == pytest.approx(dict(expected[key]), rel=1e-5)
