@@ -323,7 +323,7 @@ def ray_train_group(s: dict, work: Path, log) -> list[Row]:
         for old in (work / cfg.name, work / "ray" / cfg.name):  # a fresh run: nothing to resume from
             shutil.rmtree(old, ignore_errors=True)
         tracker = Tracker(cfg)
-        run_id = tracker.start(cfg, resume=False)
+        run_id = tracker.start(cfg, kind="train", data=splits["train"].parent, resume=False)
         log(f"[perf ray_train] fit with {workers} worker(s), {cfg.train.epochs} epochs ...")
         tic = time.time()
         fit(cfg, splits, work / cfg.name, tracker.uri, run_id, width, storage_path=work / "ray")

@@ -8,8 +8,11 @@ time, each an MLflow run nested under the sweep's, named ``<name>-trial-<k>``. A
 trials that fall behind on the validation objective. The sweep run ends with the results
 table (every trial: parameters, status, validation cost, violation rates, on the Pareto
 front or not) and the plot of validation cost against the out-of-distribution violation
-rate. A failed trial is reported and the sweep goes on; the exit code is 1 only when every
-trial failed.
+rate. The best finished trial is registered as ``models:/sidbp-<problem>@champion``.
+
+A failed trial is reported and the sweep goes on; the exit code is 1 only when every trial
+failed. A sweep whose driver died is resumed by the same command: finished trials are kept,
+unfinished ones continue from their checkpoints. A sweep that had finished runs afresh.
 """
 from __future__ import annotations
 

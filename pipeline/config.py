@@ -503,10 +503,12 @@ def flatten(c: Config) -> dict[str, str]:
     return out
 
 
-def required_periods(c: Config) -> int:
-    """The history a product needs: a training rollout (``train.history + train.horizon``)
-    and the evaluation window (``eval.start + eval.warmup + 1``)."""
-    return max(c.train.history + c.train.horizon, c.eval.start + c.eval.warmup + 1)
+def required_periods(c: Config) -> dict[str, int]:
+    """The history a product needs, per split: a training rollout (``train.history +
+    train.horizon``) for ``train``, the evaluation window (``eval.start + eval.warmup + 1``)
+    for ``valid`` and ``test``."""
+    evaluation = c.eval.start + c.eval.warmup + 1
+    return {"train": c.train.history + c.train.horizon, "valid": evaluation, "test": evaluation}
 
 
 def resolve_path(path: str) -> Path:

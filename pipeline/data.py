@@ -309,11 +309,11 @@ def data_version(path: str | Path) -> str:
 SPLITS = ("train", "valid", "test")
 
 
-def materialize(cfg, seed: int, out_dir: Path, min_periods: int = 1) -> dict[str, Path]:
+def materialize(cfg, seed: int, out_dir: Path, min_periods: dict[str, int] | None = None) -> dict[str, Path]:
     """The train / valid / test Parquet folders for a job.
 
     With ``data.path`` set they are its ``train``, ``valid`` and ``test`` subfolders, each
-    checked by ``validate_products`` (histories of ``min_periods`` or more).
+    checked by ``validate_products`` (histories of ``min_periods[split]`` or more).
     Otherwise the synthetic population of ``cfg`` (a ``DataConfig``) is written once under
     ``out_dir/data/<hash of the data config and seed>`` and reused by later jobs.
     """
@@ -329,7 +329,7 @@ def materialize(cfg, seed: int, out_dir: Path, min_periods: int = 1) -> dict[str
             raise FileNotFoundError(f"data.path {root} must hold train/, valid/ and test/ Parquet "
                                     f"folders; missing: {', '.join(missing)}")
         for name, folder in splits.items():
-            c = validate_products(folder, min_periods)
+            c = validate_products(folder, (min_periods or {}).get(name, 1))
             empty = f", {c['empty_files']} empty files skipped" if c["empty_files"] else ""
             print(f"[data] {name}: {c['products']:,} products x {c['periods']} periods in {c['files']} files{empty}",
                   flush=True)

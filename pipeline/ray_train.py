@@ -37,7 +37,7 @@ from pipeline.data import ProductBatch, batch_from_columns, concat_batches, coun
 from pipeline.engine import cosine_lr, gradient_averager, penalty_ramp, sample_start, train_step, validation_metrics  # noqa: E402
 from pipeline.errors import FAULT_FILE, NumericalFault  # noqa: E402
 
-UNSENT_FILE = "unsent_metrics.json"  # in the run folder: epochs' metrics the tracking server did not take
+UNSENT_FILE = "unsent_metrics.json"  # in the run folder: epochs' metrics not yet taken by the tracking server
 from pipeline.policy import build_policy  # noqa: E402
 from pipeline.problems import get_problem  # noqa: E402
 from pipeline.tracking import EpochLogger  # noqa: E402
@@ -135,7 +135,7 @@ def train_loop_per_worker(payload: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         first_epoch = state["epoch"] + 1
         best = state["metrics"].get("best_valid", math.inf)
-    log = EpochLogger(payload["tracking_uri"], payload["run_id"]) if rank == 0 else None
+    log = EpochLogger(payload["tracking_uri"], payload["run_id"], run_dir / UNSENT_FILE) if rank == 0 else None
     workers = run_dir / "workers"  # which process is which rank (py-spy dump --pid ..., the failure tests)
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"rank-{rank}.pid").write_text(str(os.getpid()))
@@ -192,6 +192,9 @@ def train_loop_per_worker(payload: dict) -> None:
             score = metrics["valid/avg_cost"] if cfg.problem.objective == "cost" else -metrics["valid/avg_reward"]
             best = min(best, score)
             metrics["valid/best"] = best
+            # logged before the checkpoint: a failure in between redoes the epoch (logged again at
+            # its step) rather than skipping its metrics
+            log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             last_epoch = epoch == t.epochs - 1
             if (epoch + 1) % t.checkpoint_every == 0 or last_epoch or score <= best:
                 info = {"best_valid": best, **metrics}
@@ -199,7 +202,6 @@ def train_loop_per_worker(payload: dict) -> None:
                     ckpt.save(run_dir / "checkpoints" / "best" / ckpt.FILE, policy, optimizer, epoch, cfg, width, info)
                 path = ckpt.save(latest, policy, optimizer, epoch, cfg, width, info)
                 checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
-            log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             elapsed = time.time() - started
             left = elapsed / (epoch + 1 - first_epoch) * (t.epochs - epoch - 1)
             print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
@@ -208,10 +210,8 @@ def train_loop_per_worker(payload: dict) -> None:
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
                   f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
-    if log is not None:  # metrics the tracking server did not take (it is down): the driver sends them
-        unsent = log.close()
-        if unsent:
-            (run_dir / UNSENT_FILE).write_text(json.dumps(unsent))
+    if log is not None:  # a last try; what the tracking server still did not take stays in UNSENT_FILE
+        log.close()
 
 
 def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exception, grad_clip: float) -> None:
@@ -266,8 +266,7 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    for stale in (FAULT_FILE, UNSENT_FILE):
-        (run_dir / stale).unlink(missing_ok=True)
+    (run_dir / FAULT_FILE).unlink(missing_ok=True)  # UNSENT_FILE stays: rank 0 sends it first
     if (storage / cfg.name).exists() and not (run_dir / "checkpoints" / "latest" / ckpt.FILE).exists():
         # the run's own checkpoints were deleted: start afresh rather than restore Ray's copy of them
         print(f"[train] {run_dir} has no checkpoint; removing Ray Train's state of an earlier run at "
@@ -277,4 +276,8 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
     if (run_dir / FAULT_FILE).exists():
         raise NumericalFault((run_dir / FAULT_FILE).read_text())
     unsent = run_dir / UNSENT_FILE
-    return [(m, step) for m, step in json.loads(unsent.read_text())] if unsent.exists() else []
+    if not unsent.exists():
+        return []
+    pending = [(m, step) for m, step in json.loads(unsent.read_text())]
+    unsent.unlink()
+    return pending

@@ -8,7 +8,6 @@ that the driver can show progress while the workers write. ``recommend`` drives 
 """
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from pipeline.data import ProductBatch, batch_from_columns
 from pipeline.errors import DataError
+from pipeline.progress import eta
 from pipeline.rollout import rollout
 
 STATES = ("columns", "simulate")
@@ -122,10 +122,7 @@ def recommend(source: Path, output: Path, checkpoint: Path, model_version: str, 
     done, started, shown = 0, time.time(), 0.0
     for part in counts.iter_batches(batch_size=None, batch_format="numpy"):
         done += int(part["rows"].sum())
-        elapsed = time.time() - started
-        if elapsed - shown >= 2 or done >= total:
-            rate = done / max(elapsed, 1e-9)
-            left = (total - done) / rate if rate > 0 else math.inf
-            progress(f"[recommend] {done:,}/{total:,} products  {rate:,.0f} products/s  about {left:.0f}s left")
-            shown = elapsed
+        if time.time() - shown >= 2 or done >= total:
+            progress(f"[recommend] {done:,}/{total:,} products  ({eta(done, total, started, 'products')})")
+            shown = time.time()
     return done

@@ -31,11 +31,13 @@ from pipeline.config import (
     resolve_path,
     to_yaml,
 )
+from pipeline.progress import eta
 
 FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
 SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
 STATUS_TAG = "sidbp.trial_status"  # finished / stopped by ASHA / failed
 ERROR_TAG = "sidbp.error"          # a failed trial: the first line of its error
+DONE_FILE = "_SWEEP_DONE"          # in the sweep's folder once Tune has run every trial
 OOD, IN = "valid/out/violation_rate", "valid/in/violation_rate"
 
 # Trial numbers that raise on purpose once their MLflow run is open (tests: the sweep
@@ -136,9 +138,9 @@ def trial_status(error: str, epochs_run: int, epochs: int) -> str:
 def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -> pd.DataFrame:
     """One row per trial, in trial order. ``records``: per trial ``trial``, ``params``,
     ``metrics`` (its last report to Tune; empty if none), ``error`` (first line, or ""),
-    ``run_id``. ``epochs`` counts the epochs reported to Tune (a trial stopped by ASHA may
-    have logged one more to MLflow before its actor was ended), and the metrics are those
-    of the last of them.
+    ``run_id``. ``epochs`` counts the epochs done at the trial's last report to Tune (a trial
+    stopped by ASHA may have logged one more to MLflow before its actor was ended), and the
+    metrics are that report's.
     Only finished trials are candidates for the Pareto front: a trial stopped by ASHA was
     measured after fewer epochs, and a failed one not at all."""
     metric, mode = objective(cfg)
@@ -146,7 +148,8 @@ def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -
     rows = []
     for r in records:
         m = r["metrics"] or {}
-        epochs_run = int(m.get("training_iteration", 0) or 0)
+        # the epoch of the last report (a resumed trial reports to Tune only the epochs after its checkpoint)
+        epochs_run = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
         weights = trial_weights(r["params"])
         row = {"trial": r["trial"], "status": trial_status(r["error"], epochs_run, cfg.train.epochs),
                "epochs": epochs_run, "lr": float(r["params"]["lr"])}
@@ -194,10 +197,6 @@ def local_cpus(cfg: Config) -> int:
     from pipeline.ray_train import local_cpus as per_runs
 
     return per_runs(cfg, min(cfg.sweep.max_concurrent_trials, cfg.sweep.num_samples))
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
 # ---------------------------------------------------------------- one trial (in a Tune actor)
@@ -277,10 +276,11 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             m = trial.last_result or {}
-            epochs = int(m.get("training_iteration", 0) or 0)
+            epochs = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
             status = trial_status("", epochs, cfg.train.epochs)
             print(f"[sweep] trial {self.done}/{cfg.sweep.num_samples} done: {trial} {status} after "
-                  f"{epochs} epochs  {describe(m)}  elapsed {_minutes(time.time() - started)}", flush=True)
+                  f"{epochs} epochs  {describe(m)}  {eta(self.done, cfg.sweep.num_samples, started, 'trials')}",
+                  flush=True)
             if status == STOPPED:  # its actor is being ended: mark its run now (settle_runs checks again)
                 self.mark_killed(str(trial))
 
@@ -306,7 +306,7 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
                 except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as e:
                     error = f"(error not readable here: {type(e).__name__}; see the results table)"
             print(f"[sweep] trial {self.done}/{cfg.sweep.num_samples} done: {trial} FAILED: {error}  "
-                  f"elapsed {_minutes(time.time() - started)}", flush=True)
+                  f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}", flush=True)
 
     return Progress()
 
@@ -353,10 +353,15 @@ def run_sweep(cfg: Config) -> SweepOutcome:
 
     out_dir = resolve_path(cfg.output_dir)
     sweep_dir = out_dir / cfg.name
-    for stale in ("trials", "tune"):  # a sweep starts afresh: old trials must not be resumed
-        if (sweep_dir / stale).exists():
-            print(f"[sweep] removing the previous sweep's {sweep_dir / stale}", flush=True)
-            shutil.rmtree(sweep_dir / stale)
+    # an interrupted sweep (its driver died) is resumed: its finished trials kept, the
+    # unfinished ones continued from their checkpoints; a finished one is run again afresh
+    done = sweep_dir / DONE_FILE
+    restore = not done.exists() and (sweep_dir / "tune").exists() and tune.Tuner.can_restore(str(sweep_dir / "tune"))
+    if not restore:
+        for stale in ("trials", "tune", DONE_FILE):
+            if (sweep_dir / stale).exists():
+                print(f"[sweep] removing the previous sweep's {sweep_dir / stale}", flush=True)
+                shutil.rmtree(sweep_dir / stale) if (sweep_dir / stale).is_dir() else (sweep_dir / stale).unlink()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
 
@@ -365,8 +370,11 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
     print(f"[data] {splits['train'].parent}", flush=True)
 
-    run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=False)
-    print(f"[mlflow] sweep run {run_id} at {tracker.uri}", flush=True)
+    run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)
+    print(f"[mlflow] sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
+    if restore:
+        print(f"[sweep] resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
+              "unfinished ones continue from their last checkpoints", flush=True)
     try:
         init_ray(cfg, num_cpus=local_cpus(cfg))
         import ray
@@ -386,24 +394,28 @@ def run_sweep(cfg: Config) -> SweepOutcome:
         # refuses none), so the logical CPUs go to the workers and Ray Data
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
         name = cfg.name
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(cfg, len(props)),
-            tune_config=tune.TuneConfig(
-                # a trial at its last epoch ends by itself: ASHA stopping it there would only
-                # kill its Ray Train run as it shuts down
-                scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
-                                        max_t=cfg.train.epochs, grace_period=grace,
-                                        reduction_factor=s.reduction_factor, stop_last_trials=False),
-                num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
-                trial_name_creator=lambda t: trial_name(name, trial_number(t.trial_id)),
-                trial_dirname_creator=lambda t: trial_name(name, trial_number(t.trial_id))),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0),
-                                      callbacks=[_progress_callback(cfg, started, weight_columns, tracker.uri,
-                                                                   tracker.experiment_id, run_id)]),
-        )
+        if restore:
+            tuner = tune.Tuner.restore(str(sweep_dir / "tune"), trainable, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(cfg, len(props)),
+                tune_config=tune.TuneConfig(
+                    # a trial at its last epoch ends by itself: ASHA stopping it there would only
+                    # kill its Ray Train run as it shuts down
+                    scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
+                                            max_t=cfg.train.epochs, grace_period=grace,
+                                            reduction_factor=s.reduction_factor, stop_last_trials=False),
+                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                    trial_name_creator=lambda t: trial_name(name, trial_number(t.trial_id)),
+                    trial_dirname_creator=lambda t: trial_name(name, trial_number(t.trial_id))),
+                run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=[_progress_callback(cfg, started, weight_columns, tracker.uri,
+                                                                       tracker.experiment_id, run_id)]),
+            )
         grid = tuner.fit()
+        done.touch()
 
         children = {r.data.tags.get(RUN_NAME_TAG): r for r in tracker.client.search_runs(
             [tracker.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=10000)}

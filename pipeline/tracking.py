@@ -6,6 +6,7 @@ an absolute URI (Ray Tune and Ray workers change the working directory).
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
 from pipeline.errors import TrackingUnavailable
+
+# MLflow's notes on creating a new SQLite store's tables are not the job's output
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 RUN_NAME_TAG = "sidbp.run_name"
 KIND_TAG = "sidbp.kind"            # train, evaluate, sweep, trial, favorita, benchmark, sipn
@@ -206,15 +211,20 @@ class EpochLogger:
     (``QUICK``: one retry, a 10 s timeout, instead of MLflow's minutes of retries); when the
     server cannot be reached the epoch's metrics are kept and sent, in order, by the first
     call that reaches it again, which also records the gap (tag ``sidbp.tracking_gap`` and
-    metric ``tracking/buffered_epochs``). ``close`` makes a last try and returns what could
-    not be sent, for the driver to send (``Tracker.send_buffered``)."""
+    metric ``tracking/buffered_epochs``). The buffer is also kept in the file ``spool``, so
+    that it survives the worker: a restarted worker sends it first, and whatever is left
+    when training ends the driver sends (``Tracker.send_buffered``)."""
 
     QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
-    def __init__(self, uri: str, run_id: str):
-        self.client, self.run_id = MlflowClient(uri), run_id
+    def __init__(self, uri: str, run_id: str, spool: Path | None = None):
+        import json
+
+        self.client, self.run_id, self.spool = MlflowClient(uri), run_id, spool
         self.pending: list[tuple[dict[str, float], int]] = []
+        if spool is not None and spool.exists():  # left by a worker that died during an outage
+            self.pending = [(m, step) for m, step in json.loads(spool.read_text())]
         self.down_since: float | None = None
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
@@ -224,6 +234,18 @@ class EpochLogger:
     def close(self) -> list[tuple[dict[str, float], int]]:
         self._send()
         return self.pending
+
+    def _keep(self) -> None:
+        import json
+
+        if self.spool is None:
+            return
+        if not self.pending:
+            self.spool.unlink(missing_ok=True)
+            return
+        tmp = self.spool.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.pending))
+        os.replace(tmp, self.spool)
 
     def _send(self) -> None:
         import time
@@ -250,6 +272,7 @@ class EpochLogger:
                 print(f"[mlflow] tracking server unreachable ({type(e).__name__}); buffering metrics", flush=True)
             self.buffered = len(self.pending)
         finally:
+            self._keep()
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)

@@ -131,3 +131,13 @@ def test_recommendations_are_the_orders_the_simulator_takes_next(population, tmp
     short = product_columns(population, 20)
     with pytest.raises(DataError, match="histories of 20 periods; the policy needs more than its 32-period window"):
         rec({**short, **{n: np.zeros(16) for n in names}})
+
+
+def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch):
+    from pipeline import progress
+
+    monkeypatch.setattr(progress.time, "time", lambda: 1000.0)
+    assert progress.eta(3, 20, 970.0, "instances") == "elapsed 30.0s, 6.00 instances/min, about 2m50s left"
+    assert progress.eta(500, 1000, 998.0, "products") == "elapsed 2.0s, 250.0 products/s, about 2.0s left"
+    assert progress.eta(0, 5, 990.0, "trials") == "elapsed 10.0s, 0.00 trials/min, about ? left"
+    assert progress.clock(3725) == "1h02m" and progress.clock(187) == "3m07s"

@@ -73,7 +73,15 @@ def test_train_job_submitted_to_a_ray_head_succeeds_and_leaves_its_mlflow_run(ra
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     entrypoint = (f"{sys.executable} -m jobs.train experiment=smoke name=submitted output_dir={tmp_path / 'runs'} "
                   f"mlflow.tracking_uri={uri} mlflow.experiment=submit")
-    job = ray_head.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    deadline = time.time() + 120
+    while True:  # the head's job agent may still be starting
+        try:
+            job = ray_head.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
     deadline, status = time.time() + 480, None
     while time.time() < deadline:
         status = ray_head.get_job_status(job)

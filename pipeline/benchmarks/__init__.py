@@ -8,6 +8,7 @@ its own module here and is registered in ``SUITES``.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,7 @@ import pandas as pd
 
 from pipeline import dp
 from pipeline.benchmarks import dual_sourcing, lost_sales, perishable, removal
+from pipeline.progress import eta
 
 COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
 
@@ -71,7 +73,7 @@ def run_suite(name: str, policies=(), instances=None,
     if unknown:
         raise ValueError(f"suite {name} has no policies {unknown}; known: {', '.join(suite.policies)}")
     instances = list(instances or suite.instances)
-    rows = []
+    rows, started = [], time.time()
     for i, inst in enumerate(instances):
         with dp.one_thread():  # many small tensor ops: one thread beats two competing ones
             costs = suite.evaluate(inst, policies)
@@ -80,7 +82,8 @@ def run_suite(name: str, policies=(), instances=None,
             gap = 100 * (value - ref) / ref if ref else float("nan")
             rows.append([name, suite.problem, instance_key(inst), policy, value, gap])
         progress(f"[benchmark {name}] {i + 1}/{len(instances)} {instance_key(inst)}: "
-                 + ", ".join(f"{k} {v:.4f}" for k, v in costs.items()))
+                 + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
+                 + f"  ({eta(i + 1, len(instances), started, 'instances')})")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
