@@ -210,6 +210,10 @@ def train_loop_per_worker(payload: dict) -> None:
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
                   f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
+    if state is not None and first_epoch >= t.epochs:
+        # every epoch was done before a failure cut the run short of its last report: report
+        # that epoch again (a Tune trial ends on it)
+        ray.train.report({k: v for k, v in state["metrics"].items() if k != "best_valid"})
     if log is not None:  # a last try; what the tracking server still did not take stays in UNSENT_FILE
         log.close()
 

@@ -34,11 +34,16 @@ def ray_head():
     group) ends this head only, not the Ray the other tests share."""
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dashboard = free_port(), free_port()
+    # every port of its own: the Ray the other tests share holds the default agent ports
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "runtime-env-agent-port", "metrics-export-port",
+                                                     "ray-client-server-port", "node-manager-port",
+                                                     "object-manager-port")]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
-                             "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"],
+                             "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats", *ports],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     from ray.job_submission import JobSubmissionClient
 
