@@ -42,18 +42,12 @@ def main(args: list[str]) -> int:
                            tags={"model_uri": model.uri, "model_version": model.version,
                                  "model_run_id": model.run_id or ""})
     print(f"[mlflow] run {run_id} at {tracker.uri}", flush=True)
-    try:
+    with tracker.ending():
         print("[eval] the policy and the baselines on the test products ...", flush=True)
-        table, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
+        _, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
         tracker.log_metrics({"wall_seconds": time.time() - started})
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
     print("\n" + summary)
-    print(f"\nResults:    {run_dir}/evaluation.csv")
-    print(f"MLflow run: {run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
-    print(f"Wall time:  {time.time() - started:.0f}s")
+    print(tracker.footer(cfg, run_dir / "evaluation.csv", started))
     return 0
 
 

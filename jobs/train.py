@@ -39,30 +39,22 @@ def main(args: list[str]) -> int:
 
     run_id = tracker.start(cfg, kind="train", data=splits["train"].parent)
     print(f"[mlflow] run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
-    try:
+    with tracker.ending():
         init_ray(cfg)
         tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, run_id, width))
 
         print("[eval] evaluating the best checkpoint on held-out products ...", flush=True)
         best = run_dir / "checkpoints" / "best" / ckpt.FILE
         policy, _, state = ckpt.load_policy(best)
-        table, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
+        _, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
         tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
         tracker.log_artifact(best, "checkpoint")
         history = {"train loss": tracker.metric_history("train/loss"),
                    "validation cost": tracker.metric_history("valid/avg_cost")}
         tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
-    except BaseException as e:
-        tracker.client.set_tag(run_id, "sidbp.error", f"{type(e).__name__}: {e}"[:5000])
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
 
     print("\n" + summary)
-    print(f"\nResults:    {run_dir}/evaluation.csv")
-    print(f"MLflow run: {run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
-    print(f"            open with `make ui`, then http://127.0.0.1:5000/{tracker.run_url()}")
-    print(f"Wall time:  {time.time() - started:.0f}s")
+    print(tracker.footer(cfg, run_dir / "evaluation.csv", started))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,26 @@ class Tracker:
 
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    @contextmanager
+    def ending(self):
+        """Ends the run FINISHED after the block, or FAILED (the error as tag ``sidbp.error``)
+        when it raises."""
+        try:
+            yield
+        except BaseException as e:
+            self.client.set_tag(self.run_id, "sidbp.error", f"{type(e).__name__}: {e}"[:5000])
+            self.finish("FAILED")
+            raise
+        self.finish()
+
+    def footer(self, cfg: Config, results: Path, started: float) -> str:
+        """The last lines a job prints: where its results and its MLflow run are."""
+        import time
+
+        return (f"\nResults:    {results}\nMLflow run: {self.run_id} in experiment '{cfg.mlflow.experiment}' at "
+                f"{self.uri}\n            open with `make ui`, then http://127.0.0.1:5000/{self.run_url()}\n"
+                f"Wall time:  {time.time() - started:.0f}s")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:

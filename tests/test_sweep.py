@@ -191,4 +191,5 @@ def test_sweep_registers_its_best_finished_trial_as_champion(tiny_sweep):
     on_disk = load(root / "runs" / "sw" / "trials" / best.trial / "checkpoints" / "best" / "checkpoint.pt")
     assert all(torch.equal(registered["policy"][k], v) for k, v in on_disk["policy"].items())
     trial = client.get_run(best.run_id).data.tags
-    assert trial["sidbp.kind"] == "trial" and trial["instance"] == "lost_sales L=0-2" and trial["policy_kind"] == "mlp[32,32]"
+    assert trial["sidbp.kind"] == "trial" and trial["instance"] == "lost_sales L=0-2"
+    assert trial["policy_kind"] == "mlp[32,32]"
