@@ -91,7 +91,7 @@ def main(args: list[str]) -> int:
     run_id = tracker.start(cfg, kind="favorita", data=resolve_path(f.data_path) if f.data_path else None,
                            tags={"study": "favorita"})
     summaries, weeklies, forecasts = [], [], []
-    try:
+    with tracker.ending():
         tracker.log_metrics({f"data/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})
         forecaster, fractile = None, float("nan")
         for lead_time in f.lead_times:
@@ -159,10 +159,6 @@ def main(args: list[str]) -> int:
             tracker.log_table(forecast, "forecast")
         tracker.log_metrics({f"test/L{r.lead_time}/{r.policy}/{k}": getattr(r, k)
                              for r in summary.itertuples() for k in ("reward", "avg_inventory", "fill_rate")})
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
     if f.docs:
         docs = resolve_path(f.docs)
         figures = {}

@@ -62,7 +62,7 @@ def main(args: list[str]) -> int:
     tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="sipn")
     runs = {"plain": [f"name={cfg.name}-plain", "penalty.weights=[0.0]"], "sipn": [f"name={cfg.name}-sipn"]}
-    try:
+    with tracker.ending():
         for label, extra in runs.items():
             print(f"\n[sipn] training {label}: python -m jobs.train {' '.join(args + extra)}", flush=True)
             train.main(args + extra)
@@ -112,10 +112,6 @@ def main(args: list[str]) -> int:
         tracker.log_table(robust, "robustness")
         tracker.log_figure(figure, "plots/order_contours.png")
         tracker.log_metrics({f"sipn/{k}": v for k, v in summary.items() if isinstance(v, float)})
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
     print("\n" + "\n".join(f"{k}: {v}" for k, v in summary.items()))
     print(f"\nResults: {results}  docs/sipn.md  {fig_path}")
     print(f"MLflow run: {run_id} at {tracker.uri}  ({time.time() - started:.0f}s)")

@@ -284,11 +284,15 @@ def read_products(folder: str | Path) -> ProductBatch:
 
 # ---------------------------------------------------------------- datasets on disk
 
+def parquet_files(path: str | Path) -> list[Path]:
+    """The file itself, or every ``*.parquet`` under the folder, sorted."""
+    root = Path(path)
+    return [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+
+
 def count_rows(path: str | Path) -> int:
     """Rows in a Parquet file or folder (every ``*.parquet`` under it), from the footers."""
-    root = Path(path)
-    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
 
 
 def data_version(path: str | Path) -> str:
@@ -298,7 +302,7 @@ def data_version(path: str | Path) -> str:
     import hashlib
 
     root = Path(path)
-    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    files = parquet_files(root)
     digest = hashlib.sha256()
     for f in files:
         rel = f.name if f == root else f.relative_to(root).as_posix()
@@ -376,7 +380,7 @@ def validate_products(path: str | Path, min_periods: int = 1) -> dict[str, int]:
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
-    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    files = parquet_files(root)
     if not files:
         raise DataError(f"{root}: no Parquet files")
     counts, ids, lengths = {"files": len(files), "empty_files": 0, "products": 0, "periods": 0}, [], set()

@@ -70,6 +70,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from pipeline.calendar import period_days
+from pipeline.data import parquet_files
 from pipeline.errors import DataError
 from pipeline.series import series_table, write_manifest
 
@@ -491,7 +492,7 @@ def convert_weekly_sales(path, out_dir) -> dict:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"weekly sales Parquet {path} does not exist")
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    files = parquet_files(path)
     if not files:
         raise FileNotFoundError(f"no *.parquet file in {path}")
     for f in files:

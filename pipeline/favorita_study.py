@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.data import FEATURE_PREFIX, ProductBatch, write_shards
+from pipeline.data import FEATURE_PREFIX, ProductBatch, parquet_files, write_shards
 from pipeline.rollout import rollout
 from pipeline.series import list_column, matrix, read_series
 
@@ -70,7 +70,7 @@ def load_series(fcfg, retail_cfg, seed: int) -> tuple[pa.Table, dict]:
     path = Path(fcfg.data_path).expanduser() if fcfg.data_path else SHARED_WEEKLY
     if not path.exists():
         raise FileNotFoundError(f"favorita.data_path: no Parquet data at {path}")
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    files = parquet_files(path)
     if not files:
         raise FileNotFoundError(f"favorita.data_path: no *.parquet files under {path}")
     names = pq.read_schema(files[0]).names

@@ -40,6 +40,7 @@ from pipeline.errors import FAULT_FILE, NumericalFault  # noqa: E402
 UNSENT_FILE = "unsent_metrics.json"  # in the run folder: epochs' metrics not yet taken by the tracking server
 from pipeline.policy import build_policy  # noqa: E402
 from pipeline.problems import get_problem  # noqa: E402
+from pipeline.progress import eta  # noqa: E402
 from pipeline.tracking import EpochLogger  # noqa: E402
 
 
@@ -202,13 +203,12 @@ def train_loop_per_worker(payload: dict) -> None:
                     ckpt.save(run_dir / "checkpoints" / "best" / ckpt.FILE, policy, optimizer, epoch, cfg, width, info)
                 path = ckpt.save(latest, policy, optimizer, epoch, cfg, width, info)
                 checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
-            elapsed = time.time() - started
-            left = elapsed / (epoch + 1 - first_epoch) * (t.epochs - epoch - 1)
             print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
                   f"valid {cfg.problem.objective} {metrics[f'valid/avg_{cfg.problem.objective}']:.4f}  "
                   f"violations in {metrics['valid/in/violation_rate']:.1%} out {metrics['valid/out/violation_rate']:.1%}  "
                   f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
-                  f"{metrics['train/epoch_seconds']:.1f}s  about {left / 60:.1f} min left", flush=True)
+                  f"{metrics['train/epoch_seconds']:.1f}s  "
+                  f"({eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started)})", flush=True)
         ray.train.report(metrics, checkpoint=checkpoint)
     if state is not None and first_epoch >= t.epochs:
         # every epoch was done before a failure cut the run short of its last report: report

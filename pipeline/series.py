@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.calendar import calendar_features
-from pipeline.data import FEATURE_PREFIX
+from pipeline.data import FEATURE_PREFIX, parquet_files
 
 STATIC = {"product_id": pa.int64(), "series_id": pa.string(), "store": pa.int32(), "item": pa.int32(),
           "perishable": pa.int8(), "start_date": pa.date32(), "frequency": pa.string()}
@@ -83,7 +83,7 @@ def read_series(path) -> pa.Table:
     if not path.exists():
         raise FileNotFoundError(f"no Parquet data at {path}")
     table = pq.read_table(str(path)) if path.is_file() else pq.ParquetDataset(
-        sorted(str(p) for p in path.rglob("*.parquet"))).read()
+        [str(p) for p in parquet_files(path)]).read()
     missing = [c for c in ("product_id", "demand", "start_date", "frequency") if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: not in the series layout (missing {', '.join(missing)})")

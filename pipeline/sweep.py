@@ -375,7 +375,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     if restore:
         print(f"[sweep] resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
               "unfinished ones continue from their last checkpoints", flush=True)
-    try:
+    with tracker.ending():
         init_ray(cfg, num_cpus=local_cpus(cfg))
         import ray
 
@@ -444,10 +444,6 @@ def run_sweep(cfg: Config) -> SweepOutcome:
             summary[f"sweep/best_{value_col}"] = best[value_col]
             register_best(cfg, tracker, best, value_col, sweep_dir, run_id)
         tracker.log_metrics(summary)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
     return SweepOutcome(table, run_id, tracker, sweep_dir, time.time() - started)
 
 
