@@ -34,7 +34,7 @@ import pyarrow.csv as pcsv
 
 from benchmarks import key_values
 from pipeline.config import PROJECT_ROOT, load_config
-from pipeline.docs import write_block
+from pipeline.reporting.report_blocks import write_block
 
 START = np.datetime64("2013-01-01")
 DAYS, STORES, ITEMS = 1600, 50, 4000
@@ -206,8 +206,8 @@ def parse_args(args: list[str]) -> dict:
 
 def main(args: list[str]) -> int:
     opts = parse_args(args)
-    from pipeline.favorita import convert_raw
-    from pipeline.ray_train import init_ray
+    from pipeline.data.favorita_sources import convert_raw
+    from pipeline.adapters.ray_session import init_ray
 
     folder = Path(opts["dir"])
     raw, out = folder / "raw", folder / "series"

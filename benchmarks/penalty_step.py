@@ -20,11 +20,13 @@ import time
 import pandas as pd
 import torch
 
-from pipeline.config import PROJECT_ROOT, load_config, penalty_properties
-from pipeline.data import batch_from_columns, synthetic_population
-from pipeline.engine import train_step
-from pipeline.policy import build_policy
-from pipeline.problems import get_problem
+from pipeline.config import PROJECT_ROOT, load_config
+from pipeline.core.penalty import penalty_properties
+from pipeline.core.batch import batch_from_columns
+from pipeline.data.synthetic import synthetic_population
+from pipeline.core.training import train_step
+from pipeline.core.policy import build_policy
+from pipeline.core.problems import get_problem
 
 CASES = {"lost_sales": ["data.lead_time_range=[5,5]"], "perishable": [], "dual_sourcing": [], "removal": []}
 BATCH, HORIZON = 256, 60

@@ -66,7 +66,7 @@ import torch  # noqa: E402
 
 from benchmarks import key_values  # noqa: E402
 from pipeline.config import ConfigError, resolve_path  # noqa: E402
-from pipeline.docs import write_block  # noqa: E402
+from pipeline.reporting.report_blocks import write_block  # noqa: E402
 
 COLUMNS = ["benchmark", "config", "value", "unit"]
 MB = 1 << 20
@@ -207,8 +207,8 @@ def headline_shape(s: dict) -> tuple[int, int]:
 
 def rollout_group(s: dict, thread_counts: list[int], backward: bool, log) -> list[Row]:
     from benchmarks.penalty_step import setup
-    from pipeline.engine import train_step
-    from pipeline.rollout import rollout
+    from pipeline.core.training import train_step
+    from pipeline.core.rollout import rollout
 
     name = "step_forward_backward" if backward else "simulator_forward"
     grid = rollout_grid(s, thread_counts)
@@ -263,13 +263,10 @@ def ingest_group(s: dict, work: Path, log) -> list[Row]:
     import ray
 
     from pipeline.config import load_config
-    from pipeline.data import (
-        batch_from_columns,
-        synthetic_population,
-        to_arrow,
-        write_shards,
-    )
-    from pipeline.ray_train import init_ray
+    from pipeline.core.batch import batch_from_columns
+    from pipeline.data.synthetic import synthetic_population
+    from pipeline.data.parquet import to_arrow, write_shards
+    from pipeline.adapters.ray_session import init_ray
 
     n, periods = s["ingest_products"], s["ingest_periods"]
     cfg = load_config([f"data.num_products={n}", f"data.periods={periods}"])
@@ -304,10 +301,12 @@ def ingest_group(s: dict, work: Path, log) -> list[Row]:
 
 def ray_train_group(s: dict, work: Path, log) -> list[Row]:
     from pipeline.config import load_config
-    from pipeline.data import count_rows, materialize
-    from pipeline.problems import get_problem
-    from pipeline.ray_train import fit, init_ray, local_cpus
-    from pipeline.tracking import Tracker
+    from pipeline.data.parquet import count_rows
+    from pipeline.data.synthetic import materialize
+    from pipeline.core.problems import get_problem
+    from pipeline.adapters.ray_train import fit
+    from pipeline.adapters.ray_session import init_ray, local_cpus
+    from pipeline.adapters.tracking import Tracker
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     rows = []
@@ -348,10 +347,10 @@ def ray_train_group(s: dict, work: Path, log) -> list[Row]:
 # ---------------------------------------------------------------- (f): exact DP
 
 def dp_group(s: dict, log) -> list[Row]:
-    from pipeline import dp
-    from pipeline.baselines import true_pmf
-    from pipeline.benchmarks import SUITES, instance_key
-    from pipeline.benchmarks import lost_sales as lost_sales_suite
+    from pipeline.core import dp
+    from pipeline.core.demand import true_pmf
+    from pipeline.studies.suites import SUITES, instance_key
+    from pipeline.studies.suites import lost_sales_suite as lost_sales_suite
 
     rows = []
     with dp.one_thread():  # as the benchmark suites run it

@@ -24,7 +24,7 @@ import pandas as pd
 
 from benchmarks import key_values, run_script
 from pipeline.config import PROJECT_ROOT, load_config
-from pipeline.docs import write_block
+from pipeline.reporting.report_blocks import write_block
 
 DEFAULTS = {"products": "100000,1000000", "workers": 1, "periods": 104, "work": "/tmp/sidbp-scale", "only": 0}
 SHARD = 50_000
@@ -43,7 +43,8 @@ def write_population(folder: Path, products: int, periods: int, seed: int = 0) -
     ``SHARD``, one chunk in memory at a time; returns the seconds it took."""
     import pyarrow.parquet as pq
 
-    from pipeline.data import synthetic_population, to_arrow
+    from pipeline.data.synthetic import synthetic_population
+    from pipeline.data.parquet import to_arrow
 
     started = time.perf_counter()
     base = load_config([f"data.periods={periods}", *TRAIN]).data
@@ -71,7 +72,7 @@ def one_size(opts: dict) -> dict:
 
     from benchmarks.favorita_ingest import PeakMemory
     from jobs import train
-    from pipeline.tracking import RUN_NAME_TAG
+    from pipeline.adapters.tracking import RUN_NAME_TAG
 
     n, work = opts["only"], Path(opts["work"])
     folder = work / f"products-{n}"

@@ -50,11 +50,12 @@ import torch
 
 from benchmarks import key_values, run_script
 from pipeline.config import ConfigError, load_config
-from pipeline.data import batch_from_columns, synthetic_population
-from pipeline.docs import write_block
-from pipeline.policy import OrderPolicy
-from pipeline.problems import get_problem
-from pipeline.rollout import directbackprop_loss, period_loss, rollout
+from pipeline.core.batch import batch_from_columns
+from pipeline.data.synthetic import synthetic_population
+from pipeline.reporting.report_blocks import write_block
+from pipeline.core.policy import OrderPolicy
+from pipeline.core.problems import get_problem
+from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
 
 DEFAULTS = {"threads": "1,2", "repeats": 10, "batch": "8192", "horizon": 50, "lead_time": 4,
             "kind": "mlp", "hidden": "32,32,32", "device": "cpu", "compile": False,

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks import key_values, run_script
 from pipeline.config import PROJECT_ROOT, load_config
-from pipeline.docs import write_block
+from pipeline.reporting.report_blocks import write_block
 
 OPTIMUM = 6.835941904994463  # exact DP, p = 9, L = 4 (benchmarks/results/lost_sales.csv)
 DEFAULTS = {"threads": 2, "kind": "mlp", "max_seconds": 1200.0, "target_pct": 1.0, "eval_every": 25,
@@ -37,12 +37,13 @@ def options(args: list[str]) -> dict:
 
 
 def run(opts: dict) -> tuple[pd.DataFrame, dict]:
-    from pipeline.baselines import dp_policy
-    from pipeline.data import batch_from_columns, split_products, synthetic_population
-    from pipeline.engine import cosine_lr, sample_start, train_step
-    from pipeline.evaluate import policy_metrics
-    from pipeline.policy import build_policy
-    from pipeline.problems import get_problem
+    from pipeline.core.baselines import dp_policy
+    from pipeline.core.batch import batch_from_columns
+    from pipeline.data.synthetic import split_products, synthetic_population
+    from pipeline.core.training import cosine_lr, sample_start, train_step
+    from pipeline.core.evaluation import policy_metrics
+    from pipeline.core.policy import build_policy
+    from pipeline.core.problems import get_problem
 
     torch.set_num_threads(opts["threads"])
     hidden = "[32,32,32]" if opts["kind"] == "mlp" else "[32,32]"

@@ -19,8 +19,8 @@ def main(args: list[str]) -> int:
     cfg = load_config(args)
     from mlflow.tracking import MlflowClient
 
-    from pipeline.compare import compare_table
-    from pipeline.tracking import KIND_TAG, tracking_uri
+    from pipeline.adapters.run_comparison import compare_table
+    from pipeline.adapters.tracking import KIND_TAG, tracking_uri
 
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)

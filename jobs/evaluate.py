@@ -20,10 +20,11 @@ from pipeline.config import load_config, required_periods, resolve_path
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
-    from pipeline.data import materialize
-    from pipeline.problems import get_problem
-    from pipeline.report import evaluate_and_log, load_model
-    from pipeline.tracking import Tracker
+    from pipeline.data.synthetic import materialize
+    from pipeline.core.problems import get_problem
+    from pipeline.adapters.evaluation_log import evaluate_and_log
+    from pipeline.adapters.registry import load_model
+    from pipeline.adapters.tracking import Tracker
 
     started = time.time()
     tracker = Tracker(cfg)  # an unreachable tracking server fails at once

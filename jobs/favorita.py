@@ -20,7 +20,7 @@ import time
 
 from jobs import _cli
 from pipeline.config import load_config, resolve_path
-from pipeline.docs import write_block
+from pipeline.reporting.report_blocks import write_block
 
 DIRECTBACKPROP = {"directbackprop": ["penalty.weights=[0.0]"], "directbackprop_sipn": []}
 
@@ -55,20 +55,20 @@ def main(args: list[str]) -> int:
     import torch
 
     from jobs import train
-    from pipeline import checkpoint as ckpt
-    from pipeline.baselines import critical_fractile
-    from pipeline.calendar import period_dates
-    from pipeline.data import read_products
-    from pipeline.favorita_study import SUMMARY_COLUMNS, TimeSplit, load_series, score, write_splits
-    from pipeline.forecast import (
+    from pipeline.adapters import checkpoint as ckpt
+    from pipeline.core.baselines import critical_fractile
+    from pipeline.data.calendar import period_dates
+    from pipeline.data.parquet import read_products
+    from pipeline.studies.favorita_study import SUMMARY_COLUMNS, TimeSplit, load_series, score, write_splits
+    from pipeline.core.forecast import (
         MovingAverageOrderUpTo,
         QuantileOrderUpTo,
         fit_forecaster,
         forecast_metrics,
         moving_average_metrics,
     )
-    from pipeline.problems import get_problem
-    from pipeline.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker
+    from pipeline.core.problems import get_problem
+    from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker
 
     torch.set_num_threads(cfg.train.cpus_per_worker)  # the forecaster's fit and the scoring, in this process
     started = time.time()
@@ -256,8 +256,8 @@ def plot_lead_time(weekly, trajectories, test, split, dates, frequency: str, lea
     the first Christmas in them, and the largest series."""
     import numpy as np
 
-    from pipeline.calendar import calendar_features, period_days
-    from pipeline.plots import series_sample, weekly_aggregates
+    from pipeline.data.calendar import calendar_features, period_days
+    from pipeline.reporting.plots import series_sample, weekly_aggregates
 
     test_dates = dates[split.valid_end:split.test_end]
     title = f"all series, test periods, lead time {lead_time}"

@@ -50,9 +50,9 @@ def write_synthetic_retail(cfg: Config, out: Path) -> dict:
     """The synthetic retail population, ``RETAIL_CHUNK`` series per Parquet file."""
     import pyarrow.parquet as pq
 
-    from pipeline.favorita import clear_output
-    from pipeline.retail import synthetic_retail, validate_retail
-    from pipeline.series import write_manifest
+    from pipeline.data.favorita_sources import clear_output
+    from pipeline.data.retail import synthetic_retail, validate_retail
+    from pipeline.data.series import write_manifest
 
     retail = replace(cfg.retail, frequency=cfg.prepare.frequency)
     try:
@@ -76,7 +76,7 @@ def write_synthetic_retail(cfg: Config, out: Path) -> dict:
 def main(args: list[str]) -> int:
     cfg = load_config(config_args(args))
     check(cfg)
-    from pipeline.favorita import check_raw, convert_raw, convert_weekly_sales
+    from pipeline.data.favorita_sources import check_raw, convert_raw, convert_weekly_sales
 
     p = cfg.prepare
     out = resolve_path(p.output) if p.output else resolve_path(cfg.output_dir) / "data" / f"{p.source}-{p.frequency}"
@@ -84,7 +84,7 @@ def main(args: list[str]) -> int:
     print(f"[prepare] {p.source} ({p.frequency}) -> {out}", flush=True)
     if p.source == "favorita":
         raw = check_raw(resolve_path(p.input))  # before starting Ray
-        from pipeline.ray_train import init_ray
+        from pipeline.adapters.ray_session import init_ray
 
         init_ray(cfg, num_cpus=os.cpu_count())
         info = convert_raw(raw, out, p.frequency, p.buckets, progress=lambda m: print(m, flush=True))

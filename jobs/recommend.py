@@ -24,10 +24,11 @@ from pipeline.config import load_config, resolve_path
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
-    from pipeline.data import materialize, validate_products
-    from pipeline.ray_train import init_ray
-    from pipeline.recommend import recommend
-    from pipeline.report import load_model
+    from pipeline.data.synthetic import materialize
+    from pipeline.data.parquet import validate_products
+    from pipeline.adapters.ray_session import init_ray
+    from pipeline.adapters.batch_inference import recommend
+    from pipeline.adapters.registry import load_model
 
     started = time.time()
     _, cfg, state, model = load_model(cfg)

@@ -183,7 +183,8 @@ class Targets:
 
 
 def find_targets(client, experiment_name: str, uri: str) -> Targets:
-    from pipeline.tracking import CHAMPION, KIND_TAG, PARENT_TAG
+    from pipeline.adapters.registry import CHAMPION
+    from pipeline.adapters.tracking import KIND_TAG, PARENT_TAG
 
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -290,7 +291,7 @@ def compare_trials(page, base: str, t: Targets) -> None:
 
 
 def registered_model(page, base: str, t: Targets) -> None:
-    from pipeline.tracking import CHAMPION
+    from pipeline.adapters.registry import CHAMPION
 
     page.goto(f"{base}#/models/{urllib.parse.quote(t.model)}")
     page.get_by_role("link", name=f"Version {t.champion.version}", exact=True).wait_for()
@@ -402,7 +403,7 @@ def main(args: list[str]) -> int:
     cfg = load_config(config_args)
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.adapters.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
     out = Path(opts["out"])

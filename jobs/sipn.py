@@ -18,7 +18,7 @@ import time
 
 from jobs import _cli
 from pipeline.config import ConfigError, load_config, resolve_path
-from pipeline.docs import replace_block
+from pipeline.reporting.report_blocks import replace_block
 
 DOC_HEADER = """# Structure-informed policy networks: penalized against plain DirectBackprop
 
@@ -45,15 +45,16 @@ def main(args: list[str]) -> int:
         raise ConfigError("penalty.weights must be > 0 for the penalized run of jobs.sipn")
 
     from jobs import train
-    from pipeline import checkpoint as ckpt
-    from pipeline.baselines import baseline_policies
-    from pipeline.data import materialize, read_products
-    from pipeline.evaluate import evaluation_table, format_table, violation_summary
-    from pipeline.plots import order_contours
-    from pipeline.problems import get_problem
-    from pipeline.robustness import robustness_table
-    from pipeline.rollout import rollout
-    from pipeline.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker
+    from pipeline.adapters import checkpoint as ckpt
+    from pipeline.core.baselines import baseline_policies
+    from pipeline.data.synthetic import materialize
+    from pipeline.data.parquet import read_products
+    from pipeline.core.evaluation import evaluation_table, format_table, violation_summary
+    from pipeline.reporting.plots import order_contours
+    from pipeline.core.problems import get_problem
+    from pipeline.core.robustness import robustness_table
+    from pipeline.core.rollout import rollout
+    from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker
 
     started = time.time()
     problem = get_problem(cfg.problem.name, cfg.problem.params)
@@ -136,7 +137,7 @@ def summarize(nominal, robust, objective: str) -> dict:
 
 
 def section(cfg, problem, command, summary, nominal, robust, figure, seconds) -> str:
-    from pipeline.evaluate import format_table
+    from pipeline.core.evaluation import format_table
 
     key = "avg_cost" if cfg.problem.objective == "cost" else "avg_reward"
     wide = robust.pivot(index="scenario", columns="policy", values=key)

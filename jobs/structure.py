@@ -31,8 +31,8 @@ explained in `docs/problems/<problem>.md`.
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)
-    from pipeline.benchmarks import SUITES, report_sections, selected
-    from pipeline.benchmarks.structure import markdown, structure_table
+    from pipeline.studies.suites import SUITES, report_sections, selected
+    from pipeline.studies.suites.dp_structure import markdown, structure_table
 
     b = cfg.benchmark
     results = resolve_path(b.results_dir)
@@ -45,10 +45,13 @@ def main(args: list[str]) -> int:
             continue
         table = structure_table(suite, progress=lambda line: print(line, flush=True))
         table.to_csv(results / f"structure_{name}.csv", index=False)
-        print(markdown(table, f"python -m jobs.structure suite={name}"))
+        print(markdown(table, f"python -m jobs.structure suite={name}", suite.instances))
         print(f"({time.time() - started:.0f}s)\n", flush=True)
+    def render(table, command):
+        return markdown(table, command, SUITES[table.suite.iloc[0]].instances)
+
     docs = resolve_path(b.docs).with_name("structure.md")
-    docs.write_text(DOC_HEADER + "\n" + report_sections(results, "structure_", markdown, "structure"))
+    docs.write_text(DOC_HEADER + "\n" + report_sections(results, "structure_", render, "structure"))
     print(f"Report: {docs}")
     return 0
 

@@ -22,7 +22,7 @@ from pipeline.config import load_config
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
-    from pipeline.sweep import FAILED, format_results, run_sweep
+    from pipeline.adapters.tune_sweep import FAILED, format_results, run_sweep
 
     outcome = run_sweep(cfg)
     table, tracker = outcome.table, outcome.tracker

@@ -16,13 +16,14 @@ from pipeline.config import load_config, required_periods, resolve_path, to_yaml
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
-    from pipeline import checkpoint as ckpt
-    from pipeline.data import materialize
-    from pipeline.plots import learning_curve
-    from pipeline.problems import get_problem
-    from pipeline.ray_train import fit, init_ray
-    from pipeline.report import evaluate_and_log
-    from pipeline.tracking import Tracker
+    from pipeline.adapters import checkpoint as ckpt
+    from pipeline.data.synthetic import materialize
+    from pipeline.reporting.plots import learning_curve
+    from pipeline.core.problems import get_problem
+    from pipeline.adapters.ray_train import fit
+    from pipeline.adapters.ray_session import init_ray
+    from pipeline.adapters.evaluation_log import evaluate_and_log
+    from pipeline.adapters.tracking import Tracker
 
     started = time.time()
     out_dir = resolve_path(cfg.output_dir)

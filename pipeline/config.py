@@ -15,6 +15,9 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from pipeline.core.penalty import penalty_properties
+from pipeline.core.problems import PROBLEMS, get_problem
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -325,8 +328,6 @@ def _range(values, key: str, low: float = 0.0, integer: bool = False) -> None:
 
 def validate(c: Config) -> None:
     _check(c.name.strip() != "" and "/" not in c.name, "name", f"must be a plain non-empty name, got {c.name!r}")
-    from pipeline.benchmarks import SUITES
-    from pipeline.problems import PROBLEMS, get_problem
 
     _check(c.problem.name in PROBLEMS, "problem.name", f"must be one of {', '.join(PROBLEMS)}, got {c.problem.name!r}")
     try:
@@ -387,13 +388,10 @@ def validate(c: Config) -> None:
     _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
     _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
     _check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
-    _check(c.benchmark.suite in (*SUITES, "all"), "benchmark.suite",
-           f"must be one of {', '.join(SUITES)} or all, got {c.benchmark.suite!r}")
+    _check(c.benchmark.suite in (*PROBLEMS, "all"), "benchmark.suite",
+           f"must be one of {', '.join(PROBLEMS)} or all, got {c.benchmark.suite!r}")
     _check(c.benchmark.suite != "all" or not c.benchmark.policies, "benchmark.policies",
            "must be empty (every policy) with benchmark.suite=all")
-    known = SUITES[c.benchmark.suite].policies if c.benchmark.suite != "all" else ()
-    _check(set(c.benchmark.policies) <= set(known), "benchmark.policies",
-           f"must be a subset of {', '.join(known)} (empty: all), got {list(c.benchmark.policies)}")
     _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
     r = c.robustness
     _check(set(r.shocks) <= set(SHOCKS), "robustness.shocks", f"must be a subset of {', '.join(SHOCKS)}, got {list(r.shocks)}")
@@ -433,7 +431,7 @@ def validate_retail(c: Config) -> None:
     _check(pr.source in PREPARE_SOURCES, "prepare.source", f"must be one of {', '.join(PREPARE_SOURCES)}, got {pr.source!r}")
     _check(pr.frequency in FREQUENCIES, "prepare.frequency", f"must be weekly or daily, got {pr.frequency!r}")
     _check(pr.buckets >= 1, "prepare.buckets", f"must be >= 1, got {pr.buckets}")
-    from pipeline.retail import validate_retail as check_retail
+    from pipeline.data.retail import validate_retail as check_retail
 
     try:
         check_retail(c.retail)
@@ -455,25 +453,6 @@ def validate_retail(c: Config) -> None:
     for key in ("forecast_epochs", "moving_average_window", "plot_series"):
         _check(getattr(f, key) >= 1, f"favorita.{key}", f"must be >= 1, got {getattr(f, key)}")
     _check(f.forecast_lr > 0, "favorita.forecast_lr", f"must be > 0, got {f.forecast_lr}")
-
-
-def penalty_properties(problem, width: int, texts: list[str]):
-    """The properties a run enforces: ``texts`` parsed and checked against the problem's
-    action and state names, or the problem's defaults when empty."""
-    from pipeline.structure import parse_property
-
-    if not texts:  # the claims the exact DP confirmed (docs/structure.md)
-        defaults = getattr(problem, "default_properties", problem.claimed_properties)
-        return defaults(width)
-    props = [parse_property(t) for t in texts]
-    names, actions = problem.state_names(width), list(problem.actions)
-    for p in props:
-        for name in (p.coord, p.other):
-            if name is not None and name not in names:
-                raise ValueError(f"{p}: no state entry {name!r}; known: {', '.join(names)}")
-        if p.action not in actions:
-            raise ValueError(f"{p}: no action {p.action!r}; known: {', '.join(actions)}")
-    return props
 
 
 def from_yaml(text: str, conf_dir: Path = CONF_DIR) -> Config:

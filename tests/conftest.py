@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.data import batch_from_columns  # noqa: E402
+from pipeline.core.batch import batch_from_columns  # noqa: E402
 
 # Unit tests run small tensors, where a second intra-op thread gains nothing and, on a
 # loaded 2-core machine, oversubscription makes each op many times slower.

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.data import read_products, validate_products
+from pipeline.data.parquet import read_products, validate_products
 from pipeline.errors import DataError
 
 N, T = 6, 20

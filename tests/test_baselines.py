@@ -4,12 +4,19 @@ import pytest
 import torch
 
 from conftest import make_batch
-from pipeline.baselines import (BaseStockPolicy, best_constant_level, empirical_levels,
-                                newsvendor_cost, newsvendor_levels, omniscient_levels,
-                                search_levels, simulated_level_costs)
-from pipeline.data import demand_pmf, sample_demand
-from pipeline.evaluate import policy_metrics
-from pipeline.problems import get_problem
+from pipeline.core.baselines import (
+    BaseStockPolicy,
+    best_constant_level,
+    empirical_levels,
+    newsvendor_cost,
+    newsvendor_levels,
+    omniscient_levels,
+    search_levels,
+    simulated_level_costs,
+)
+from pipeline.core.demand import demand_pmf, sample_demand
+from pipeline.core.evaluation import policy_metrics
+from pipeline.core.problems import get_problem
 
 PROBLEM = get_problem("lost_sales")
 GUIDE_L0 = {4: (7, 3.2774), 9: (8, 4.2211), 19: (9, 5.0803), 39: (10, 5.8875)}

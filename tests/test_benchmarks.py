@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pipeline.benchmarks import COLUMNS, markdown, run_suite
+from pipeline.studies.suites import COLUMNS, markdown, run_suite
 from pipeline.config import PROJECT_ROOT
 
 
@@ -32,8 +32,8 @@ def test_unknown_suite_or_policy_is_a_one_line_error():
 
 
 def test_structure_table_checks_every_claimed_property_on_the_dp_policy():
-    from pipeline.benchmarks import SUITES
-    from pipeline.benchmarks.structure import markdown as structure_markdown, structure_table
+    from pipeline.studies.suites import SUITES
+    from pipeline.studies.suites.dp_structure import markdown as structure_markdown, structure_table
 
     table = structure_table(SUITES["dual_sourcing"], instances=[{"l_r": 2, "c_e": 20}])
     problem = SUITES["dual_sourcing"].dp_instance({"l_r": 2, "c_e": 20}).problem
@@ -41,3 +41,11 @@ def test_structure_table_checks_every_claimed_property_on_the_dp_policy():
     assert (table.visited_holds_pct == 100).all() and (table.holds_pct == 100).all()
     assert (table.visited_states > 0).all() and (table.states >= table.visited_states).all()
     assert "1 of 1 instances" in structure_markdown(table, "python -m jobs.structure suite=dual_sourcing")
+
+
+def test_an_unknown_benchmark_policy_is_a_config_error_naming_the_suites_policies():
+    from jobs import benchmark
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="benchmark.policies must be a subset of dp, base_stock"):
+        benchmark.main(["suite=lost_sales", "benchmark.policies=[magic]"])

@@ -39,7 +39,6 @@ def test_every_experiment_file_is_valid():
     (["policy.dilations=[1,2]"], "policy.dilations must add up to policy.window - 1"),
     (["train.horizon=500"], "train.horizon plus train.history must fit"),
     (["lr"], "expected key=value"),
-    (["benchmark.policies=[magic]"], "benchmark.policies must be a subset of dp, base_stock"),
     (["problem.params.shelf_lfe=2"], "problem.params: problem lost_sales has no parameter 'shelf_lfe'"),
     (['penalty.properties=["-1 <= dorder/dfoo <= 0"]'],
      "penalty.properties: -1 <= dorder/dfoo <= 0: no state entry 'foo'"),

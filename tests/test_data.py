@@ -4,7 +4,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.data import batch_from_columns, materialize, read_products, synthetic_population
+from pipeline.core.batch import batch_from_columns
+from pipeline.data.synthetic import materialize, synthetic_population
+from pipeline.data.parquet import read_products
 
 
 def small_data(**over):

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.baselines import dp_policy, simulated_level_costs
-from pipeline.data import demand_pmf
-from pipeline import dp
-from pipeline.benchmarks.lost_sales import product
-from pipeline.dp import TablePolicy, base_stock_table, lost_sales_rvi
-from pipeline.evaluate import policy_metrics
-from pipeline.problems import get_problem
+from pipeline.core.baselines import dp_policy, simulated_level_costs
+from pipeline.core.demand import demand_pmf
+from pipeline.core import dp
+from pipeline.studies.suites.lost_sales_suite import product
+from pipeline.core.dp import TablePolicy, base_stock_table, lost_sales_rvi
+from pipeline.core.evaluation import policy_metrics
+from pipeline.core.problems import get_problem
 from test_baselines import poisson_population
 
 PMF = demand_pmf(np.array(["poisson"]), torch.tensor([5.0]), torch.tensor([0.0]), 60)[0]

@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from conftest import make_batch
-from pipeline import dp
-from pipeline.baselines import true_pmf
-from pipeline.benchmarks import dual_sourcing as suite
-from pipeline.benchmarks import instance_key
-from pipeline.data import sample_demand
-from pipeline.evaluate import policy_metrics
-from pipeline.heuristics import dual_sourcing as heuristics
-from pipeline.heuristics.search import grid_search
-from pipeline.problems.dual_sourcing import DualSourcing
-from pipeline.rollout import rollout
-from pipeline.structure import Property, check_table
+from pipeline.core import dp
+from pipeline.core.demand import true_pmf
+from pipeline.studies.suites import dual_sourcing_suite as suite
+from pipeline.studies.suites import instance_key
+from pipeline.core.demand import sample_demand
+from pipeline.core.evaluation import policy_metrics
+from pipeline.core.heuristics import dual_sourcing_heuristics as heuristics
+from pipeline.core.heuristics.search import grid_search
+from pipeline.core.problems.dual_sourcing import DualSourcing
+from pipeline.core.rollout import rollout
+from pipeline.core.properties import Property, check_table
 
 
 class FixedOrders:
@@ -275,15 +275,10 @@ def test_suite_grid_and_one_instance():
     assert min(costs.values()) == costs["dp"]
 
 
-def test_config_files_load(monkeypatch):
-    """conf/problem/dual_sourcing.yaml and conf/suite/dual_sourcing.yaml (registered here
-    as the registries will register them)."""
-    from pipeline import benchmarks, problems
+def test_config_files_load():
+    """conf/problem/dual_sourcing.yaml and conf/suite/dual_sourcing.yaml."""
     from pipeline.config import ConfigError, load_config
 
-    monkeypatch.setitem(problems.PROBLEMS, "dual_sourcing", DualSourcing)
-    monkeypatch.setitem(benchmarks.SUITES, "dual_sourcing", benchmarks.Suite(
-        "dual_sourcing", "dual_sourcing", suite.POLICIES, suite.GRID, suite.evaluate, suite.NOTES))
     c = load_config(["problem=dual_sourcing", "suite=dual_sourcing"])
     assert c.problem.params == {"expedited_lead_time": 0, "expedited_cost": 20.0}
     assert (c.data.distributions, c.data.mean_range, c.data.lead_time_range) == (["uniform"], [2.0, 2.0], [2, 2])
@@ -296,8 +291,8 @@ def test_config_files_load(monkeypatch):
 
 def test_the_network_trains_through_the_simulator():
     """Two outputs (regular, expedited) and a gradient through both."""
-    from pipeline.policy import OrderPolicy
-    from pipeline.rollout import directbackprop_loss, period_loss
+    from pipeline.core.policy import OrderPolicy
+    from pipeline.core.rollout import directbackprop_loss, period_loss
 
     problem = DualSourcing()
     rng = np.random.default_rng(0)

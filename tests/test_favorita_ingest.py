@@ -10,8 +10,8 @@ import pytest
 from jobs import prepare_data
 from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.errors import DataError
-from pipeline.favorita import convert_raw, convert_weekly_sales, long_sales_to_series
-from pipeline.series import matrix, read_manifest, read_series
+from pipeline.data.favorita_sources import convert_raw, convert_weekly_sales, long_sales_to_series
+from pipeline.data.series import matrix, read_manifest, read_series
 
 SHARED_SALES = PROJECT_ROOT.parent / "shared" / "data" / "favorita_weekly" / "sales.parquet"
 
@@ -216,7 +216,7 @@ def test_cli_weekly_and_synthetic(tmp_path, capsys, monkeypatch):
     assert prepare_data.main(["source=favorita_weekly", f"input={long}", f"output={tmp_path / 'w'}"]) == 0
     assert read_manifest(tmp_path / "w")["negative_rows"] == 1
     assert f"Output:    {tmp_path / 'w'}" in capsys.readouterr().out
-    pytest.importorskip("pipeline.retail")
+    pytest.importorskip("pipeline.data.retail")
     monkeypatch.setattr(prepare_data, "RETAIL_CHUNK", 50)
     assert prepare_data.main(["source=synthetic_retail", f"output_dir={tmp_path}", "retail.num_series=120",
                               "retail.periods=20", "frequency=daily"]) == 0

@@ -9,13 +9,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from jobs import favorita
-from pipeline.baselines import BaseStockPolicy
+from pipeline.core.baselines import BaseStockPolicy
 from pipeline.config import load_config
-from pipeline.data import read_products
-from pipeline.favorita_study import SUMMARY_COLUMNS, TimeSplit, score, training_table, write_splits
-from pipeline.problems import get_problem
-from pipeline.series import series_table
-from pipeline.tracking import PARENT_TAG, RUN_NAME_TAG
+from pipeline.data.parquet import read_products
+from pipeline.studies.favorita_study import SUMMARY_COLUMNS, TimeSplit, score, training_table, write_splits
+from pipeline.core.problems import get_problem
+from pipeline.data.series import series_table
+from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG
 
 SPLIT = TimeSplit(train_end=70, valid_end=85, test_end=110, history=40, warmup=4)
 
@@ -73,7 +73,7 @@ def test_score_against_hand_computed_reward_inventory_and_fill_rate():
 
 
 def read_products_from(table):
-    from pipeline.data import batch_from_columns
+    from pipeline.core.batch import batch_from_columns
 
     return batch_from_columns({k: table.column(k).to_numpy(zero_copy_only=False) for k in table.column_names})
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_batch
 
-from pipeline.forecast import (
+from pipeline.core.forecast import (
     MovingAverageOrderUpTo,
     QuantileForecaster,
     QuantileOrderUpTo,
@@ -14,8 +14,8 @@ from pipeline.forecast import (
     pinball_loss,
     quantile_at,
 )
-from pipeline.problems import get_problem
-from pipeline.rollout import rollout
+from pipeline.core.problems import get_problem
+from pipeline.core.rollout import rollout
 
 torch.set_num_threads(1)
 PROBLEM = get_problem("lost_sales", {})
@@ -97,7 +97,7 @@ def oracle_training_loss(batch, means, train_end, levels, horizons, min_history)
     """The training loss of the true Poisson quantiles (the best any forecaster can do)."""
     from scipy.stats import poisson
 
-    from pipeline.forecast import cumulative_targets, expanding_scale
+    from pipeline.core.forecast import cumulative_targets, expanding_scale
 
     t1 = train_end - horizons + 1
     y = cumulative_targets(batch.demand, min_history, t1, horizons).double()         # [B, T, K]

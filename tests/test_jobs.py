@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from jobs import _cli
-from pipeline.data import batch_from_columns, synthetic_population
+from pipeline.core.batch import batch_from_columns
+from pipeline.data.synthetic import synthetic_population
 from pipeline.errors import DataError
-from pipeline.policy import OrderPolicy
-from pipeline.problems import get_problem
-from pipeline.recommend import Recommender, next_actions, simulated_state
-from pipeline.rollout import rollout
+from pipeline.core.policy import OrderPolicy
+from pipeline.core.problems import get_problem
+from pipeline.adapters.batch_inference import Recommender, next_actions, simulated_state
+from pipeline.core.rollout import rollout
 
 JOBS = ("train", "sweep", "evaluate", "recommend", "compare", "prepare_data", "benchmark", "favorita", "sipn",
         "structure")
@@ -103,7 +104,7 @@ def test_recommendations_are_the_orders_the_simulator_takes_next(population, tmp
     assert torch.equal(orders, step.actions[:, 0]) and torch.equal(orders, orders.round())
     assert orders.sum() > 0
 
-    from pipeline import checkpoint as ckpt
+    from pipeline.adapters import checkpoint as ckpt
     from pipeline.config import load_config
 
     cfg = load_config(["data.lead_time_range=[0,3]", "policy.hidden=[16,16]"])
@@ -134,7 +135,7 @@ def test_recommendations_are_the_orders_the_simulator_takes_next(population, tmp
 
 
 def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch):
-    from pipeline import progress
+    from pipeline.reporting import progress
 
     monkeypatch.setattr(progress.time, "time", lambda: 1000.0)
     assert progress.eta(3, 20, 970.0, "instances") == "elapsed 30.0s, 6.00 instances/min, about 2m50s left"

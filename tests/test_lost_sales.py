@@ -2,8 +2,8 @@
 import torch
 
 from conftest import make_batch
-from pipeline.problems import get_problem
-from pipeline.rollout import rollout
+from pipeline.core.problems import get_problem
+from pipeline.core.rollout import rollout
 
 PROBLEM = get_problem("lost_sales")
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from test_baselines import poisson_population
 
-from pipeline import dp
-from pipeline.benchmarks.lost_sales import product
-from pipeline.evaluate import policy_metrics
-from pipeline.heuristics import lost_sales as H
-from pipeline.problems.lost_sales import LostSales
+from pipeline.core import dp
+from pipeline.studies.suites.lost_sales_suite import product
+from pipeline.core.evaluation import policy_metrics
+from pipeline.core.heuristics import lost_sales_heuristics as H
+from pipeline.core.problems.lost_sales import LostSales
 
 TOP = 60  # demand support of the brute-force computations: P(D > 60) is negligible for Poisson(5)
 PMF = np.array([math.exp(-5) * 5 ** d / math.factorial(d) for d in range(TOP + 1)])

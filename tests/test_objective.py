@@ -2,9 +2,9 @@
 import torch
 
 from conftest import make_batch
-from pipeline.policy import OrderPolicy
-from pipeline.problems import get_problem
-from pipeline.rollout import directbackprop_loss, period_loss, rollout
+from pipeline.core.policy import OrderPolicy
+from pipeline.core.problems import get_problem
+from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
 from test_lost_sales import FixedOrders
 
 PROBLEM = get_problem("lost_sales")

@@ -3,9 +3,16 @@ breaks it (both built by hand), and the network's Jacobian against finite differ
 import torch
 
 from conftest import make_batch
-from pipeline.penalty import DIRECTION_EPS, jacobian, penalty, probe_states, violation_metrics, violations
-from pipeline.policy import OrderPolicy
-from pipeline.problems import get_problem
+from pipeline.core.penalty import (
+    DIRECTION_EPS,
+    jacobian,
+    penalty,
+    probe_states,
+    violation_metrics,
+    violations,
+)
+from pipeline.core.policy import OrderPolicy
+from pipeline.core.problems import get_problem
 
 PROBLEM = get_problem("lost_sales")
 NAMES = PROBLEM.state_names(3)
@@ -89,10 +96,10 @@ def test_training_with_the_penalty_lowers_out_of_distribution_violations():
     the share of probe states that violate it ends lower than without; weight 0 computes
     no penalty at all."""
     from pipeline.config import load_config
-    from pipeline.engine import train_step
-    from pipeline.penalty import structure_penalty
-    from pipeline.policy import build_policy
-    from pipeline.rollout import rollout
+    from pipeline.core.training import train_step
+    from pipeline.core.penalty import structure_penalty
+    from pipeline.core.policy import build_policy
+    from pipeline.core.rollout import rollout
 
     demand = torch.poisson(torch.full((64, 120), 5.0), generator=torch.Generator().manual_seed(0))
     batch = make_batch(demand.numpy(), lead_time=3, p=9.0)
@@ -114,7 +121,7 @@ def test_training_with_the_penalty_lowers_out_of_distribution_violations():
 
 
 def test_properties_read_back_from_their_text_and_defaults_follow_the_dp():
-    from pipeline.structure import parse_property
+    from pipeline.core.properties import parse_property
 
     for prop in PROPS:
         assert parse_property(str(prop)) == prop
@@ -126,7 +133,7 @@ def test_properties_read_back_from_their_text_and_defaults_follow_the_dp():
 
 
 def test_structure_metrics_in_and_out_of_distribution():
-    from pipeline.penalty import structure_metrics
+    from pipeline.core.penalty import structure_metrics
 
     demand = torch.poisson(torch.full((8, 40), 5.0), generator=torch.Generator().manual_seed(0))
     batch = make_batch(demand.numpy(), lead_time=3).to("cpu", torch.float64)
@@ -135,7 +142,7 @@ def test_structure_metrics_in_and_out_of_distribution():
     assert good["in/violation_rate"] == 0.0 and good["out/violation_rate"] == 0.0
     # q = relu(30 - w.y) violates the spec exactly where it orders (slope -2 in on-hand),
     # and holds where it does not (slope 0): the in-distribution rate is that share
-    from pipeline.rollout import rollout
+    from pipeline.core.rollout import rollout
     states = rollout(PROBLEM, Linear([2.0, 0.5, 0.5]), batch, 20, 5, 3, record_states=True).states
     ordering = float((30.0 - states @ torch.tensor([2.0, 0.5, 0.5], dtype=torch.float64) > 0).double().mean())
     assert 0.0 < ordering < 1.0 and bad["in/violation_rate"] == ordering
@@ -156,8 +163,8 @@ def _ddp_setup():
 
 
 def _step_gradients(batch, cfg, sync=None):
-    from pipeline.engine import train_step
-    from pipeline.policy import build_policy
+    from pipeline.core.training import train_step
+    from pipeline.core.policy import build_policy
 
     torch.manual_seed(0)
     policy = build_policy(cfg.policy, 3)
@@ -173,7 +180,7 @@ def _ddp_worker(rank, port, folder):
 
     import torch.distributed as dist
 
-    from pipeline.engine import gradient_averager
+    from pipeline.core.training import gradient_averager
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -233,7 +240,7 @@ def test_a_one_entry_state_is_penalised_on_its_jacobian_so_the_penalty_has_a_gra
 
 
 def test_penalty_ramp_grows_linearly_to_the_full_weight():
-    from pipeline.engine import penalty_ramp
+    from pipeline.core.training import penalty_ramp
 
     assert penalty_ramp(0.0, 0.0) == 1.0  # no ramp: full weight from the first step
     assert penalty_ramp(4.0, 0.0) == 0.0 and penalty_ramp(4.0, 1.0) == 0.25 and penalty_ramp(4.0, 9.0) == 1.0

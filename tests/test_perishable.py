@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import make_batch
 
-from pipeline import dp, structure
-from pipeline.benchmarks import perishable as suite
-from pipeline.data import sample_demand
-from pipeline.heuristics.perishable import (
+from pipeline.core import dp
+from pipeline.core import properties as structure
+from pipeline.studies.suites import perishable_suite as suite
+from pipeline.core.demand import sample_demand
+from pipeline.core.heuristics.perishable_heuristics import (
     BspLowEw,
     Instance,
     PerishableBaseStock,
@@ -22,10 +23,10 @@ from pipeline.heuristics.perishable import (
     expected_waste,
     product_pmf,
 )
-from pipeline.benchmarks.structure import check_instance
-from pipeline.heuristics.search import grid_search
-from pipeline.problems.perishable import Perishable
-from pipeline.rollout import rollout
+from pipeline.studies.suites.dp_structure import check_instance
+from pipeline.core.heuristics.search import grid_search
+from pipeline.core.problems.perishable import Perishable
+from pipeline.core.rollout import rollout
 
 
 class FixedOrders:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import make_batch
-from pipeline.policy import DemandEncoder, OrderPolicy, lookahead_features, running_moments
+from pipeline.core.policy import DemandEncoder, OrderPolicy, lookahead_features, running_moments
 
 
 def test_encoder_sees_exactly_the_last_32_periods():

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import dp
+from pipeline.core import dp
 from pipeline.config import load_config
-from pipeline.data import batch_from_columns, synthetic_population
-from pipeline.engine import train_step
-from pipeline.evaluate import policy_metrics
-from pipeline.policy import build_policy
-from pipeline.problems import PROBLEMS, get_problem
-from pipeline.rollout import period_loss, rollout
+from pipeline.core.batch import batch_from_columns
+from pipeline.data.synthetic import synthetic_population
+from pipeline.core.training import train_step
+from pipeline.core.evaluation import policy_metrics
+from pipeline.core.policy import build_policy
+from pipeline.core.problems import PROBLEMS, get_problem
+from pipeline.core.rollout import period_loss, rollout
 
 
 def population(name: str, n: int, periods: int, identical: bool = False, seed: int = 0):
@@ -80,7 +81,7 @@ def test_dp_policy_simulated_costs_what_the_dp_says(name):
 
 
 def _pmf(product):
-    from pipeline.baselines import true_pmf
+    from pipeline.core.demand import true_pmf
     return true_pmf(product)[0]
 
 

@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jobs.train import main
-from pipeline.tracking import RUN_NAME_TAG
+from pipeline.adapters.tracking import RUN_NAME_TAG
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_same_run_name_resumes_from_checkpoint_in_process(tiny_job):
 
 
 def test_every_run_carries_the_review_tags_and_a_description(tiny_job):
-    from pipeline.data import data_version
-    from pipeline.tracking import NOTE_TAG, git_commit
+    from pipeline.data.parquet import data_version
+    from pipeline.adapters.tracking import NOTE_TAG, git_commit
 
     root, uri, _ = tiny_job
     _, run = the_run(uri)

@@ -6,7 +6,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import NumericalFault
-from pipeline.tracking import RUN_NAME_TAG
+from pipeline.adapters.tracking import RUN_NAME_TAG
 
 
 def smoke_args(root, name, *extra):
@@ -18,8 +18,8 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     """From the second epoch on a weight is NaN before every step: the job stops at the
     first such step, names it, keeps epoch 1's checkpoint untouched and marks the run."""
     from jobs import train
-    from pipeline import checkpoint as ckpt
-    from pipeline import ray_train
+    from pipeline.adapters import checkpoint as ckpt
+    from pipeline.adapters import ray_train
 
     real, calls = ray_train.train_step, {"n": 0}
     steps_per_epoch = 8  # smoke: 42 training products, one batch of 32, 8 windows
@@ -114,7 +114,7 @@ def test_a_tracking_outage_during_training_loses_no_metrics_and_is_reported(tmp_
     """The server is stopped after epoch 1's metrics and started again at epoch 4: training
     goes on, epochs 2 and 3 are buffered and arrive when it is back, the gap is recorded."""
     from jobs import train
-    from pipeline import ray_train
+    from pipeline.adapters import ray_train
 
     server = MlflowServer(tmp_path)
     server.start()
@@ -179,7 +179,7 @@ def wait_for_checkpoint(run_dir, epochs_done, pid_file=None, timeout=300):
     wrote its pid); returns that pid."""
     import time
 
-    from pipeline import checkpoint as ckpt
+    from pipeline.adapters import checkpoint as ckpt
 
     latest, deadline = run_dir / "checkpoints" / "latest" / ckpt.FILE, time.time() + timeout
     while time.time() < deadline:

@@ -9,16 +9,16 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import make_batch
-from pipeline import dp
-from pipeline.baselines import true_pmf
-from pipeline.benchmarks import instance_key
-from pipeline.benchmarks import removal as bench
+from pipeline.core import dp
+from pipeline.core.demand import true_pmf
+from pipeline.studies.suites import instance_key
+from pipeline.studies.suites import removal_suite as bench
 from pipeline.config import CONF_DIR
-from pipeline.heuristics.removal import IntervalStockPolicy, best_interval_stock
-from pipeline.heuristics.search import grid_search
-from pipeline.problems.removal import Removal, order_and_removal_together
-from pipeline.rollout import rollout
-from pipeline.structure import check_table
+from pipeline.core.heuristics.removal_heuristics import IntervalStockPolicy, best_interval_stock
+from pipeline.core.heuristics.search import grid_search
+from pipeline.core.problems.removal import Removal, order_and_removal_together
+from pipeline.core.rollout import rollout
+from pipeline.core.properties import check_table
 
 
 class FixedActions:

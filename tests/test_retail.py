@@ -5,10 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.calendar import period_dates
+from pipeline.data.calendar import period_dates
 from pipeline.config import load_config
-from pipeline.retail import BLOCK, DAY_OF_WEEK_SHAPE, retail_parameters, synthetic_retail
-from pipeline.series import STATIC, matrix
+from pipeline.data.retail import BLOCK, DAY_OF_WEEK_SHAPE, retail_parameters, synthetic_retail
+from pipeline.data.series import STATIC, matrix
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import torch
 
 from conftest import make_batch
 from pipeline.config import load_config
-from pipeline.problems import get_problem
-from pipeline.robustness import off_distribution_state, robustness_table, scenarios, shocked
+from pipeline.core.problems import get_problem
+from pipeline.core.robustness import off_distribution_state, robustness_table, scenarios, shocked
 
 PROBLEM = get_problem("lost_sales")
 
@@ -66,7 +66,7 @@ def test_scenario_table_scores_the_same_periods_and_shows_the_shock():
 
 
 def test_scenario_table_gives_violation_rates_for_networks():
-    from pipeline.policy import OrderPolicy
+    from pipeline.core.policy import OrderPolicy
 
     cfg = load_config(["experiment=smoke", "policy.kind=mlp", "robustness.shocks=[spike]",
                        "robustness.initial_multiples=[]"])
@@ -95,7 +95,7 @@ def test_docs_sections_are_replaced_in_place_and_the_header_kept_current(tmp_pat
 def test_figure_one_shows_each_policy_over_the_probe_box_of_the_first_two_state_entries():
     """Two hand-built policies, q = relu(30 - w . y): one row each, four products, and the
     contours drawn over 0 .. widen x the largest visited on hand and next arrival."""
-    from pipeline.plots import order_contours
+    from pipeline.reporting.plots import order_contours
 
     class Linear(Constant):
         def __init__(self, w):

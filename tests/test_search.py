@@ -3,9 +3,9 @@ the capped base-stock parameters of a real lost-sales instance."""
 import numpy as np
 import pytest
 
-from pipeline.benchmarks.lost_sales import product
-from pipeline.heuristics import lost_sales as H
-from pipeline.heuristics.search import grid_search, local_search
+from pipeline.studies.suites.lost_sales_suite import product
+from pipeline.core.heuristics import lost_sales_heuristics as H
+from pipeline.core.heuristics.search import grid_search, local_search
 
 
 def counted(f):

@@ -11,18 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import batch_from_columns, synthetic_population
-from pipeline.penalty import jacobian
-from pipeline.policy import (
-    OrderPolicy,
-    demand_scale,
-    running_features,
-    running_moments,
-    static_features,
-)
-from pipeline.problems import get_problem
-from pipeline.problems.base import advance_pipeline, lead_time_slots
-from pipeline.rollout import directbackprop_loss, rollout
+from pipeline.core.batch import batch_from_columns
+from pipeline.data.synthetic import synthetic_population
+from pipeline.core.penalty import jacobian
+from pipeline.core.policy import OrderPolicy, demand_scale, running_features, running_moments, static_features
+from pipeline.core.problems import get_problem
+from pipeline.core.problems.base import advance_pipeline, lead_time_slots
+from pipeline.core.rollout import directbackprop_loss, rollout
 
 START, HORIZON = 40, 12
 

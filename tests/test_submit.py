@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.tracking import KIND_TAG, RUN_NAME_TAG
+from pipeline.adapters.tracking import KIND_TAG, RUN_NAME_TAG
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -69,7 +69,7 @@ def ray_head():
 def test_train_job_submitted_to_a_ray_head_succeeds_and_leaves_its_mlflow_run(ray_head, tmp_path):
     from ray.job_submission import JobStatus
 
-    from pipeline.tracking import git_commit
+    from pipeline.adapters.tracking import git_commit
 
     runtime_env = yaml.safe_load((PROJECT_ROOT / "infra" / "runtime_env.yaml").read_text())
     runtime_env["working_dir"] = str(PROJECT_ROOT)

@@ -9,9 +9,9 @@ import torch
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import sweep
+from pipeline.adapters import tune_sweep as sweep
 from pipeline.config import load_config
-from pipeline.tracking import RUN_NAME_TAG
+from pipeline.adapters.tracking import RUN_NAME_TAG
 
 # ---------------------------------------------------------------- unit
 
@@ -173,7 +173,7 @@ def test_sweep_nests_trials_and_logs_table_and_plot(tiny_sweep):
 
 
 def test_sweep_registers_its_best_finished_trial_as_champion(tiny_sweep):
-    from pipeline.checkpoint import load
+    from pipeline.adapters.checkpoint import load
 
     root, uri = tiny_sweep
     client = MlflowClient(uri)

@@ -1,0 +1,40 @@
+"""Policy checkpoints: the weights, the optimiser, the epoch reached and the config that
+made them, in one file, written atomically so a crash never leaves half a checkpoint."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from pipeline.config import Config, from_yaml, to_yaml
+from pipeline.core.policy import OrderPolicy, build_policy
+from pipeline.core.problems import get_problem
+
+FILE = "checkpoint.pt"
+
+
+def save(path: Path, policy: torch.nn.Module, optimizer, epoch: int, cfg: Config,
+         state_width: int, metrics: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"policy": policy.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "epoch": epoch, "config": to_yaml(cfg), "state_width": state_width,
+                "metrics": metrics or {}}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_policy(path: Path) -> tuple[OrderPolicy, Config, dict]:
+    """Rebuild the policy a checkpoint holds, with the config it was trained with."""
+    state = load(path)
+    cfg = from_yaml(state["config"])
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
+    policy = build_policy(cfg.policy, state["state_width"], len(problem.actions))
+    policy.load_state_dict(state["policy"])
+    policy.eval()
+    return policy, cfg, state

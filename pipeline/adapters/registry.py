@@ -1,0 +1,120 @@
+"""The MLflow model registry: the champion a sweep registers, and finding the checkpoint
+behind a model URI (a file, ``runs:/``, ``models:/``)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.adapters import checkpoint as ckpt
+from pipeline.adapters.tracking import KIND_TAG, RUN_NAME_TAG, tracking_uri
+from pipeline.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+def registered_model_name(cfg: Config) -> str:
+    return cfg.mlflow.registered_model or f"sidbp-{cfg.problem.name}"
+
+
+def register_champion(client: MlflowClient, name: str, run_id: str, description: str,
+                      tags: dict[str, str]) -> str:
+    """A new version of the registered model ``name`` from the ``checkpoint`` artifact of
+    ``run_id``, given the alias ``champion``; returns the version."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Order policies trained with structure-informed "
+                                       "DirectBackprop; @champion: the best trial of the latest sweep.")
+    version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id,
+                                          tags={k: str(v) for k, v in tags.items()}, description=description)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version.version
+
+
+@dataclass
+class ResolvedModel:
+    checkpoint: Path  # the local checkpoint file
+    uri: str          # what was asked for
+    version: str      # what was used: models:/<name>/<version>, runs:/<run_id>, or file:<path>#sha256=...
+    run_id: str | None
+
+
+def default_model_uri(cfg: Config) -> str:
+    """What ``model.uri: null`` means: the champion of ``registered_model_name(cfg)`` if
+    there is one, else the latest finished training run named ``cfg.name`` (so that
+    ``jobs.evaluate experiment=smoke`` follows ``jobs.train experiment=smoke``)."""
+    name = registered_model_name(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    try:
+        client.get_model_version_by_alias(name, CHAMPION)
+        return f"models:/{name}@{CHAMPION}"
+    except MlflowException:
+        pass
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    query = f"tags.`{RUN_NAME_TAG}` = '{cfg.name}' and tags.`{KIND_TAG}` = 'train' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
+                              max_results=1) if exp else []
+    if runs:
+        print(f"[model] no models:/{name}@{CHAMPION} registered; using the latest finished training run "
+              f"named {cfg.name!r}", flush=True)
+        return f"runs:/{runs[0].info.run_id}"
+    return f"models:/{name}@{CHAMPION}"  # reported as not found, by name
+
+
+def resolve_model(uri: str | None, cfg: Config) -> ResolvedModel:
+    """The checkpoint behind ``model.uri``: a checkpoint file (or a folder holding
+    ``checkpoint.pt``), ``runs:/<run_id>`` (that run's ``checkpoint`` artifact),
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; ``None``: ``default_model_uri``.
+    A model that cannot be found is a ``ConfigError`` naming it."""
+    if uri is None:
+        uri = default_model_uri(cfg)
+    if not uri.startswith(("models:/", "runs:/")):
+        path = Path(uri).expanduser()
+        path = path / ckpt.FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"model.uri {uri!r}: no checkpoint file there (expected a {ckpt.FILE} file or folder, "
+                              "runs:/<run_id>, models:/<name>@<alias> or models:/<name>/<version>)")
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return ResolvedModel(path.resolve(), uri, f"file:{path.resolve()}#sha256={sha}", None)
+    tracking = tracking_uri(cfg)
+    client = MlflowClient(tracking)
+    try:
+        if uri.startswith("models:/"):
+            ref = uri[len("models:/"):]
+            name, alias = ref.split("@", 1) if "@" in ref else (ref.rsplit("/", 1)[0], None)
+            mv = (client.get_model_version_by_alias(name, alias) if alias
+                  else client.get_model_version(name, ref.rsplit("/", 1)[1]))
+            folder, version, run_id = mv.source, f"models:/{name}/{mv.version}", mv.run_id
+        else:
+            run_id = uri[len("runs:/"):].strip("/").split("/")[0]
+            client.get_run(run_id)
+            folder, version = f"runs:/{run_id}/checkpoint", f"runs:/{run_id}"
+        local = Path(mlflow.artifacts.download_artifacts(folder, tracking_uri=tracking))
+    except MlflowException as e:
+        raise ConfigError(f"model.uri {uri!r} not found at {tracking}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # a malformed models:/ reference
+        raise ConfigError(f"model.uri {uri!r}: {e}") from None
+    checkpoint = local / ckpt.FILE if local.is_dir() else local
+    if not checkpoint.is_file():
+        raise ConfigError(f"model.uri {uri!r} has no {ckpt.FILE} (found {local})")
+    return ResolvedModel(checkpoint, uri, version, run_id)
+
+
+def load_model(cfg):
+    """The policy behind ``cfg.model.uri`` (``tracking.resolve_model``), and ``cfg`` with the
+    problem, policy and penalty of the config it was trained with (a policy is only
+    meaningful on its own problem). Returns (policy, config, checkpoint state, resolved)."""
+    resolved = resolve_model(cfg.model.uri, cfg)
+    policy, trained, state = ckpt.load_policy(resolved.checkpoint)
+    merged = copy.deepcopy(cfg)
+    merged.problem, merged.policy, merged.penalty = trained.problem, trained.policy, trained.penalty
+    return policy, merged, state, resolved

@@ -1,0 +1,300 @@
+"""MLflow adapter: one object owns tracking for a training job.
+
+Each job is one MLflow run, found again by its run name so that a resumed job continues
+the same run. The store defaults to a SQLite file in the project folder, always given as
+an absolute URI (Ray Tune and Ray workers change the working directory).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
+from pipeline.errors import TrackingUnavailable
+
+# MLflow's notes on creating a new SQLite store's tables are not the job's output
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+RUN_NAME_TAG = "sidbp.run_name"
+KIND_TAG = "sidbp.kind"            # train, evaluate, sweep, trial, favorita, benchmark, sipn
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+NOTE_TAG = "mlflow.note.content"   # the run's description in the MLflow UI
+# on every run (docs/mlflow.md): what a reviewer filters and groups by
+REVIEW_TAGS = ("problem", "instance", "policy_kind", "penalty_weights", "data_version", "git_commit")
+
+
+def git_commit() -> str:
+    """The project's commit (``-dirty`` with uncommitted changes to tracked files);
+    ``$SIDBP_GIT_COMMIT`` where the project was shipped without ``.git`` (a Ray job's
+    working directory, a container image); else ``unknown``."""
+    import subprocess
+
+    if os.environ.get("SIDBP_GIT_COMMIT"):
+        return os.environ["SIDBP_GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def review_tags(cfg: Config, kind: str, data: Path | None) -> dict[str, str]:
+    """The tags every run carries, and its description (``mlflow.note.content``)."""
+    from pipeline.data.parquet import data_version
+
+    lo, hi = cfg.data.lead_time_range
+    params = " ".join(f"{k}={v}" for k, v in sorted((cfg.problem.params or {}).items()))
+    instance = " ".join(x for x in (cfg.problem.name, f"L={lo}" if lo == hi else f"L={lo}-{hi}", params) if x)
+    policy = f"{cfg.policy.kind}[{','.join(str(h) for h in cfg.policy.hidden)}]"
+    version = data_version(data) if data is not None else "none"
+    source = (f"the data at {cfg.data.path}" if cfg.data.path
+              else f"{cfg.data.num_products} synthetic products x {cfg.data.periods} periods (seed {cfg.seed})")
+    commit = git_commit()
+    note = (f"**{kind}** run `{cfg.name}`: {cfg.policy.kind} policy (hidden {list(cfg.policy.hidden)}) on {instance}, "
+            f"{cfg.problem.objective} objective, structure-penalty weights {list(cfg.penalty.weights)}; "
+            f"{source}, data version `{version}`; {cfg.train.epochs} epochs on {cfg.train.num_workers} Ray Train "
+            f"worker(s){' with GPUs' if cfg.train.use_gpu else ''}; commit `{commit}`.")
+    return {KIND_TAG: kind, "problem": cfg.problem.name, "instance": instance, "policy_kind": policy,
+            "penalty_weights": str(list(cfg.penalty.weights)), "data_version": version, "git_commit": commit,
+            NOTE_TAG: note}
+
+
+def tracking_uri(cfg: Config) -> str:
+    if cfg.mlflow.tracking_uri:
+        uri = cfg.mlflow.tracking_uri
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    else:
+        uri = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_absolute():
+            uri = f"sqlite:///{(PROJECT_ROOT / path).resolve()}"
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP tracking server does not answer its health
+    check (MLflow's own client would retry for minutes), or a SQLite store's folder cannot
+    be written."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+                if answer.status == 200:
+                    return
+                reason = f"HTTP {answer.status}"
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({reason}); start it, or set "
+                                  "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to one that is")
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: the folder {folder} does not exist or cannot be written")
+
+
+class Tracker:
+    """Opens (or reopens) the run of a job and logs to it."""
+
+    def __init__(self, cfg: Config):
+        self.uri = tracking_uri(cfg)
+        check_reachable(self.uri)
+        self.client = MlflowClient(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:"):
+                location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(cfg.mlflow.experiment,
+                                                               artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.run_id: str | None = None
+        self.resumed = False
+
+    def start(self, cfg: Config, kind: str, data: Path | None = None, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None, resume: bool = True) -> str:
+        """Reuse the latest run with this run name, else create one; log the config.
+
+        ``kind``: what the job is (``KIND_TAG``); ``data``: the Parquet folder it reads (its
+        ``data_version`` tag); ``parent_run_id``: nest the run under that run (a sweep's trial
+        under the sweep) and reuse only a run nested there; ``tags``: extra tags;
+        ``resume=False``: always a new run. Every run gets ``review_tags``."""
+        query = f"tags.`{RUN_NAME_TAG}` = '{cfg.name}' and tags.`{KIND_TAG}` = '{kind}'"
+        if parent_run_id:
+            query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        found = self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                        max_results=1) if resume else []
+        extra = {**review_tags(cfg, kind, data), **{k: str(v) for k, v in (tags or {}).items()}}
+        if found:
+            self.run_id, self.resumed = found[0].info.run_id, True
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in extra.items()])
+        else:
+            run_tags = {RUN_NAME_TAG: cfg.name, **extra}
+            if parent_run_id:
+                run_tags[PARENT_TAG] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=cfg.name, tags=run_tags)
+            self.run_id = run.info.run_id
+            params = flatten(cfg)
+            items = list(params.items())
+            for i in range(0, len(items), 90):
+                for k, v in items[i:i + 90]:
+                    self.client.log_param(self.run_id, k, v[:6000])
+        self.log_text(to_yaml(cfg), "config.yaml")
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        log_metrics(self.client, self.run_id, metrics, step)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_table(self, table: pd.DataFrame, name: str) -> None:
+        """As a CSV artifact and as an MLflow table (shown in the run's Evaluation view)."""
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"{name}.csv"
+            table.to_csv(path, index=False)
+            self.log_artifact(path)
+        self.client.log_table(self.run_id, table, f"{name}.json")
+
+    def log_figure(self, fig, name: str) -> None:
+        self.client.log_figure(self.run_id, fig, name)
+
+    def send_buffered(self, pending: list[tuple[dict[str, float], int]]) -> None:
+        """Metrics a worker could not send during an outage (``EpochLogger.close``)."""
+        for metrics, step in pending:
+            self.log_metrics(metrics, step)
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    @contextmanager
+    def ending(self):
+        """Ends the run FINISHED after the block, or FAILED (the error as tag ``sidbp.error``)
+        when it raises."""
+        try:
+            yield
+        except BaseException as e:
+            self.client.set_tag(self.run_id, "sidbp.error", f"{type(e).__name__}: {e}"[:5000])
+            self.finish("FAILED")
+            raise
+        self.finish()
+
+    def footer(self, cfg: Config, results: Path, started: float) -> str:
+        """The last lines a job prints: where its results and its MLflow run are."""
+        import time
+
+        return (f"\nResults:    {results}\nMLflow run: {self.run_id} in experiment '{cfg.mlflow.experiment}' at "
+                f"{self.uri}\n            open with `make ui`, then http://127.0.0.1:5000/{self.run_url()}\n"
+                f"Wall time:  {time.time() - started:.0f}s")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def run_url(self) -> str:
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int | None) -> None:
+    import time
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    for i in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[i:i + 500])
+
+
+class EpochLogger:
+    """What a Ray Train worker (rank 0) uses to log per-epoch metrics to the job's run.
+
+    Training never waits on the tracking server: each call tries once, quickly
+    (``QUICK``: one retry, a 10 s timeout, instead of MLflow's minutes of retries); when the
+    server cannot be reached the epoch's metrics are kept and sent, in order, by the first
+    call that reaches it again, which also records the gap (tag ``sidbp.tracking_gap`` and
+    metric ``tracking/buffered_epochs``). The buffer is also kept in the file ``spool``, so
+    that it survives the worker: a restarted worker sends it first, and whatever is left
+    when training ends the driver sends (``Tracker.send_buffered``)."""
+
+    QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+    def __init__(self, uri: str, run_id: str, spool: Path | None = None):
+        import json
+
+        self.client, self.run_id, self.spool = MlflowClient(uri), run_id, spool
+        self.pending: list[tuple[dict[str, float], int]] = []
+        if spool is not None and spool.exists():  # left by a worker that died during an outage
+            self.pending = [(m, step) for m, step in json.loads(spool.read_text())]
+        self.down_since: float | None = None
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.pending.append((dict(metrics), step))
+        self._send()
+
+    def close(self) -> list[tuple[dict[str, float], int]]:
+        self._send()
+        return self.pending
+
+    def _keep(self) -> None:
+        import json
+
+        if self.spool is None:
+            return
+        if not self.pending:
+            self.spool.unlink(missing_ok=True)
+            return
+        tmp = self.spool.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.pending))
+        os.replace(tmp, self.spool)
+
+    def _send(self) -> None:
+        import time
+
+        saved = {k: os.environ.get(k) for k in self.QUICK}
+        os.environ.update(self.QUICK)
+        try:
+            while self.pending:
+                metrics, step = self.pending[0]
+                log_metrics(self.client, self.run_id, metrics, step)
+                self.pending.pop(0)
+            if self.down_since is not None:
+                gap = time.time() - self.down_since
+                self.client.set_tag(self.run_id, "sidbp.tracking_gap",
+                                    f"tracking server unreachable for {gap:.0f}s; {self.buffered} epochs of metrics "
+                                    "were buffered and sent when it was back")
+                log_metrics(self.client, self.run_id, {"tracking/buffered_epochs": self.buffered}, step)
+                print(f"[mlflow] tracking server back after {gap:.0f}s; sent {self.buffered} buffered epochs",
+                      flush=True)
+                self.down_since = None
+        except Exception as e:  # the server is down or unreachable: keep the metrics, train on
+            if self.down_since is None:
+                self.down_since, self.buffered = time.time(), 0
+                print(f"[mlflow] tracking server unreachable ({type(e).__name__}); buffering metrics", flush=True)
+            self.buffered = len(self.pending)
+        finally:
+            self._keep()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

@@ -1,0 +1,481 @@
+"""Ray Tune adapter: a sweep over the structure-penalty weights and the learning rate.
+
+Each Tune trial is one Ray Train run (``pipeline.ray_train.fit`` with Tune's report
+callback) on the data the driver wrote once, with its own output folder
+(``<output_dir>/<name>/trials/<name>-trial-<k>``) and its own MLflow run, nested under the
+sweep's run. ASHA stops the trials that fall behind on the validation objective. At the
+end the driver settles every trial's MLflow status (a trial stopped by ASHA cannot do it
+itself), and logs to the sweep run the results table and the plot of validation cost
+against the out-of-distribution violation rate with the Pareto front.
+
+The pure helpers (search space, trial config, Pareto front, results table) come first;
+``run_sweep`` is the driver.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Config, ConfigError, from_yaml, required_periods, resolve_path, to_yaml
+from pipeline.core.penalty import penalty_properties
+from pipeline.reporting.progress import eta
+
+FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
+SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
+STATUS_TAG = "sidbp.trial_status"  # finished / stopped by ASHA / failed
+ERROR_TAG = "sidbp.error"          # a failed trial: the first line of its error
+DONE_FILE = "_SWEEP_DONE"          # in the sweep's folder once Tune has run every trial
+OOD, IN = "valid/out/violation_rate", "valid/in/violation_rate"
+
+# Trial numbers that raise on purpose once their MLflow run is open (tests: the sweep
+# reports a failed trial and goes on). Read by the driver and handed to the trials.
+FAIL_TRIALS: frozenset[int] = frozenset()
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def objective(cfg: Config) -> tuple[str, str]:
+    """The validation metric ASHA ranks trials by, and its mode."""
+    return ("valid/avg_reward", "max") if cfg.problem.objective == "reward" else ("valid/avg_cost", "min")
+
+
+def weight_keys(cfg: Config, n_properties: int) -> list[str]:
+    """The search-space keys of the penalty weights: one for all properties, or one each."""
+    return [f"weight_{i}" for i in range(n_properties)] if cfg.sweep.weights_per_property else ["weight"]
+
+
+def search_space(cfg: Config, n_properties: int) -> dict:
+    """Log-uniform learning rate and penalty weight(s)."""
+    from ray import tune
+
+    s = cfg.sweep
+    space = {"lr": tune.loguniform(*s.lr_range)}
+    space.update({k: tune.loguniform(*s.weight_range) for k in weight_keys(cfg, n_properties)})
+    return space
+
+
+def trial_weights(params: dict) -> list[float]:
+    """``penalty.weights`` of a trial from its sampled parameters."""
+    if "weight" in params:
+        return [float(params["weight"])]
+    keys = sorted((k for k in params if k.startswith("weight_")), key=lambda k: int(k.split("_")[1]))
+    return [float(params[k]) for k in keys]
+
+
+def trial_number(trial_id: str) -> int:
+    """Tune numbers a sweep's trials in its ids: ``"3f2a1_00004"`` is trial 4."""
+    return int(trial_id.rsplit("_", 1)[-1])
+
+
+def trial_name(sweep: str, k: int) -> str:
+    return f"{sweep}-trial-{k}"
+
+
+def trial_config(base: Config, name: str, params: dict) -> Config:
+    """The sweep's config with one trial's run name, learning rate and penalty weights."""
+    cfg = copy.deepcopy(base)
+    cfg.name = name
+    cfg.train.lr = float(params["lr"])
+    cfg.penalty.weights = trial_weights(params)
+    return cfg
+
+
+def pareto_front(xs, ys) -> list[bool]:
+    """Which points (x, y) no other point dominates, both lower-is-better: a point is
+    dominated by one at least as good in both and better in one. NaN points are never on
+    the front; equal points are both on it."""
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys)]
+    ok = [not (math.isnan(x) or math.isnan(y)) for x, y in pts]
+    front = []
+    for i, (x, y) in enumerate(pts):
+        front.append(ok[i] and not any(ok[j] and x2 <= x and y2 <= y and (x2 < x or y2 < y)
+                                       for j, (x2, y2) in enumerate(pts) if j != i))
+    return front
+
+
+def error_summary(error: BaseException | None) -> str:
+    """The first line of the error that made a trial fail, past Ray's wrappers (a remote
+    task's error, Ray Train's worker-group error)."""
+    if error is None:
+        return ""
+    seen, exc = set(), error
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = None
+        failures = getattr(exc, "worker_failures", None)  # ray.train.WorkerGroupError
+        if isinstance(failures, dict) and failures:
+            inner = next(iter(failures.values()))
+        elif isinstance(getattr(exc, "cause", None), BaseException):  # RayTaskError
+            inner = exc.cause
+        elif exc.__cause__ is not None:
+            inner = exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def trial_status(error: str, epochs_run: int, epochs: int) -> str:
+    if error:
+        return FAILED
+    return FINISHED if epochs_run >= epochs else STOPPED
+
+
+def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -> pd.DataFrame:
+    """One row per trial, in trial order. ``records``: per trial ``trial``, ``params``,
+    ``metrics`` (its last report to Tune; empty if none), ``error`` (first line, or ""),
+    ``run_id``. ``epochs`` counts the epochs done at the trial's last report to Tune (a trial
+    stopped by ASHA may have logged one more to MLflow before its actor was ended), and the
+    metrics are that report's.
+    Only finished trials are candidates for the Pareto front: a trial stopped by ASHA was
+    measured after fewer epochs, and a failed one not at all."""
+    metric, mode = objective(cfg)
+    value_col = metric.replace("/", "_")
+    rows = []
+    for r in records:
+        m = r["metrics"] or {}
+        # the epoch of the last report (a resumed trial reports to Tune only the epochs after its checkpoint)
+        epochs_run = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
+        weights = trial_weights(r["params"])
+        row = {"trial": r["trial"], "status": trial_status(r["error"], epochs_run, cfg.train.epochs),
+               "epochs": epochs_run, "lr": float(r["params"]["lr"])}
+        row.update(dict(zip(weight_columns, weights)))
+        row[value_col] = float(m.get(metric, math.nan))
+        row["valid_out_violation_rate"] = float(m.get(OOD, math.nan))
+        row["valid_in_violation_rate"] = float(m.get(IN, math.nan))
+        row["run_id"] = r.get("run_id") or ""
+        row["error"] = r["error"]
+        rows.append(row)
+    columns = ["trial", "status", "epochs", "lr", *weight_columns, value_col, "valid_out_violation_rate",
+               "valid_in_violation_rate", "on_front", "run_id", "error"]
+    table = pd.DataFrame(rows, columns=[c for c in columns if c != "on_front"])
+    if len(table):
+        table = table.iloc[sorted(range(len(table)), key=lambda i: _trial_sort_key(table.trial.iloc[i]))]
+        table = table.reset_index(drop=True)
+    eligible = table.status == FINISHED
+    sign = -1.0 if mode == "max" else 1.0
+    xs = [sign * v if ok else math.nan for v, ok in zip(table[value_col], eligible)]
+    ys = [v if ok else math.nan for v, ok in zip(table["valid_out_violation_rate"], eligible)]
+    table.insert(columns.index("on_front"), "on_front", pareto_front(xs, ys))
+    return table
+
+
+def champion_trial(table: pd.DataFrame, value_col: str, mode: str) -> pd.Series | None:
+    """The finished trial with the best validation objective (``None`` if none finished)."""
+    done = table[(table.status == FINISHED) & table[value_col].notna()]
+    if done.empty:
+        return None
+    return done.loc[done[value_col].idxmax() if mode == "max" else done[value_col].idxmin()]
+
+
+def _trial_sort_key(name: str):
+    tail = str(name).rsplit("-", 1)[-1]
+    return (0, int(tail), "") if tail.isdigit() else (1, 0, str(name))
+
+
+def format_results(table: pd.DataFrame) -> str:
+    shown = table.assign(run_id=table.run_id.str[:12])
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def local_cpus(cfg: Config) -> int:
+    """Logical CPUs for a local Ray: enough for every concurrent trial's Ray Train run."""
+    from pipeline.adapters.ray_session import local_cpus as per_runs
+
+    return per_runs(cfg, min(cfg.sweep.max_concurrent_trials, cfg.sweep.num_samples))
+
+
+# ---------------------------------------------------------------- one trial (in a Tune actor)
+
+def run_trial(params: dict, ctx: dict) -> None:
+    """A Tune trial: this trial's config, its MLflow run under the sweep's, one Ray Train
+    run reporting every epoch to Tune. Marks its run FINISHED or FAILED; a trial stopped by
+    ASHA is killed first, and the driver marks its run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.adapters.ray_train import fit
+    from pipeline.adapters.ray_session import quiet_ray_logs
+    from pipeline.adapters.tracking import Tracker
+
+    quiet_ray_logs()
+    base = from_yaml(ctx["config"])
+    name = tune.get_context().get_trial_name()
+    k = int(name.rsplit("-", 1)[-1])
+    cfg = trial_config(base, name, params)
+    run_dir = Path(ctx["trials_dir"]) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    tracker = Tracker(cfg)
+    run_id = tracker.start(cfg, kind="trial", data=Path(ctx["splits"]["train"]).parent,
+                           parent_run_id=ctx["parent_run_id"], tags={SWEEP_TAG: base.name, "sidbp.trial": k})
+    try:
+        if k in ctx["fail_trials"]:
+            raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
+        splits = {s: Path(p) for s, p in ctx["splits"].items()}
+        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, run_id, ctx["state_width"],
+                                  callbacks=[TuneReportCallback()]))
+    except BaseException as e:
+        if len(tracker.metric_history("valid/avg_cost")) >= cfg.train.epochs:
+            # ended while tearing down after its last epoch was logged (Tune ends a trial at
+            # max_t as soon as it reports it): the trial finished; marking it failed here
+            # would race the driver's final marks (settle_runs)
+            tracker.client.set_tag(run_id, STATUS_TAG, FINISHED)
+            tracker.finish()
+            raise
+        tracker.client.set_tag(run_id, STATUS_TAG, FAILED)
+        tracker.client.set_tag(run_id, ERROR_TAG, error_summary(e)[:5000])
+        tracker.finish("FAILED")
+        raise
+    tracker.client.set_tag(run_id, STATUS_TAG, FINISHED)
+    tracker.finish()
+
+
+# ---------------------------------------------------------------- the driver
+
+def _progress_callback(cfg: Config, started: float, weight_columns: list[str], uri: str, experiment_id: str,
+                       parent_run_id: str):
+    import pickle
+
+    from ray import cloudpickle, tune
+
+    metric, _ = objective(cfg)
+    label = metric.split("/")[-1].replace("avg_", "")
+
+    def describe(m: dict) -> str:
+        return (f"valid {label} {m.get(metric, math.nan):.4f}  OOD violation rate {m.get(OOD, math.nan):.3f}  "
+                f"in-distribution {m.get(IN, math.nan):.3f}")
+
+    class Progress(tune.Callback):
+        """Prints each trial's start, epochs and end (i of N, metrics, time elapsed)."""
+
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            w = "  ".join(f"{c} {v:.4g}" for c, v in zip(weight_columns, trial_weights(trial.config)))
+            print(f"[sweep] {trial} started: lr {trial.config['lr']:.4g}  {w}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            print(f"[sweep] {trial} epoch {result.get('training_iteration')}/{cfg.train.epochs}: "
+                  f"{describe(result)}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            m = trial.last_result or {}
+            epochs = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
+            status = trial_status("", epochs, cfg.train.epochs)
+            print(f"[sweep] trial {self.done}/{cfg.sweep.num_samples} done: {trial} {status} after "
+                  f"{epochs} epochs  {describe(m)}  {eta(self.done, cfg.sweep.num_samples, started, 'trials')}",
+                  flush=True)
+            if status == STOPPED:  # its actor is being ended: mark its run now (settle_runs checks again)
+                self.mark_killed(str(trial))
+
+        def mark_killed(self, name: str):
+            from mlflow.tracking import MlflowClient
+
+            from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG
+
+            client = MlflowClient(uri)  # made here: a callback is pickled with the Tuner's state
+            for run in client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                          f"tags.`{RUN_NAME_TAG}` = '{name}'"):
+                client.set_tag(run.info.run_id, STATUS_TAG, STOPPED)
+                client.set_terminated(run.info.run_id, status="KILLED")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            error = "(see the results table)"
+            path = trial.pickled_error_file  # Tune has just written it to the trial's local folder
+            if path and Path(path).exists():
+                try:
+                    with open(path, "rb") as f:
+                        error = error_summary(cloudpickle.load(f))
+                except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as e:
+                    error = f"(error not readable here: {type(e).__name__}; see the results table)"
+            print(f"[sweep] trial {self.done}/{cfg.sweep.num_samples} done: {trial} FAILED: {error}  "
+                  f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}", flush=True)
+
+    return Progress()
+
+
+@dataclass
+class SweepOutcome:
+    table: pd.DataFrame
+    run_id: str
+    tracker: object
+    sweep_dir: Path
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return bool((self.table.status != FAILED).any())
+
+
+def run_sweep(cfg: Config) -> SweepOutcome:
+    """Write the data once, open the sweep's MLflow run, run the Tune sweep on Ray, settle
+    the trials' MLflow runs, log the results table and the Pareto plot."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipeline.data.synthetic import materialize
+    from pipeline.reporting.plots import pareto_plot
+    from pipeline.core.problems import get_problem
+    from pipeline.adapters.ray_session import init_ray
+    from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker, tracking_uri
+
+    started = time.time()
+    if cfg.train.num_workers < 1:
+        raise ConfigError("train.num_workers must be >= 1 in a sweep (Ray Train's in-process mode, "
+                          f"num_workers=0, reports nothing to Tune), got {cfg.train.num_workers}")
+    s = cfg.sweep
+    cfg = copy.deepcopy(cfg)
+    cfg.mlflow.tracking_uri = tracking_uri(cfg)  # absolute: trials run elsewhere
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
+    width = problem.state_width(cfg.data.lead_time_range[1])
+    props = penalty_properties(problem, width, list(cfg.penalty.properties))
+    keys = weight_keys(cfg, len(props))
+    weight_columns = ["weight"] if keys == ["weight"] else [f"weight/{p.slug}" for p in props]
+    metric, mode = objective(cfg)
+    grace = min(s.grace_period, cfg.train.epochs)
+
+    out_dir = resolve_path(cfg.output_dir)
+    sweep_dir = out_dir / cfg.name
+    # an interrupted sweep (its driver died) is resumed: its finished trials kept, the
+    # unfinished ones continued from their checkpoints; a finished one is run again afresh
+    done = sweep_dir / DONE_FILE
+    restore = not done.exists() and (sweep_dir / "tune").exists() and tune.Tuner.can_restore(str(sweep_dir / "tune"))
+    if not restore:
+        for stale in ("trials", "tune", DONE_FILE):
+            if (sweep_dir / stale).exists():
+                print(f"[sweep] removing the previous sweep's {sweep_dir / stale}", flush=True)
+                shutil.rmtree(sweep_dir / stale) if (sweep_dir / stale).is_dir() else (sweep_dir / stale).unlink()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
+    print("[data] preparing product histories ...", flush=True)
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
+    print(f"[data] {splits['train'].parent}", flush=True)
+
+    run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)
+    print(f"[mlflow] sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
+    if restore:
+        print(f"[sweep] resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
+              "unfinished ones continue from their last checkpoints", flush=True)
+    with tracker.ending():
+        init_ray(cfg, num_cpus=local_cpus(cfg))
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < local_cpus(cfg):
+            print(f"[sweep] note: Ray has {cpus:g} CPUs; {local_cpus(cfg)} would run "
+                  f"{s.max_concurrent_trials} trials at once with CPUs to spare for Ray Data", flush=True)
+        print(f"[sweep] {s.num_samples} trials, {s.max_concurrent_trials} at a time, ASHA on {metric} ({mode}), "
+              f"grace {grace} of {cfg.train.epochs} epochs, reduction factor {s.reduction_factor}; "
+              f"lr in {list(s.lr_range)}, {' '.join(weight_columns)} in {list(s.weight_range)} (log-uniform)",
+              flush=True)
+        ctx = {"config": to_yaml(cfg), "splits": {k: str(v) for k, v in splits.items()},
+               "trials_dir": str(sweep_dir / "trials"), "parent_run_id": run_id, "state_width": width,
+               "fail_trials": set(FAIL_TRIALS)}
+        # the trial itself only waits on its Ray Train run: a token share of a CPU (Tune
+        # refuses none), so the logical CPUs go to the workers and Ray Data
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
+        name = cfg.name
+        if restore:
+            tuner = tune.Tuner.restore(str(sweep_dir / "tune"), trainable, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(cfg, len(props)),
+                tune_config=tune.TuneConfig(
+                    # a trial at its last epoch ends by itself: ASHA stopping it there would only
+                    # kill its Ray Train run as it shuts down
+                    scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
+                                            max_t=cfg.train.epochs, grace_period=grace,
+                                            reduction_factor=s.reduction_factor, stop_last_trials=False),
+                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                    trial_name_creator=lambda t: trial_name(name, trial_number(t.trial_id)),
+                    trial_dirname_creator=lambda t: trial_name(name, trial_number(t.trial_id))),
+                run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=[_progress_callback(cfg, started, weight_columns, tracker.uri,
+                                                                       tracker.experiment_id, run_id)]),
+            )
+        grid = tuner.fit()
+        done.touch()
+
+        children = {r.data.tags.get(RUN_NAME_TAG): r for r in tracker.client.search_runs(
+            [tracker.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=10000)}
+        records = []
+        for result in grid:
+            trial = Path(result.path).name
+            child = children.get(trial)
+            records.append({"trial": trial, "params": result.config, "metrics": result.metrics or {},
+                            "error": error_summary(result.error), "run_id": child.info.run_id if child else ""})
+        table = results_table(records, cfg, weight_columns)
+        settle_runs(tracker.client, table, children)
+
+        value_col = metric.replace("/", "_")
+        tracker.log_table(table, "sweep_results")
+        fig = pareto_plot(table, value_col, "valid_out_violation_rate", f"validation {metric.split('/')[-1]}",
+                          "out-of-distribution violation rate", higher_x_better=mode == "max")
+        fig.savefig(sweep_dir / "pareto.png", dpi=110)
+        tracker.log_figure(fig, "plots/pareto.png")
+        table.to_csv(sweep_dir / "sweep_results.csv", index=False)
+        counts = table.status.value_counts()
+        summary = {"sweep/trials_finished": counts.get(FINISHED, 0), "sweep/trials_stopped": counts.get(STOPPED, 0),
+                   "sweep/trials_failed": counts.get(FAILED, 0), "sweep/trials_on_front": int(table.on_front.sum()),
+                   "wall_seconds": time.time() - started}
+        best = champion_trial(table, value_col, mode)
+        if best is not None:
+            summary[f"sweep/best_{value_col}"] = best[value_col]
+            register_best(cfg, tracker, best, value_col, sweep_dir, run_id)
+        tracker.log_metrics(summary)
+    return SweepOutcome(table, run_id, tracker, sweep_dir, time.time() - started)
+
+
+def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_dir: Path, sweep_run_id: str) -> None:
+    """Log the best trial's best checkpoint to its run and register it as a new version of
+    the registered model, with the alias ``champion``; tag the sweep's run with it."""
+    from pipeline.adapters.checkpoint import FILE
+    from pipeline.adapters.registry import register_champion, registered_model_name
+
+    path = sweep_dir / "trials" / best.trial / "checkpoints" / "best" / FILE
+    if not best.run_id or not path.exists():
+        print(f"[mlflow] no champion registered: {best.trial} has no run or no {path}", flush=True)
+        return
+    tracker.client.log_artifact(best.run_id, str(path), "checkpoint")
+    name = registered_model_name(cfg)
+    version = register_champion(
+        tracker.client, name, best.run_id,
+        description=f"Best finished trial {best.trial} of sweep {cfg.name}: {value_col} {best[value_col]:.4f}, "
+                    f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.",
+        tags={"sweep": cfg.name, "trial": best.trial, value_col: best[value_col], "sweep_run_id": sweep_run_id})
+    tracker.client.set_tag(sweep_run_id, "champion", f"models:/{name}/{version}")
+    print(f"[mlflow] registered {best.trial} as models:/{name}/{version}, alias @champion", flush=True)
+
+
+def settle_runs(client, table: pd.DataFrame, children: dict) -> None:
+    """Every trial's MLflow run ends in a final status: FINISHED, FAILED, or KILLED for a
+    trial ASHA stopped (its actor is ended mid-run and cannot mark it), with the trial's
+    status (and error) as tags."""
+    final = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
+    for row in table.itertuples():
+        run = children.get(row.trial)
+        if run is None:
+            continue
+        client.set_tag(run.info.run_id, STATUS_TAG, row.status)
+        current = client.get_run(run.info.run_id)
+        if row.error:
+            client.set_tag(run.info.run_id, ERROR_TAG, row.error[:5000])
+        elif ERROR_TAG in current.data.tags:  # a stopped trial whose Train run failed as it was ended
+            client.delete_tag(run.info.run_id, ERROR_TAG)
+        if current.info.status != final[row.status]:
+            client.set_terminated(run.info.run_id, status=final[row.status])

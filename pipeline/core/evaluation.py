@@ -1,0 +1,96 @@
+"""Evaluate policies on the same demand paths and tabulate them against the omniscient one."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from pipeline.core.batch import ProductBatch
+from pipeline.core.rollout import rollout
+from pipeline.core.baselines import baseline_policies
+from pipeline.core.penalty import penalty_properties, structure_metrics
+
+STRUCTURE_PERIODS = 10  # decision periods whose states the violation metrics examine
+
+REFERENCES = ("dp", "omniscient")  # the gap is taken to the first one present
+
+
+@torch.no_grad()
+def policy_metrics(problem, policy, batch: ProductBatch, start: int, horizon: int, warmup: int,
+                   width: int, round_actions: bool, initial_state=None) -> dict[str, float]:
+    """Population metrics per period after the warm-up (sums over products, so the
+    average cost is total cost / product-periods)."""
+    traj = rollout(problem, policy, batch, start, horizon, width, round_actions=round_actions,
+                   initial_state=initial_state)
+    w = slice(warmup, None)
+    cost = traj.cost[:, w]
+    revenue = batch.price[:, None] * traj.sales[:, w]
+    periods = cost.numel()
+    return {
+        "avg_cost": float(cost.sum() / periods),
+        "avg_reward": float((revenue - cost).sum() / periods),
+        "fill_rate": float(traj.sales[:, w].sum() / traj.demand[:, w].sum().clamp_min(1e-9)),
+        "avg_on_hand": float(traj.held[:, w].sum() / periods),
+        "avg_waste": float(traj.waste[:, w].sum() / periods),
+        **{f"avg_{name}": float(traj.actions[:, w, i].sum() / periods)
+           for i, name in enumerate(problem.actions)},
+    }
+
+
+def evaluation_table(problem, policies: dict, batch: ProductBatch, start: int, horizon: int,
+                     warmup: int, width: int, round_actions: bool, objective: str) -> pd.DataFrame:
+    """One row per policy; ``gap_pct`` is relative to the exact optimum (``dp``) where there
+    is one, else to the omniscient policy, in cost (or reward: a positive gap is worse in
+    both formulations)."""
+    rows = [{"policy": name, **policy_metrics(problem, pol, batch, start, horizon, warmup, width,
+                                              round_actions)}
+            for name, pol in policies.items()]
+    table = pd.DataFrame(rows)
+    present = [r for r in REFERENCES if r in set(table.policy)]
+    if present:
+        ref = table.set_index("policy").loc[present[0]]
+        if objective == "reward":
+            table["gap_pct"] = 100 * (ref.avg_reward - table.avg_reward) / abs(ref.avg_reward)
+        else:
+            table["gap_pct"] = 100 * (table.avg_cost - ref.avg_cost) / ref.avg_cost
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return table.to_string(index=False, float_format=lambda v: f"{v:,.4f}")
+
+
+def violation_summary(cfg, policy, problem, batch: ProductBatch, width: int, start: int | None = None,
+                      skip: int | None = None, initial_state=None) -> dict[str, float]:
+    """The structure metrics of ``pipeline.penalty.structure_metrics`` for the run's
+    properties (penalised or not) over ``STRUCTURE_PERIODS`` decision periods of a rollout
+    from ``start`` after its first ``skip`` periods: ``in/...`` and ``out/...``. By default
+    the first scored periods of the evaluation (from ``eval.start`` after ``eval.warmup``),
+    so that "in distribution" means the states the policy settles into, not the empty
+    start every rollout leaves."""
+    start = cfg.eval.start if start is None else start
+    skip = cfg.eval.warmup if skip is None else skip
+    periods = min(STRUCTURE_PERIODS, batch.periods - start - skip)
+    props = penalty_properties(problem, width, list(cfg.penalty.properties))
+    return structure_metrics(policy, problem, batch, start, periods, width, props, cfg.penalty.probe_widen,
+                             cfg.seed, skip=skip, initial_state=initial_state)
+
+
+def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, width: int):
+    """The learned policy and every configured baseline on the held-out test products,
+    same demand paths, integer orders where the problem is discrete; for the learned
+    policy also the share of states that violate a structural property, in the visited
+    states (``violation_rate_in``) and in probes outside them (``violation_rate_out``).
+    Returns the table, the baselines and the learned policy's violation metrics per
+    property (``violation_summary``)."""
+    e = cfg.eval
+    horizon = test.periods - e.start
+    baselines = baseline_policies(problem, train, test, width, e.start, horizon, e.warmup,
+                                  cfg.problem.objective, cfg.seed + 1, which=e.baselines,
+                                  sim_periods=e.omniscient_sim_periods)
+    policies = {"learned": policy, **baselines}
+    table = evaluation_table(problem, policies, test, e.start, horizon, e.warmup, width,
+                             e.round_actions and problem.discrete, cfg.problem.objective)
+    v = violation_summary(cfg, policy, problem, test, width)
+    for region in ("in", "out"):
+        table[f"violation_rate_{region}"] = table.policy.map({"learned": v[f"{region}/violation_rate"]})
+    return table, baselines, v

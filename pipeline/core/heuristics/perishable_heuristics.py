@@ -1,0 +1,186 @@
+"""Classical heuristics for perishable inventory (GUIDE 2.2), and the searches that find their
+parameters on exact long-run average costs.
+
+Conventions are those of ``pipeline/problems/perishable.py``: the state is
+``[pipeline_{L-1}, ..., pipeline_1, stock_age_0, ..., stock_age_{m-1}]`` (youngest first),
+an order placed now first serves demand L periods from now, orders are whole units in
+``0..max_order``. With ``IP`` the inventory position (all stock plus all orders in transit):
+
+- base-stock (BSP): order ``min((S - IP)^+, max_order)``.
+- waste-aware base-stock, BSP-low-EW (Haijema & Minner 2016, "Stock-level dependent
+  ordering of perishables: a comparison of hybrid base-stock and constant order policies",
+  IJPE 181; the teacher policy of De Moor et al. 2022). ``EW`` is the expected number of
+  units that expire in this period and the next ``L - 1`` ones, i.e. before an order placed
+  now arrives, if nothing more is ordered; it is computed exactly from the state and the
+  product's demand pmf (i.i.d. periods, the simulator's own issuing rule), by
+  ``expected_waste``. With the waste-adjusted position ``y = IP - EW`` and integer
+  parameters ``(S1, S2, b)``, ``b >= 1``, ``alpha = 1 - (S2 - S1) / b``:
+  order ``S1 - alpha y`` when ``y < b`` (a damped order-up-to for low stock) and
+  ``S2 - y`` otherwise, rounded to the nearest unit and clamped to ``0..max_order``. The
+  two pieces meet at ``y = b``; ``S1 = S2`` is plain order-up-to on ``y`` (BSP-EW).
+  De Moor et al.'s code applies the threshold and the slope to ``IP`` rather than ``y`` and
+  estimates EW by letting mean demand deplete the stock; here both use the exact ``y``.
+
+The heuristics take the demand pmf from each product's true law (like the omniscient
+baseline), so they run on any batch in the simulator and, through ``dp.policy_choice``,
+on the DP grid. ``best_base_stock`` and ``best_bsp_low_ew`` search their parameters over
+exact long-run average costs on the grid of ``Perishable.dp_space``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.core import dp
+from pipeline.core.batch import ProductBatch
+from pipeline.core.demand import trimmed_pmf, true_pmf
+from pipeline.core.heuristics.search import local_search
+from pipeline.core.problems.perishable import Perishable
+
+
+def product_pmf(batch: ProductBatch, eps: float = 1e-12) -> Tensor:
+    """Each product's true demand pmf [B, D] (float64), cut where every product's remaining
+    tail is below ``eps``, each row's tail added to its last value."""
+    return trimmed_pmf(true_pmf(batch), eps)
+
+
+def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: Tensor) -> Tensor:
+    """E[units that expire in periods t .. t + L - 1] if nothing more is ordered, for each
+    product's lead time L: the waste before an order placed now arrives [B]. Exact for
+    i.i.d. demand with pmf [B, D]: the last period is an expectation over its demand, every
+    earlier one a sum over its demand values."""
+    m = problem.shelf_life
+    transit = state.shape[1] - m
+    values = torch.arange(pmf.shape[1], dtype=state.dtype, device=state.device)
+    pmf = pmf.to(state.dtype)
+    horizon = int(lead_time.max())
+
+    def waste_from(period: int, pipeline: Tensor, stock: Tensor) -> Tensor:
+        """Expected waste in periods ``period .. L-1`` from this stock [B, m] and what is
+        still in transit [B, P'] (arrival order)."""
+        B, D = stock.shape[0], len(values)
+        left, _ = problem.issue(stock.repeat_interleave(D, dim=0), values.repeat(B))
+        now = (left[m - 1].reshape(B, D) * pmf).sum(dim=1) * (lead_time > period)
+        if period + 1 >= horizon:
+            return now
+        arriving = pipeline[:, 0] if pipeline.shape[1] else torch.zeros_like(now)
+        kept = [a.reshape(B, D) for a in left[: m - 1]]
+        later = torch.zeros_like(now)
+        for d in range(D):
+            nxt = torch.stack([arriving, *(a[:, d] for a in kept)], dim=1)
+            later = later + pmf[:, d] * waste_from(period + 1, pipeline[:, 1:], nxt)
+        return now + later
+
+    return waste_from(0, state[:, :transit].flip(1), state[:, transit:])
+
+
+# ------------------------------------------------------------------------------ policies
+
+
+def base_stock_order(position: Tensor, level: Tensor | float, max_order: int) -> Tensor:
+    return torch.clamp(level - position, min=0.0, max=float(max_order))
+
+
+def bsp_low_ew_order(position: Tensor, waste: Tensor, low_level, level, threshold, max_order: int) -> Tensor:
+    """BSP-low-EW's order from the inventory position and the expected waste (module doc)."""
+    y = position - waste
+    alpha = 1.0 - (level - low_level) / threshold
+    order = torch.where(y < threshold, low_level - alpha * y, level - y)
+    return torch.clamp(torch.round(order), min=0.0, max=float(max_order))
+
+
+@dataclass
+class PerishableBaseStock:
+    """Order up to ``level`` on the inventory position, at most ``problem.max_order``."""
+
+    problem: Perishable
+    level: float
+
+    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> None:
+        return None
+
+    def act(self, ctx, t: int, state: Tensor) -> Tensor:
+        return base_stock_order(self.problem.inventory_position(state), self.level,
+                                self.problem.max_order)[:, None]
+
+
+@dataclass
+class BspLowEw:
+    """BSP-low-EW (module doc): parameters ``low_level`` S1, ``level`` S2, ``threshold`` b."""
+
+    problem: Perishable
+    low_level: float
+    level: float
+    threshold: float
+
+    def __post_init__(self):
+        if not self.threshold > 0:
+            raise ValueError(f"BSP-low-EW: threshold must be > 0, got {self.threshold}")
+
+    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> tuple[Tensor, Tensor]:
+        return product_pmf(batch).to(batch.demand.device), batch.lead_time
+
+    def act(self, ctx: tuple[Tensor, Tensor], t: int, state: Tensor) -> Tensor:
+        pmf, lead_time = ctx
+        waste = expected_waste(self.problem, state, pmf, lead_time)
+        return bsp_low_ew_order(self.problem.inventory_position(state), waste, self.low_level,
+                                self.level, self.threshold, self.problem.max_order)[:, None]
+
+
+# ------------------------------------------------------------------------------ searches
+
+
+@dataclass
+class Instance:
+    """One product's exact DP: its transition table on ``Perishable.dp_space``, and the
+    inventory position and expected waste in every grid state (what the heuristics read)."""
+
+    problem: Perishable
+    product: ProductBatch
+    trans: dp.Transitions
+    position: Tensor  # [S]
+    waste: Tensor     # [S]
+
+    @classmethod
+    def of(cls, problem: Perishable, product: ProductBatch) -> Instance:
+        pmf = product_pmf(product)
+        space = problem.dp_space(product, float(product.true_mean[0]), 0.0)
+        trans = dp.transitions(problem, product, space, pmf[0])
+        states = space.states()
+        waste = expected_waste(problem, states, pmf.expand(len(states), -1), product.lead_time.expand(len(states)))
+        return cls(problem, product, trans, states.sum(dim=1), waste)
+
+    def average_cost(self, orders: Tensor) -> float:
+        """Exact long-run average cost of an order table [S] (whole units in 0..max_order):
+        the stationary law of the chain it induces times the expected period cost."""
+        choice = orders.round().long()  # the action set is 0..max_order, action k orders k
+        pi = dp.stationary(self.trans, choice)
+        return float(pi @ self.trans.cost.gather(1, choice[:, None])[:, 0])
+
+
+def best_base_stock(inst: Instance) -> tuple[tuple[int], float]:
+    """The base-stock level with the lowest exact long-run average cost, by local search from
+    L + 1 periods of mean demand."""
+    L, mean = int(inst.product.lead_time[0]), float(inst.product.true_mean[0])
+    top = inst.problem.max_order * (L - 1 + inst.problem.shelf_life)
+
+    def cost(p: tuple[int]) -> float:
+        return inst.average_cost(base_stock_order(inst.position, p[0], inst.problem.max_order))
+
+    return local_search(cost, (round(mean * (L + 1)),), lows=(0,), highs=(top,))
+
+
+def best_bsp_low_ew(inst: Instance, start: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int], float]:
+    """BSP-low-EW parameters (S1, S2, b) with the lowest exact long-run average cost, by local
+    search from the best base-stock level (S1 = S2 = S, b = S: order-up-to on IP - EW)."""
+    top = inst.problem.max_order * (int(inst.product.lead_time[0]) - 1 + inst.problem.shelf_life)
+    if start is None:
+        (level,), _ = best_base_stock(inst)
+        start = (level, level, max(1, level))
+
+    def cost(p: tuple[int, int, int]) -> float:
+        return inst.average_cost(bsp_low_ew_order(inst.position, inst.waste, *p, inst.problem.max_order))
+
+    return local_search(cost, start, lows=(0, 0, 1), highs=(top, top, top))

@@ -1,0 +1,105 @@
+"""What every problem shares: the step record and the lead-time routing of orders.
+
+A problem is a small dataclass (its fields are the population-level parameters, set from
+``problem.params`` in the config) with:
+
+- ``name``, ``actions`` (names of the action vector's entries), ``discrete``,
+  ``min_lead_time`` (a class constant, or a property when a parameter sets it);
+- ``state_width(max_lead_time)``, ``state_names(width)``, ``initial_state(batch, width)``;
+- ``setup(batch, width)``: per-rollout constants (computed once, passed to every step);
+- ``step(state, action [B, A], demand [B], batch, setup) -> Step``;
+- ``inventory_position(state)``: what a base-stock policy orders up to;
+- ``dp_space(product, mean, std)``: the finite state grid and action set of the exact DP;
+- ``claimed_properties(width)``: the structural properties GUIDE 2.5 claims (``pipeline.structure``);
+  optionally ``default_properties(width)``: the subset the exact DP confirmed, when not all
+  of them hold (what the structure penalty enforces by default).
+
+Per-product economics (holding, shortage, unit cost, price, lead time) come from the
+``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.core.batch import ProductBatch
+
+
+@dataclass
+class Step:
+    """What one period produced, per product [B]."""
+
+    next_state: Tensor
+    cost: Tensor   # every cost of the period (purchase, holding, shortage, waste, ...)
+    sales: Tensor  # units sold (revenue in the reward formulation is price * sales)
+    held: Tensor   # units held at the end of the period
+    lost: Tensor   # demand not served this period (lost, or backlogged)
+    waste: Tensor  # units that expired or were removed
+
+
+def lead_time_slots(lead_time: Tensor, width: int, dtype) -> Tensor:
+    """One-hot [B, width + 1] routing an order by its product's lead time: column 0
+    (L = 0) means at once, column j arrives in j periods."""
+    slots = torch.arange(width + 1, device=lead_time.device)
+    return (slots[None, :] == lead_time[:, None]).to(dtype)
+
+
+def shift_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> Tensor:
+    """Shift a pipeline [B, P] (entry j arrives in j + 1 periods) by one period and add this
+    period's order in its slot (``slots`` [B, P + 2] from ``lead_time_slots(lead_time, P + 1)``,
+    column 0 unused). Returns [B, P + 1]: column 0 arrives next period, the rest is the
+    pipeline then."""
+    return F.pad(pipeline, (0, 1)) + slots[:, 1:] * order[:, None]
+
+
+def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """``shift_pipeline`` split into (what arrives next period [B], the remaining pipeline [B, P])."""
+    shifted = shift_pipeline(pipeline, order, slots)
+    return shifted[:, 0], shifted[:, 1:]
+
+
+def check_lead_times(problem, batch: ProductBatch, width: int) -> None:
+    lo, hi = int(batch.lead_time.min()), int(batch.lead_time.max())
+    if lo < problem.min_lead_time or problem.state_width(hi) > width:
+        raise ValueError(f"{problem.name}: lead times {lo}..{hi} need lead_time >= "
+                         f"{problem.min_lead_time} and a state of width >= {problem.state_width(hi)}, "
+                         f"got width {width}")
+
+
+@dataclass
+class StateSpace:
+    """A finite grid of integer states (``lows[i] <= state[i] <= highs[i]``) and the
+    feasible action vectors ``actions`` [K, A]."""
+
+    lows: tuple[int, ...]
+    highs: tuple[int, ...]
+    actions: Tensor
+    actions_are_bounded: bool = False  # True: the largest actions are part of the problem (not a truncation)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(hi - lo + 1 for lo, hi in zip(self.lows, self.highs))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def states(self) -> Tensor:
+        """Every state [S, W] (float64), in row-major order of ``shape``."""
+        axes = [torch.arange(lo, hi + 1, dtype=torch.float64) for lo, hi in zip(self.lows, self.highs)]
+        return torch.cartesian_prod(*axes).reshape(-1, len(axes))
+
+    def index(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat index of each (rounded) state, clamped into the grid, and whether it was clamped."""
+        s = state.round().long()
+        lows = torch.tensor(self.lows, device=s.device)
+        highs = torch.tensor(self.highs, device=s.device)
+        inside = torch.clamp(s, lows, highs)
+        clamped = (inside != s).any(dim=-1)
+        strides = torch.tensor([math.prod(self.shape[i + 1:]) for i in range(len(self.shape))],
+                               device=s.device)
+        return ((inside - lows) * strides).sum(dim=-1), clamped

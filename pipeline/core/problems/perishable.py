@@ -1,0 +1,131 @@
+"""Perishable inventory with lead time L >= 1 (GUIDE 2.2, De Moor et al. 2022), batched over
+products.
+
+State at the start of a period, one row per product, read from the youngest units to the
+oldest: ``[pipeline_{W-m}, ..., pipeline_1, stock_age_0, ..., stock_age_{m-1}]`` where
+``pipeline_j`` is the order that arrives in ``j`` periods and ``stock_age_a`` the units on
+hand that arrived ``a`` periods ago (``stock_age_{m-1}`` expires at the end of this period
+if it is not sold). This is De Moor et al.'s layout. With ``W - m + 1`` the largest lead
+time in the batch, a product with a shorter lead time puts its order into the pipeline slot
+of its own lead time and the slots above stay empty.
+
+Each period: the order ``q`` goes into the pipeline; demand is served from the stock on
+hand, oldest first (FIFO) or freshest first (LIFO); what demand is left over is lost; the
+oldest units left after issuing expire (waste); the other leftovers are held. Cost
+``c q + p lost + w waste + h held``. Then the stock ages by one and the order placed
+``L - 1`` periods ago (this period's when ``L = 1``) arrives as the freshest stock.
+
+Every operation is a min/max/add of the inputs (a loop over the m ages, none over products),
+so integer inputs give integer trajectories and the cost is differentiable almost
+everywhere in the orders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from pipeline.core.batch import ProductBatch
+from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
+from pipeline.core.properties import Property
+
+ISSUING = ("fifo", "lifo")
+
+
+@dataclass
+class Perishable:
+    name: ClassVar[str] = "perishable"
+    actions: ClassVar[tuple[str, ...]] = ("order",)
+    discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
+    min_lead_time: ClassVar[int] = 1
+
+    shelf_life: int = 2       # m: periods a unit can be sold, counting the one it arrives in
+    issuing: str = "fifo"     # fifo: oldest units sold first; lifo: freshest first
+    waste_cost: float = 7.0   # w: cost per expired unit
+    max_order: int = 10       # orders 0..max_order in the exact DP and the heuristics
+
+    def __post_init__(self):
+        if int(self.shelf_life) != self.shelf_life or self.shelf_life < 1:
+            raise ValueError(f"perishable: shelf_life must be a whole number >= 1, got {self.shelf_life!r}")
+        if self.issuing not in ISSUING:
+            raise ValueError(f"perishable: issuing must be one of {', '.join(ISSUING)}, got {self.issuing!r}")
+        if not self.waste_cost >= 0:
+            raise ValueError(f"perishable: waste_cost must be >= 0, got {self.waste_cost!r}")
+        if int(self.max_order) != self.max_order or self.max_order < 1:
+            raise ValueError(f"perishable: max_order must be a whole number >= 1, got {self.max_order!r}")
+        self.shelf_life, self.max_order = int(self.shelf_life), int(self.max_order)
+        self.waste_cost = float(self.waste_cost)
+
+    def state_width(self, max_lead_time: int) -> int:
+        return max(1, int(max_lead_time)) - 1 + self.shelf_life
+
+    def state_names(self, width: int) -> list[str]:
+        transit = width - self.shelf_life
+        return ([f"pipeline_{transit - i}" for i in range(transit)]
+                + [f"stock_age_{a}" for a in range(self.shelf_life)])
+
+    def initial_state(self, batch: ProductBatch, width: int) -> Tensor:
+        return batch.demand.new_zeros(batch.size, width)
+
+    def setup(self, batch: ProductBatch, width: int) -> Tensor:
+        """The one-hot lead-time slot of every product's order [B, W - m + 2]."""
+        check_lead_times(self, batch, width)
+        return lead_time_slots(batch.lead_time, width - self.shelf_life + 1, batch.demand.dtype)
+
+    def issue(self, stock: Tensor, demand: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Serve ``demand`` [B] from ``stock`` [B, m] (ages 0..m-1) by the issuing rule:
+        (what is left of each age, the demand left unserved)."""
+        m = self.shelf_life
+        left: list = [None] * m
+        wanted = demand
+        for age in (range(m - 1, -1, -1) if self.issuing == "fifo" else range(m)):
+            left[age] = torch.relu(stock[:, age] - wanted)
+            wanted = torch.relu(wanted - stock[:, age])
+        return left, wanted
+
+    def step(self, state: Tensor, action: Tensor, demand: Tensor, batch: ProductBatch,
+             slots: Tensor) -> Step:
+        m = self.shelf_life
+        transit = state.shape[1] - m
+        order = action[:, 0]
+        left, lost = self.issue(state[:, transit:], demand)
+        waste = left[m - 1]
+        held = sum(left[: m - 1], torch.zeros_like(waste))
+        cost = (batch.unit_cost * order + batch.shortage_cost * lost + self.waste_cost * waste
+                + batch.holding_cost * held)
+        arriving, pipeline = advance_pipeline(state[:, :transit].flip(1), order, slots)
+        next_state = torch.stack([*pipeline.flip(1).unbind(1), arriving, *left[: m - 1]], dim=1)
+        return Step(next_state, cost, demand - lost, held, lost, waste)
+
+    def inventory_position(self, state: Tensor) -> Tensor:
+        """Stock of every age plus every order in transit."""
+        return state.sum(dim=1)
+
+    def dp_space(self, product: ProductBatch, mean: float, std: float):
+        """Every coordinate in 0..max_order (each age class and pipeline entry comes from one
+        order, so the grid is exact), orders 0..max_order."""
+        width = self.state_width(int(product.lead_time[0]))
+        return StateSpace(lows=(0,) * width, highs=(self.max_order,) * width,
+                          actions=torch.arange(self.max_order + 1, dtype=torch.float64)[:, None],
+                          actions_are_bounded=True)
+
+    def claimed_properties(self, width: int):
+        """GUIDE 2.5: the order is non-increasing in every state entry with slope at least -1,
+        and more sensitive to younger units: along the state (youngest first)
+        dq/dy_0 <= dq/dy_1 <= ... <= dq/dy_{W-1}, i.e. an order in transit weighs at least
+        as much as fresh stock, fresh stock at least as much as older stock."""
+        names = self.state_names(width)
+        props = [Property("order", c, lo=-1.0, hi=0.0) for c in names]
+        props += [Property("order", names[j], other=names[j + 1]) for j in range(width - 1)]
+        return props
+
+    def default_properties(self, width: int):
+        """What the structure penalty enforces by default: the claims the exact DP confirmed
+        (docs/structure.md). Under LIFO with m >= 3 only the slope <= 0 holds everywhere; the
+        slope bound -1 and the orderings fail in some visited states."""
+        props = self.claimed_properties(width)
+        if self.issuing == "lifo" and self.shelf_life >= 3:
+            props = [Property(p.action, p.coord, hi=0.0) for p in props if p.other is None]
+        return props

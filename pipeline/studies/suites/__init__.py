@@ -1,0 +1,106 @@
+"""Benchmark suites: every policy of a suite on each instance, against the exact optimum.
+
+Rows have the columns ``suite, problem, instance, policy, avg_cost, gap_pct``; ``instance``
+is ``key=value`` pairs joined by ``;`` in the suite's key order, ``policy`` ``dp`` is the
+exact optimum and ``gap_pct`` is relative to it. A suite is a list of instances and a
+function giving each policy's long-run average cost on one instance; each suite lives in
+its own module here and is registered in ``SUITES``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from pipeline.core import dp
+from pipeline.studies.suites import (
+    dual_sourcing_suite as dual_sourcing,
+    lost_sales_suite as lost_sales,
+    perishable_suite as perishable,
+    removal_suite as removal,
+)
+from pipeline.reporting.progress import eta
+from pipeline.studies.suites.instances import instance_key
+
+COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    problem: str
+    policies: tuple[str, ...]
+    instances: tuple[dict, ...]
+    evaluate: Callable[..., dict[str, float]]  # evaluate(instance, policies) -> {policy: avg_cost}
+    notes: str = ""  # what the suite reproduces, for the report
+    dp_instance: Callable | None = None  # instance -> structure.DPInstance (the exact DP's inputs)
+
+
+SUITES = {s.name: s for s in (
+    Suite("lost_sales", "lost_sales", lost_sales.POLICIES, lost_sales.GRID, lost_sales.evaluate,
+          lost_sales.NOTES, lost_sales.dp_instance),
+    Suite("perishable", "perishable", perishable.POLICIES, perishable.GRID, perishable.evaluate,
+          perishable.NOTES, perishable.dp_instance),
+    Suite("dual_sourcing", "dual_sourcing", dual_sourcing.POLICIES, dual_sourcing.GRID,
+          dual_sourcing.evaluate, dual_sourcing.NOTES, dual_sourcing.dp_instance),
+    Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES,
+          removal.dp_instance),
+)}
+
+
+def selected(name: str) -> list[str]:
+    """The suites a job runs: one by name, or every one for ``all``."""
+    return list(SUITES) if name == "all" else [name]
+
+
+def report_sections(results: Path, prefix: str, render: Callable[[pd.DataFrame, str], str], job: str) -> str:
+    """A report from every suite's ``<results>/<prefix><suite>.csv``, in registry order, each
+    section rendered with the command that regenerates it."""
+    paths = [results / f"{prefix}{name}.csv" for name in SUITES]
+    return "\n".join(render(pd.read_csv(p), f"python -m jobs.{job} suite={p.stem[len(prefix):]}")
+                     for p in paths if p.exists())
+
+
+def run_suite(name: str, policies=(), instances=None,
+              progress: Callable[[str], None] = lambda line: None) -> pd.DataFrame:
+    """Every policy (all of the suite's when ``policies`` is empty) on every instance."""
+    if name not in SUITES:
+        raise ValueError(f"unknown benchmark suite {name!r}; known: {', '.join(SUITES)}")
+    suite = SUITES[name]
+    policies = tuple(policies) or suite.policies
+    unknown = sorted(set(policies) - set(suite.policies))
+    if unknown:
+        raise ValueError(f"suite {name} has no policies {unknown}; known: {', '.join(suite.policies)}")
+    instances = list(instances or suite.instances)
+    rows, started = [], time.time()
+    for i, inst in enumerate(instances):
+        with dp.one_thread():  # many small tensor ops: one thread beats two competing ones
+            costs = suite.evaluate(inst, policies)
+        ref = costs.get("dp")
+        for policy, value in costs.items():
+            gap = 100 * (value - ref) / ref if ref else float("nan")
+            rows.append([name, suite.problem, instance_key(inst), policy, value, gap])
+        progress(f"[benchmark {name}] {i + 1}/{len(instances)} {instance_key(inst)}: "
+                 + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
+                 + f"  ({eta(i + 1, len(instances), started, 'instances')})")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def markdown(table: pd.DataFrame, command: str) -> str:
+    """Instances as rows, policies as columns (cost and gap to dp)."""
+    name = table.suite.iloc[0]
+    notes = SUITES[name].notes if name in SUITES else ""
+    lines = [f"## {name}", "", *( [notes, ""] if notes else []), f"Command: `{command}`", ""]
+    policies = list(dict.fromkeys(table.policy))
+    lines.append("| instance | " + " | ".join(policies) + " |")
+    lines.append("|---|" + "---|" * len(policies))
+    for inst, group in table.groupby("instance", sort=False):
+        cells = group.set_index("policy")
+        lines.append(f"| {inst} | " + " | ".join(
+            (f"{cells.avg_cost[p]:.4f}" + ("" if p == "dp" or pd.isna(cells.gap_pct[p])
+                                           else f" ({cells.gap_pct[p]:+.2f}%)")) if p in cells.index else ""
+            for p in policies) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,74 @@
+"""Dual sourcing (GUIDE 2.3): the Veeraraghavan & Scheller-Wolf (2008) family, demand uniform
+on {0..4}, h = 5, b = 495, l_e = 0, c_r = 0, l_r in {2, 3, 4}, c_e in {5, 10, 20}. Every
+cost is exact (no simulation noise): ``dp`` by relative value iteration on the problem's
+DP grid, each heuristic by exact evaluation of its order table on the same grid, with its
+parameters chosen by a local search over those exact costs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core import dp
+from pipeline.core.demand import true_pmf
+from pipeline.core.batch import ProductBatch, batch_from_columns
+from pipeline.core.heuristics.dual_sourcing_heuristics import (
+    exact_cost,
+    search_capped_dual_index,
+    search_dual_index,
+    search_single_index,
+    search_tailored_base_surge,
+)
+from pipeline.core.problems.dual_sourcing import DualSourcing
+from pipeline.studies.suites.instances import DPInstance
+
+GRID = tuple({"l_r": l_r, "c_e": c_e} for l_r in (2, 3, 4) for c_e in (5, 10, 20))
+POLICIES = ("dp", "single_index", "dual_index", "capped_dual_index", "tailored_base_surge")
+NOTES = ("Veeraraghavan & Scheller-Wolf (2008), as in Gijsbrechts et al. (2022) and Boettcher "
+         "et al. (2023): demand uniform on {0..4}, h = 5, b = 495, l_e = 0, c_r = 0, long-run "
+         "average cost per period; published optimum l_r=2, c_e=20: 23.07.")
+SEARCHES = {"single_index": search_single_index, "dual_index": search_dual_index,
+            "capped_dual_index": search_capped_dual_index, "tailored_base_surge": search_tailored_base_surge}
+MEAN = 2.0  # uniform on 0..2 * mean
+
+
+def product(l_r: int, h: float = 5.0, b: float = 495.0, c_r: float = 0.0, mean: float = MEAN) -> ProductBatch:
+    """One product with uniform demand on 0..2 * mean and these economics (its history is
+    never read)."""
+    return batch_from_columns({
+        "product_id": [0], "demand": np.zeros((1, 1)), "holding_cost": [h], "shortage_cost": [b],
+        "unit_cost": [c_r], "price": [0.0], "lead_time": [l_r], "true_dist": ["uniform"],
+        "true_mean": [mean], "true_shape": [0.0]})
+
+
+def instance_transitions(instance: dict) -> tuple[DualSourcing, ProductBatch, dp.Transitions]:
+    """The problem, its product and the exact transition table on the problem's DP grid."""
+    case = dp_instance(instance)
+    return case.problem, case.product, dp.transitions(case.problem, case.product, case.space, case.pmf)
+
+
+def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
+    """Long-run average cost of each policy on one dual-sourcing instance."""
+    with dp.one_thread():
+        return _evaluate(instance, policies)
+
+
+def _evaluate(instance: dict, policies) -> dict[str, float]:
+    problem, one, trans = instance_transitions(instance)
+    out = {}
+    if "dp" in policies:
+        solution = dp.solve(trans)
+        dp.check_truncation(solution, 1e-6)
+        out["dp"] = solution.average_cost
+    cost = exact_cost(trans, one)
+    for name, search in SEARCHES.items():
+        if name in policies:
+            out[name] = search(problem, cost, trans.space, MEAN, instance["l_r"])[1]
+    return out
+
+
+def dp_instance(instance: dict):
+    """The instance's exact DP inputs, for the structural checks (pipeline/benchmarks/structure.py)."""
+
+    problem, one = DualSourcing(expedited_cost=float(instance["c_e"])), product(instance["l_r"])
+    return DPInstance(problem, one, problem.dp_space(one, MEAN, float(np.sqrt(2.0))),
+                      dp.trimmed_pmf(true_pmf(one)[0]))
