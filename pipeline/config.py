@@ -56,7 +56,7 @@ class DataConfig:
 
 @dataclass
 class PolicyConfig:
-    kind: str = MISSING            # cnn (GUIDE 3) or mlp (no demand encoder)
+    kind: str = MISSING            # cnn (docs/policy.md) or mlp (no demand encoder)
     window: int = MISSING          # periods of demand the CNN sees
     channels: int = MISSING
     dilations: List[int] = MISSING

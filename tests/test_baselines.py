@@ -1,4 +1,4 @@
-"""Baselines against closed forms (GUIDE 2.1) and the searches that set their levels."""
+"""Baselines against closed forms (docs/problems/lost_sales.md) and the searches that set their levels."""
 import numpy as np
 import pytest
 import torch
@@ -19,7 +19,7 @@ from pipeline.core.evaluation import policy_metrics
 from pipeline.core.problems import get_problem
 
 PROBLEM = get_problem("lost_sales")
-GUIDE_L0 = {4: (7, 3.2774), 9: (8, 4.2211), 19: (9, 5.0803), 39: (10, 5.8875)}
+NEWSVENDOR_L0 = {4: (7, 3.2774), 9: (8, 4.2211), 19: (9, 5.0803), 39: (10, 5.8875)}
 
 
 def poisson_population(n, periods, p, lead_time, mean=5.0, seed=0):
@@ -28,12 +28,12 @@ def poisson_population(n, periods, p, lead_time, mean=5.0, seed=0):
     return make_batch(demand, lead_time=lead_time, p=float(p), mean=mean)
 
 
-@pytest.mark.parametrize("p", sorted(GUIDE_L0))
+@pytest.mark.parametrize("p", sorted(NEWSVENDOR_L0))
 def test_omniscient_zero_lead_time_matches_closed_form(p):
     batch = poisson_population(2, 40, p, 0)
     level = newsvendor_levels(batch, "cost")
-    assert level.tolist() == [GUIDE_L0[p][0]] * 2
-    assert newsvendor_cost(batch, level)[0].item() == pytest.approx(GUIDE_L0[p][1], abs=1e-4)
+    assert level.tolist() == [NEWSVENDOR_L0[p][0]] * 2
+    assert newsvendor_cost(batch, level)[0].item() == pytest.approx(NEWSVENDOR_L0[p][1], abs=1e-4)
     # the newsvendor level is the minimiser of the exact cost over neighbouring levels
     for delta in (-1, 1):
         assert newsvendor_cost(batch, level + delta)[0] > newsvendor_cost(batch, level)[0]

@@ -13,7 +13,7 @@ def test_lost_sales_rows_against_zipkin_and_closed_form():
     assert list(table.columns) == COLUMNS
     assert list(table.instance) == ["p=4;L=0", "p=4;L=0", "p=4;L=2", "p=4;L=2"]
     cost = table.set_index(["instance", "policy"]).avg_cost
-    assert cost["p=4;L=0", "dp"] == pytest.approx(3.2774, abs=1e-4)  # newsvendor, GUIDE 2.1
+    assert cost["p=4;L=0", "dp"] == pytest.approx(3.2774, abs=1e-4)  # newsvendor, docs/problems/lost_sales.md
     assert cost["p=4;L=2", "dp"] == pytest.approx(4.40, abs=0.01)     # Zipkin (2008)
     assert cost["p=4;L=2", "base_stock"] > cost["p=4;L=2", "dp"]
     gaps = table.set_index(["instance", "policy"]).gap_pct

@@ -1,4 +1,4 @@
-"""Lost-sales heuristics (GUIDE 2.1): orders in hand-computable states, exact costs against
+"""Lost-sales heuristics (docs/problems/lost_sales.md): orders in hand-computable states, exact costs against
 the DP and the simulator, and Zipkin's (2008) published costs."""
 import math
 
@@ -36,7 +36,7 @@ def p9l2():
 
 def test_standard_vector_levels_are_quantiles_of_multi_period_demand(p9l2):
     """Morton's s_l: the p/(p+h) quantile of Poisson(5 (L - l + 1)); s_L is the newsvendor
-    level of GUIDE 2.1 (8 for p = 9)."""
+    level of docs/problems/lost_sales.md (8 for p = 9)."""
     def quantile(lam):
         cdf, k = 0.0, 0
         while True:
@@ -125,7 +125,7 @@ def test_every_heuristic_costs_at_least_the_optimum(p):
         assert cost > optimum - 1e-9
     assert capped_cost <= base_cost and vector_cost <= standard
     assert capped_cost <= H.policy_cost(inst, H.CappedBaseStockPolicy(base[0], inst.max_order))  # contains base-stock
-    if p == 4:  # GUIDE 2.1 (Zipkin): optimum 4.40
+    if p == 4:  # Zipkin (2008): optimum 4.40
         assert optimum == pytest.approx(4.40, abs=0.005)
 
 
