@@ -66,7 +66,8 @@ import torch  # noqa: E402
 
 from benchmarks import key_values  # noqa: E402
 from pipeline.config import ConfigError, resolve_path  # noqa: E402
-from pipeline.reporting.report_blocks import write_block  # noqa: E402
+from pipeline.reporting import logs  # noqa: E402
+from pipeline.reporting.report_blocks import markdown_table, write_block  # noqa: E402
 
 COLUMNS = ["benchmark", "config", "value", "unit"]
 MB = 1 << 20
@@ -376,7 +377,7 @@ def dp_group(s: dict, log) -> list[Row]:
 
 # ---------------------------------------------------------------- one group, in its own process
 
-def run_group(group: str, opts: dict, work: Path, log=print) -> list[Row]:
+def run_group(group: str, opts: dict, work: Path, log=logs.get("").info) -> list[Row]:
     s = SIZES["quick" if opts["quick"] else "full"]
     monitor = None
     if group in RAY_GROUPS:
@@ -593,7 +594,7 @@ def render(frame: pd.DataFrame, info: dict[str, str], opts: dict) -> str:
 # ---------------------------------------------------------------- driver
 
 def child(group: str, opts: dict, work: Path, part: Path) -> None:
-    rows = run_group(group, opts, work, log=lambda line: print(line, flush=True))
+    rows = run_group(group, opts, work)
     pd.DataFrame(rows, columns=COLUMNS).to_csv(part, index=False)
 
 
@@ -619,8 +620,9 @@ def main(args: list[str]) -> int:
     info.update({"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  "command": f"`{command}`", "mode": mode,
                  "load average at start (1 min)": f"{os.getloadavg()[0]:.2f}"})
-    print(f"[perf] {mode} run of {', '.join(opts['groups'])} on {info['CPU']}, {info['cores']}; "
-          f"load {info['load average at start (1 min)']}", flush=True)
+    log = logs.get("perf")
+    log.info(f"{mode} run of {', '.join(opts['groups'])} on {info['CPU']}, {info['cores']}; "
+             f"load {info['load average at start (1 min)']}")
     frames, failed = [], []
     started = time.time()
     work_root = Path(opts["work"]) if opts["work"] else Path(tempfile.mkdtemp(prefix="sidbp-perf-"))
@@ -630,19 +632,19 @@ def main(args: list[str]) -> int:
             left = sum(expected[g] for g in opts["groups"][i:])
             if done:
                 left *= (time.time() - started) / sum(expected[g] for g in done)
-            print(f"[perf] group {i + 1}/{len(opts['groups'])}: ({GROUPS[group][0]}) {group}, "
-                  f"elapsed {time.time() - started:.0f}s, about {left / 60:.1f} min left", flush=True)
+            log.info(f"group {i + 1}/{len(opts['groups'])}: ({GROUPS[group][0]}) {group}, "
+                     f"elapsed {time.time() - started:.0f}s, about {left / 60:.1f} min left")
             work = work_root / group
             work.mkdir(parents=True, exist_ok=True)
             part = work / "rows.csv"
             tic = time.time()
             rc = run_in_own_process(group, opts, work, part)
             if rc != 0 or not part.exists():
-                print(f"[perf] group {group} FAILED (exit code {rc}); continuing", flush=True)
+                log.info(f"group {group} FAILED (exit code {rc}); continuing")
                 failed.append(group)
                 continue
             frames.append(pd.read_csv(part))
-            print(f"[perf] group {group} done in {time.time() - tic:.0f}s", flush=True)
+            log.info(f"group {group} done in {time.time() - tic:.0f}s")
     finally:
         if not opts["work"]:
             shutil.rmtree(work_root, ignore_errors=True)
@@ -664,7 +666,7 @@ def main(args: list[str]) -> int:
     text = render(frame, info, opts)
     cut = text.index("## Machine and run")  # the title and introduction head a new file; the rest is a
     write_block(docs, "perf:suite", text[cut:].rstrip(), header=text[:cut])  # block, so other blocks stay
-    print(f"[perf] wrote {out} ({len(frame)} rows) and {docs} in {time.time() - started:.0f}s", flush=True)
+    log.info(f"wrote {out} ({len(frame)} rows) and {docs} in {time.time() - started:.0f}s")
     if failed:
         print(f"[perf] failed groups: {', '.join(failed)}", file=sys.stderr)
         return 1
