@@ -22,6 +22,9 @@ def run_script(main) -> None:
     """``sys.exit(main(argv))``; a ``ConfigError`` is one line on stderr and exit code 2."""
     import sys
 
+    from pipeline.reporting import logs
+
+    logs.setup()
     try:
         sys.exit(main(sys.argv[1:]))
     except ConfigError as err:

@@ -34,7 +34,8 @@ import pyarrow.csv as pcsv
 
 from benchmarks import key_values
 from pipeline.config import PROJECT_ROOT, load_config
-from pipeline.reporting.report_blocks import write_block
+from pipeline.reporting import logs
+from pipeline.reporting.report_blocks import markdown_table, write_block
 
 START = np.datetime64("2013-01-01")
 DAYS, STORES, ITEMS = 1600, 50, 4000
@@ -215,14 +216,14 @@ def main(args: list[str]) -> int:
     generate_raw(raw, opts["rows"])
     generate_s = time.time() - tic
     size = (raw / "train.csv").stat().st_size
-    print(f"[generate] {raw / 'train.csv'}: {size / MB:,.0f} MiB in {generate_s:.0f}s", flush=True)
+    logs.get("generate").info(f"{raw / 'train.csv'}: {size / MB:,.0f} MiB in {generate_s:.0f}s")
 
     load = os.getloadavg()[0]
     init_ray(load_config([]), num_cpus=os.cpu_count())
     monitor = PeakMemory()
     monitor.start()
     tic = time.time()
-    info = convert_raw(raw, out, opts["frequency"], opts["buckets"], progress=lambda m: print(m, flush=True))
+    info = convert_raw(raw, out, opts["frequency"], opts["buckets"], progress=logs.get("").info)
     seconds = time.time() - tic
     monitor.stop()
     driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -253,18 +254,18 @@ def main(args: list[str]) -> int:
          f"{load:.1f}, Python {sys.version.split()[0]}, local Ray with {os.cpu_count()} CPUs). Generated train.csv: "
          f"{rows:,} rows, {size / MB:,.0f} MiB; result: {info['series']:,} series x {info['periods']} "
          f"{opts['frequency']} periods. CSV: `benchmarks/results/favorita_ingest.csv`."), "",
-        "| measure | value |", "|---|---|",
-        f"| wall time (stage 1 + stage 2) | {seconds:.0f} s |",
-        f"| rows per second | {rows / seconds:,.0f} |",
-        f"| driver peak RSS (getrusage) | {driver / MB:,.0f} MiB |",
-        f"| largest worker peak RSS, VmHWM (object store pages included; {hwm_tasks}) | {worker_hwm / MB:,.0f} MiB |",
-        f"| largest worker private memory, RssAnon ({anon_tasks}) | {worker_anon / MB:,.0f} MiB |",
-        (f"| largest sum over workers of VmRSS / RssAnon ({len(monitor.hwm)} workers) | "
-         f"{monitor.max_rss_sum / MB:,.0f} / {monitor.max_anon_sum / MB:,.0f} MiB |"), "",
+        markdown_table(pd.DataFrame([
+            ("wall time (stage 1 + stage 2)", f"{seconds:.0f} s"),
+            ("rows per second", f"{rows / seconds:,.0f}"),
+            ("driver peak RSS (getrusage)", f"{driver / MB:,.0f} MiB"),
+            (f"largest worker peak RSS, VmHWM (object store pages included; {hwm_tasks})", f"{worker_hwm / MB:,.0f} MiB"),
+            (f"largest worker private memory, RssAnon ({anon_tasks})", f"{worker_anon / MB:,.0f} MiB"),
+            (f"largest sum over workers of VmRSS / RssAnon ({len(monitor.hwm)} workers)",
+             f"{monitor.max_rss_sum / MB:,.0f} / {monitor.max_anon_sum / MB:,.0f} MiB")], columns=["measure", "value"])), "",
         f"Largest private memory (RssAnon, MiB) of a worker while it ran each task: {by_task}.", "",
         f"Repairs counted: {counts}.",
     ]
-    print("\n".join(lines))
+    logs.get("").info("\n".join(lines))
     write_block(PROJECT_ROOT / "docs" / "favorita.md", "ingest:benchmark", "\n".join(lines))
     return 0
 

@@ -27,6 +27,8 @@ from pipeline.data.synthetic import synthetic_population
 from pipeline.core.training import train_step
 from pipeline.core.policy import build_policy
 from pipeline.core.problems import get_problem
+from pipeline.reporting import logs
+from pipeline.reporting.report_blocks import markdown_table
 
 CASES = {"lost_sales": ["data.lead_time_range=[5,5]"], "perishable": [], "dual_sourcing": [], "removal": []}
 BATCH, HORIZON = 256, 60
@@ -77,15 +79,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
-    rows, lines = [], []
+    rows, table = [], []
+    log = logs.get("penalty_step")
     for name in CASES:
         for kind in ("mlp", "cnn"):
             plain, penalized, n_props, config = penalty_cost(name, kind, a.steps)
             overhead = 100 * (penalized - plain) / plain
             rows += [("step_plain", config, 1000 * plain, "ms"), ("step_penalized", config, 1000 * penalized, "ms"),
                      ("penalty_overhead", config, overhead, "%")]
-            lines.append(f"| {name} | {kind} | {n_props} | {1000 * plain:.1f} | {1000 * penalized:.1f} | {overhead:+.0f}% |")
-            print(lines[-1], flush=True)
+            table.append([name, kind, n_props, 1000 * plain, 1000 * penalized, overhead])
+            log.info(f"{name} {kind}: {n_props} properties, plain {1000 * plain:.1f} ms, penalized "
+                     f"{1000 * penalized:.1f} ms, overhead {overhead:+.0f}%")
     out = PROJECT_ROOT / "benchmarks" / "results" / "penalty_step.csv"
     pd.DataFrame(rows, columns=["benchmark", "config", "value", "unit"]).to_csv(out, index=False)
     from jobs.sipn import write_section
@@ -98,10 +102,11 @@ def main() -> None:
         "products, loss, backward, Adam), without and with the penalty (every default property, "
         "one Jacobian per action at one period, half the states probes). CSV: "
         "`benchmarks/results/penalty_step.csv`.", "",
-        "| problem | policy | properties | plain ms | penalized ms | overhead |", "|---|---|---|---|---|---|",
-        *lines])
+        markdown_table(pd.DataFrame(table, columns=["problem", "policy", "properties", "plain ms", "penalized ms",
+                                                     "overhead"]),
+                       {"plain ms": ".1f", "penalized ms": ".1f", "overhead": lambda v: f"{v:+.0f}%"})])
     write_section(PROJECT_ROOT / "docs" / "sipn.md", "overhead", body)
-    print(f"wrote {out} and docs/sipn.md")
+    log.info(f"wrote {out} and docs/sipn.md")
 
 
 if __name__ == "__main__":

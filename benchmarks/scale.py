@@ -24,7 +24,8 @@ import pandas as pd
 
 from benchmarks import key_values, run_script
 from pipeline.config import PROJECT_ROOT, load_config
-from pipeline.reporting.report_blocks import write_block
+from pipeline.reporting import logs
+from pipeline.reporting.report_blocks import markdown_table, write_block
 
 DEFAULTS = {"products": "100000,1000000", "workers": 1, "periods": 104, "work": "/tmp/sidbp-scale", "only": 0}
 SHARD = 50_000
@@ -61,7 +62,7 @@ def write_population(folder: Path, products: int, periods: int, seed: int = 0) -
             cols["product_id"] = cols["product_id"] + offset + first
             table = to_arrow(cols).slice(0, n)
             pq.write_table(table, target / f"part-{i:05d}.parquet")
-        print(f"[scale] {split}: {count:,} products written", flush=True)
+        logs.get("scale").info(f"{split}: {count:,} products written")
     done.touch()
     return time.perf_counter() - started
 
@@ -105,22 +106,22 @@ def one_size(opts: dict) -> dict:
 def main(args: list[str]) -> int:
     opts = options(args)
     if opts["only"]:
-        print("RESULT " + json.dumps(one_size(opts)), flush=True)
+        print("RESULT " + json.dumps(one_size(opts)), flush=True)  # for the parent process, not a log line
         return 0
-    rows = []
+    rows, log = [], logs.get("scale")
     for n in (int(x) for x in opts["products"].split(",")):
         cmd = [sys.executable, "-m", "benchmarks.scale", f"only={n}", f"workers={opts['workers']}",
                f"periods={opts['periods']}", f"work={opts['work']}"]
-        print(f"[scale] {n:,} products: {' '.join(cmd[1:])}", flush=True)
+        log.info(f"{n:,} products: {' '.join(cmd[1:])}")
         out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
-            print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
+            logs.get("").info(out.stdout[-3000:] + "\n" + out.stderr[-3000:])
             raise SystemExit(f"scale run for {n} products failed (exit {out.returncode})")
         rows.append(json.loads(lines[-1][len("RESULT "):]))
         r = rows[-1]
-        print(f"[scale] {n:,} products: epoch {r['epoch_seconds']:.1f} s, driver {r['driver_peak_mib']:.0f} MiB, "
-              f"largest worker {r['worker_peak_mib']:.0f} MiB", flush=True)
+        log.info(f"{n:,} products: epoch {r['epoch_seconds']:.1f} s, driver {r['driver_peak_mib']:.0f} MiB, "
+                 f"largest worker {r['worker_peak_mib']:.0f} MiB")
     frame = pd.DataFrame(rows)
     csv = [(f"scale/{k}", f"products={r.products};workers={r.workers}", getattr(r, k), unit)
            for r in frame.itertuples() for k, unit in (("epoch_seconds", "s"), ("driver_peak_mib", "MiB"),
@@ -134,16 +135,18 @@ def main(args: list[str]) -> int:
              f"{opts['workers']} Ray Train worker(s): Ray Data streams the shards, MLP [32, 32, 32], batches of "
              "8,192 products x 50 periods, one window per batch. Peak memory per process: the driver (getrusage) "
              "and the largest Ray worker (VmHWM, including object-store pages it mapped).", "",
-             "| products | epoch time | per 100,000 products | driver peak | largest worker peak (private) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r.products:,} | {r.epoch_seconds:.1f} s | {1e5 * r.epoch_seconds / r.products:.1f} s | "
-              f"{r.driver_peak_mib:,.0f} MiB | {r.worker_peak_mib:,.0f} MiB ({r.worker_private_peak_mib:,.0f} MiB) |"
-              for r in frame.itertuples()]
+             markdown_table(pd.DataFrame({
+                 "products": [f"{r.products:,}" for r in frame.itertuples()],
+                 "epoch time": [f"{r.epoch_seconds:.1f} s" for r in frame.itertuples()],
+                 "per 100,000 products": [f"{1e5 * r.epoch_seconds / r.products:.1f} s" for r in frame.itertuples()],
+                 "driver peak": [f"{r.driver_peak_mib:,.0f} MiB" for r in frame.itertuples()],
+                 "largest worker peak (private)": [f"{r.worker_peak_mib:,.0f} MiB ({r.worker_private_peak_mib:,.0f} MiB)"
+                                                   for r in frame.itertuples()]}))]
     if len(frame) > 1:
         lines += ["", f"Epoch time per product, largest over smallest size: "
                       f"{per_product.iloc[-1] / per_product.iloc[0]:.2f} (1.00 is exactly linear)."]
     write_block(PROJECT_ROOT / "docs" / "performance.md", "perf:scale", "\n".join(lines), header="# Performance\n")
-    print("\n".join(lines))
+    logs.get("").info("\n".join(lines))
     return 0
 
 

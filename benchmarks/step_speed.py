@@ -46,13 +46,15 @@ import statistics
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from benchmarks import key_values, run_script
 from pipeline.config import ConfigError, load_config
 from pipeline.core.batch import batch_from_columns
 from pipeline.data.synthetic import synthetic_population
-from pipeline.reporting.report_blocks import write_block
+from pipeline.reporting import logs
+from pipeline.reporting.report_blocks import markdown_table, write_block
 from pipeline.core.policy import OrderPolicy
 from pipeline.core.problems import get_problem
 from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
@@ -133,7 +135,8 @@ def main(argv: list[str]) -> None:
     head = (f"lost sales L={a['lead_time']}, {a['kind']} policy hidden {list(hidden)}, {a['horizon']} periods, "
             f"float32{mode}; {device}: {hardware(device)}; torch {torch.__version__}; median of {a['repeats']} calls; "
             f"load average at start {os.getloadavg()[0]:.2f}")
-    print(head)
+    out = logs.get("")
+    out.info(head)
     rows, profile = [], ""
     for size in sizes:
         problem, policy, batch, start, width, warmup = setup(size, a["horizon"], a["lead_time"], a["kind"],
@@ -148,15 +151,15 @@ def main(argv: list[str]) -> None:
             for call in compiled.values():
                 call()
             sync()
-            print(f"  batch {size}: first compiled calls (compilation included) took {time.perf_counter() - tic:.1f} s")
+            out.info(f"  batch {size}: first compiled calls (compilation included) took {time.perf_counter() - tic:.1f} s")
             calls |= {f"{name}, compiled": call for name, call in compiled.items()}
         for n in threads:
             torch.set_num_threads(n)
             for name, m in time_calls(calls, a["repeats"], sync).items():
                 rate = size * a["horizon"] / m
                 rows.append((size, n, name, 1000 * m, rate))
-                print(f"  batch={size:<8d} threads={n}  {name:27s} {1000 * m:9.1f} ms  "
-                      f"{rate / 1e6:8.2f} M product-periods/s")
+                out.info(f"  batch={size:<8d} threads={n}  {name:27s} {1000 * m:9.1f} ms  "
+                         f"{rate / 1e6:8.2f} M product-periods/s")
         if a["profile"] and not profile:
             torch.set_num_threads(threads[0])
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -167,11 +170,11 @@ def main(argv: list[str]) -> None:
                 sync()
             sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
             profile = prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=a["rows"])
-            print(profile)
+            out.info(profile)
     if a["docs"]:
         key = f"perf:step_{device.split(':')[0]}"
         write_block(DOC, key, report(a, head, rows, profile, threads))
-        print(f"wrote the block {key} of {DOC}")
+        out.info(f"wrote the block {key} of {DOC}")
 
 
 def report(a: dict, head: str, rows: list, profile: str, threads: list[int]) -> str:
@@ -180,8 +183,8 @@ def report(a: dict, head: str, rows: list, profile: str, threads: list[int]) -> 
     lines = [f"### DirectBackprop step on {a['device']}", "",
              f"`python -m benchmarks.step_speed {args} docs=true`, "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. {head}.", "",
-             "| batch | threads | call | ms per call | product-periods/s |", "|---|---|---|---|---|"]
-    lines += [f"| {b:,} | {n} | {name} | {ms:.1f} | {rate:,.0f} |" for b, n, name, ms, rate in rows]
+             markdown_table(pd.DataFrame(rows, columns=["batch", "threads", "call", "ms per call", "product-periods/s"]),
+                            {"batch": ",", "ms per call": ".1f", "product-periods/s": ",.0f"})]
     if profile:
         lines += ["", f"torch.profiler, one forward+backward call at batch {rows[0][0]:,} on "
                   f"{threads[0]} thread(s): the top {a['rows']} ops by self time.", "", "```"]

@@ -6,6 +6,7 @@ from typing import Callable
 
 from pipeline.config import ConfigError
 from pipeline.errors import DataError, NumericalFault, TrackingUnavailable
+from pipeline.reporting import logs
 
 USAGE = """usage: python -m jobs.{job} [GROUP=NAME ...] [key=value ...]
 
@@ -17,6 +18,7 @@ conf/experiment/NAME.yaml), then key=value overrides, e.g.
 
 def run(job: str, main: Callable[[list[str]], int | None]) -> None:
     args = sys.argv[1:]
+    logs.setup()  # the job's lines, those of the layers below reporting included: [topic] message
     if any(a in ("-h", "--help") for a in args):
         doc = sys.modules[main.__module__].__doc__ or ""
         print(doc.strip() + "\n\n" + USAGE.format(job=job))

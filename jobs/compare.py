@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from jobs import _cli
 from pipeline.config import ConfigError, load_config
+from pipeline.reporting import logs
 
 
 def main(args: list[str]) -> int:
@@ -34,12 +35,11 @@ def main(args: list[str]) -> int:
     runs = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"],
                               max_results=c.runs)
     if not runs:
-        print(f"No runs in experiment {cfg.mlflow.experiment!r}{f' of kind {c.kind}' if c.kind else ''} at {uri}")
+        logs.get("").info(f"No runs in experiment {cfg.mlflow.experiment!r}{f' of kind {c.kind}' if c.kind else ''} at {uri}")
         return 0
     table = compare_table(runs, list(c.metrics))
-    print(f"Experiment {cfg.mlflow.experiment!r} at {uri}: the newest {len(runs)} run(s)"
-          f"{f' of kind {c.kind}' if c.kind else ''}\n")
-    print(table.to_string())
+    logs.get("").info(f"Experiment {cfg.mlflow.experiment!r} at {uri}: the newest {len(runs)} run(s)"
+                      f"{f' of kind {c.kind}' if c.kind else ''}\n\n{table.to_string()}")
     return 0
 
 

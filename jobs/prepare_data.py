@@ -27,6 +27,7 @@ from pathlib import Path
 
 from jobs import _cli
 from pipeline.config import Config, ConfigError, load_config, resolve_path
+from pipeline.reporting import logs
 
 SHORT_KEYS = ("source", "input", "output", "frequency", "buckets")
 RETAIL_CHUNK = 50_000
@@ -65,8 +66,8 @@ def write_synthetic_retail(cfg: Config, out: Path) -> dict:
         count = min(RETAIL_CHUNK, retail.num_series - first)
         pq.write_table(synthetic_retail(retail, cfg.seed, first, count), out / f"part-{n:05d}.parquet")
         done = first + count
-        print(f"[retail] {done:,}/{retail.num_series:,} series ({done / (time.time() - started):,.0f} series/s)",
-              flush=True)
+        logs.get("retail").info(f"{done:,}/{retail.num_series:,} series "
+                                f"({done / (time.time() - started):,.0f} series/s)")
     info = {"source": "synthetic_retail", "frequency": retail.frequency, "start_date": retail.start_date,
             "periods": retail.periods, "series": retail.num_series, "seed": cfg.seed}
     write_manifest(out, **info)
@@ -81,22 +82,23 @@ def main(args: list[str]) -> int:
     p = cfg.prepare
     out = resolve_path(p.output) if p.output else resolve_path(cfg.output_dir) / "data" / f"{p.source}-{p.frequency}"
     started = time.time()
-    print(f"[prepare] {p.source} ({p.frequency}) -> {out}", flush=True)
+    plain = logs.get("")
+    logs.get("prepare").info(f"{p.source} ({p.frequency}) -> {out}")
     if p.source == "favorita":
         raw = check_raw(resolve_path(p.input))  # before starting Ray
         from pipeline.adapters.ray_session import init_ray
 
         init_ray(cfg, num_cpus=os.cpu_count())
-        info = convert_raw(raw, out, p.frequency, p.buckets, progress=lambda m: print(m, flush=True))
+        info = convert_raw(raw, out, p.frequency, p.buckets, progress=plain.info)
     elif p.source == "favorita_weekly":
         info = convert_weekly_sales(resolve_path(p.input), out)
     else:
         info = write_synthetic_retail(cfg, out)
     width = max(len(k) for k in info)
-    print("\n".join(f"  {k:<{width}}  {v:,}" if isinstance(v, (int, float)) else f"  {k:<{width}}  {v}"
-                    for k, v in info.items()))
-    print(f"Output:    {out}")
-    print(f"Wall time: {time.time() - started:.0f}s")
+    plain.info("\n".join(f"  {k:<{width}}  {v:,}" if isinstance(v, (int, float)) else f"  {k:<{width}}  {v}"
+                         for k, v in info.items()))
+    plain.info(f"Output:    {out}")
+    plain.info(f"Wall time: {time.time() - started:.0f}s")
     return 0
 
 

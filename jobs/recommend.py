@@ -20,6 +20,7 @@ import time
 
 from jobs import _cli
 from pipeline.config import load_config, resolve_path
+from pipeline.reporting import logs
 
 
 def main(args: list[str]) -> int:
@@ -33,8 +34,8 @@ def main(args: list[str]) -> int:
     started = time.time()
     _, cfg, state, model = load_model(cfg)
     r = cfg.recommend
-    print(f"[model] {model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} policy, "
-          f"epoch {state['epoch']}", flush=True)
+    logs.get("model").info(f"{model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} "
+                           f"policy, epoch {state['epoch']}")
     if r.input:
         source = resolve_path(r.input)
         if not source.exists():
@@ -46,14 +47,14 @@ def main(args: list[str]) -> int:
     output = resolve_path(r.output) if r.output else resolve_path(cfg.output_dir) / cfg.name / "recommendations"
     if output.exists():  # a fresh set: never a mix of two models' recommendations
         shutil.rmtree(output)
-    print(f"[recommend] {total:,} products from {source}, state from {r.state}, "
-          f"{r.concurrency} actor(s), batches of {r.batch_size}", flush=True)
+    logs.get("recommend").info(f"{total:,} products from {source}, state from {r.state}, "
+                               f"{r.concurrency} actor(s), batches of {r.batch_size}")
     init_ray(cfg)
     done = recommend(source, output, model.checkpoint, model.version, r.state,
                      cfg.eval.round_actions, r.batch_size, r.concurrency, total,
-                     progress=lambda line: print(line, flush=True))
-    print(f"\nRecommendations: {output} ({done:,} products, model {model.version})")
-    print(f"Wall time:  {time.time() - started:.0f}s")
+                     progress=logs.get("").info)
+    logs.get("").info(f"\nRecommendations: {output} ({done:,} products, model {model.version})\n"
+                      f"Wall time:  {time.time() - started:.0f}s")
     return 0
 
 

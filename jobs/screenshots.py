@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from jobs import _cli
 from pipeline.config import PROJECT_ROOT, ConfigError, load_config
 from pipeline.errors import DataError
+from pipeline.reporting import logs
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -414,16 +415,17 @@ def main(args: list[str]) -> int:
         require_browser(opts["chromium"])
         with mlflow_server(uri) as base:
             targets = find_targets(MlflowClient(base), cfg.mlflow.experiment, uri)
-            print(f"MLflow UI at {base} over {uri}: experiment {cfg.mlflow.experiment!r}, training run "
-                  f"{targets.train.info.run_id}, sweep {targets.sweep.info.run_id}, "
-                  f"models:/{targets.model}/{targets.champion.version}", flush=True)
+            logs.get("").info(f"MLflow UI at {base} over {uri}: experiment {cfg.mlflow.experiment!r}, training run "
+                              f"{targets.train.info.run_id}, sweep {targets.sweep.info.run_id}, "
+                              f"models:/{targets.model}/{targets.champion.version}")
             paths = screenshot_all(base, targets, out, opts["chromium"])
     except ScreenshotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    plain = logs.get("")
     for path in paths:
-        print(f"  {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
-    print(f"{len(paths)} screenshots in {time.monotonic() - started:.0f}s")
+        plain.info(f"  {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    plain.info(f"{len(paths)} screenshots in {time.monotonic() - started:.0f}s")
     return 0
 
 

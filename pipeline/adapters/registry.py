@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.adapters import checkpoint as ckpt
 from pipeline.adapters.tracking import KIND_TAG, RUN_NAME_TAG, tracking_uri
 from pipeline.config import Config, ConfigError
+from pipeline.reporting import logs
 
-log = logging.getLogger(__name__)
+log = logs.get("model")
 
 CHAMPION = "champion"
 
@@ -64,8 +64,8 @@ def default_model_uri(cfg: Config) -> str:
     runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
                               max_results=1) if exp else []
     if runs:
-        print(f"[model] no models:/{name}@{CHAMPION} registered; using the latest finished training run "
-              f"named {cfg.name!r}", flush=True)
+        log.info(f"no models:/{name}@{CHAMPION} registered; using the latest finished training run "
+                 f"named {cfg.name!r}")
         return f"runs:/{runs[0].info.run_id}"
     return f"models:/{name}@{CHAMPION}"  # reported as not found, by name
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
 from pipeline.errors import TrackingUnavailable
+from pipeline.reporting import logs
 
 # MLflow's notes on creating a new SQLite store's tables are not the job's output
 for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -30,6 +31,8 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 NOTE_TAG = "mlflow.note.content"   # the run's description in the MLflow UI
 # on every run (docs/mlflow.md): what a reviewer filters and groups by
 REVIEW_TAGS = ("problem", "instance", "policy_kind", "penalty_weights", "data_version", "git_commit")
+PARAMS_PER_BATCH = 100  # the most params one MLflow log_batch request may carry
+PARAM_LENGTH = 6000     # the longest param value MLflow keeps
 
 
 def git_commit() -> str:
@@ -152,11 +155,9 @@ class Tracker:
                 run_tags[PARENT_TAG] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=cfg.name, tags=run_tags)
             self.run_id = run.info.run_id
-            params = flatten(cfg)
-            items = list(params.items())
-            for i in range(0, len(items), 90):
-                for k, v in items[i:i + 90]:
-                    self.client.log_param(self.run_id, k, v[:6000])
+            params = [Param(k, v[:PARAM_LENGTH]) for k, v in flatten(cfg).items()]
+            for i in range(0, len(params), PARAMS_PER_BATCH):  # two requests for the ~125 of a config
+                self.client.log_batch(self.run_id, params=params[i:i + PARAMS_PER_BATCH])
         self.log_text(to_yaml(cfg), "config.yaml")
         return self.run_id
 
@@ -283,13 +284,13 @@ class EpochLogger:
                                     f"tracking server unreachable for {gap:.0f}s; {self.buffered} epochs of metrics "
                                     "were buffered and sent when it was back")
                 log_metrics(self.client, self.run_id, {"tracking/buffered_epochs": self.buffered}, step)
-                print(f"[mlflow] tracking server back after {gap:.0f}s; sent {self.buffered} buffered epochs",
-                      flush=True)
+                logs.get("mlflow").info(f"tracking server back after {gap:.0f}s; sent {self.buffered} buffered "
+                                        "epochs")
                 self.down_since = None
         except Exception as e:  # the server is down or unreachable: keep the metrics, train on
             if self.down_since is None:
                 self.down_since, self.buffered = time.time(), 0
-                print(f"[mlflow] tracking server unreachable ({type(e).__name__}); buffering metrics", flush=True)
+                logs.get("mlflow").info(f"tracking server unreachable ({type(e).__name__}); buffering metrics")
             self.buffered = len(self.pending)
         finally:
             self._keep()

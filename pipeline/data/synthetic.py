@@ -16,7 +16,8 @@ from pipeline.core.batch import ECONOMICS
 from pipeline.core.demand import sample_demand
 from pipeline.data.parquet import SPLITS, to_arrow, validate_products, write_shards
 
-log = logging.getLogger(__name__)
+# the project's ``[data]`` lines; pipeline.reporting.logs (a layer above) formats them
+log = logging.getLogger("sidbp.data")
 
 
 def synthetic_population(cfg, seed: int) -> dict[str, np.ndarray]:
@@ -74,8 +75,7 @@ def materialize(cfg, seed: int, out_dir: Path, min_periods: dict[str, int] | Non
         for name, folder in splits.items():
             c = validate_products(folder, (min_periods or {}).get(name, 1))
             empty = f", {c['empty_files']} empty files skipped" if c["empty_files"] else ""
-            print(f"[data] {name}: {c['products']:,} products x {c['periods']} periods in {c['files']} files{empty}",
-                  flush=True)
+            log.info(f"{name}: {c['products']:,} products x {c['periods']} periods in {c['files']} files{empty}")
         return splits
     spec = {k: v for k, v in asdict(cfg).items() if k not in ("path", "shard_rows")}
     key = hashlib.sha256(json.dumps({"seed": seed, **spec}, sort_keys=True, default=list).encode()).hexdigest()[:12]

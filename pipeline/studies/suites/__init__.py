@@ -23,6 +23,7 @@ from pipeline.studies.suites import (
     removal_suite as removal,
 )
 from pipeline.reporting.progress import eta
+from pipeline.reporting.report_blocks import markdown_table
 from pipeline.studies.suites.instances import instance_key
 
 COLUMNS = ["suite", "problem", "instance", "policy", "avg_cost", "gap_pct"]
@@ -95,12 +96,14 @@ def markdown(table: pd.DataFrame, command: str) -> str:
     notes = SUITES[name].notes if name in SUITES else ""
     lines = [f"## {name}", "", *( [notes, ""] if notes else []), f"Command: `{command}`", ""]
     policies = list(dict.fromkeys(table.policy))
-    lines.append("| instance | " + " | ".join(policies) + " |")
-    lines.append("|---|" + "---|" * len(policies))
-    for inst, group in table.groupby("instance", sort=False):
-        cells = group.set_index("policy")
-        lines.append(f"| {inst} | " + " | ".join(
-            (f"{cells.avg_cost[p]:.4f}" + ("" if p == "dp" or pd.isna(cells.gap_pct[p])
-                                           else f" ({cells.gap_pct[p]:+.2f}%)")) if p in cells.index else ""
-            for p in policies) + " |")
-    return "\n".join(lines) + "\n"
+
+    def cost(cells: pd.DataFrame, p: str) -> str:
+        if p not in cells.index:
+            return ""
+        gap = "" if p == "dp" or pd.isna(cells.gap_pct[p]) else f" ({cells.gap_pct[p]:+.2f}%)"
+        return f"{cells.avg_cost[p]:.4f}" + gap
+
+    wide = pd.DataFrame([[inst, *(cost(group.set_index("policy"), p) for p in policies)]
+                         for inst, group in table.groupby("instance", sort=False)],
+                        columns=["instance", *policies])
+    return "\n".join(lines) + "\n" + markdown_table(wide) + "\n"

@@ -1,4 +1,4 @@
-"""The structural properties each problem claims (GUIDE 2.5), checked on exact DP policies.
+"""The structural properties each problem claims (`docs/problems/`), checked on exact DP policies.
 
 For every instance of a suite small enough for a transition table, solve the DP, then check
 ``problem.claimed_properties`` on the optimal table (``pipeline.structure.check_table``)
@@ -14,6 +14,7 @@ from torch import Tensor
 
 from pipeline.core import dp
 from pipeline.core.properties import check_table
+from pipeline.reporting.report_blocks import markdown_table
 from pipeline.studies.suites.instances import DPInstance, instance_key
 
 MIN_PROBABILITY = 1e-6
@@ -68,11 +69,13 @@ def markdown(table: pd.DataFrame, command: str, instances=()) -> str:
     skipped = [instance_key(i) for i in instances if instance_key(i) not in set(table.instance)]
     lines = [f"## {name}", "", f"Command: `{command}`", "",
              *([f"Not checked here (transition table too large): {', '.join(skipped)}.", ""] if skipped else []),
-             "| property | holds on every visited state in | worst instance (visited / whole grid) |",
-             "|---|---|---|"]
+             ]
+    rows = []
     for prop, group in table.groupby("property", sort=False):
         full = int((group.visited_holds_pct >= 100).sum())
         worst = group.loc[group.visited_holds_pct.idxmin()]
-        lines.append(f"| `{prop}` | {full} of {len(group)} instances | {worst.instance}: "
-                     f"{worst.visited_holds_pct:.1f}% / {worst.holds_pct:.1f}% |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"`{prop}`", f"{full} of {len(group)} instances",
+                     f"{worst.instance}: {worst.visited_holds_pct:.1f}% / {worst.holds_pct:.1f}%"])
+    summary = pd.DataFrame(rows, columns=["property", "holds on every visited state in",
+                                          "worst instance (visited / whole grid)"])
+    return "\n".join(lines) + "\n" + markdown_table(summary) + "\n"
