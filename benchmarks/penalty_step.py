@@ -26,11 +26,13 @@ from pipeline.core.batch import batch_from_columns
 from pipeline.data.synthetic import synthetic_population
 from pipeline.core.training import train_step
 from pipeline.core.policy import build_policy
-from pipeline.core.problems import get_problem
+from pipeline.core.problems import PROBLEMS, get_problem
 from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table
 
-CASES = {"lost_sales": ["data.lead_time_range=[5,5]"], "perishable": [], "dual_sourcing": [], "removal": []}
+# every registered problem at its conf/problem defaults, but lost sales with L = 5 (Figure 1)
+SETTINGS = {"lost_sales": ["data.lead_time_range=[5,5]"]}
+CASES = {name: SETTINGS.get(name, []) for name in PROBLEMS}
 BATCH, HORIZON = 256, 60
 
 

@@ -66,6 +66,7 @@ import torch  # noqa: E402
 
 from benchmarks import key_values  # noqa: E402
 from pipeline.config import PROJECT_ROOT, ConfigError, resolve_path  # noqa: E402
+from pipeline.core.problems import PROBLEMS as REGISTERED  # noqa: E402
 from pipeline.reporting import logs  # noqa: E402
 from pipeline.reporting.report_blocks import markdown_table, replace_block  # noqa: E402
 
@@ -88,7 +89,9 @@ MEMORY = {"peak_rss": "MiB", "ray_worker_peak_rss": "MiB", "ray_workers_peak_rss
 RAY_GROUPS = ("ingest", "ray_train")
 UNITS = {**{b: u for _, _, bs in GROUPS.values() for b, u in bs.items()}, **MEMORY}
 
-PROBLEMS = {"lost_sales": ["data.lead_time_range=[4,4]"], "perishable": [], "dual_sourcing": [], "removal": []}
+# every registered problem at its conf/problem defaults, but lost sales with L = 4 (the headline)
+SETTINGS = {"lost_sales": ["data.lead_time_range=[4,4]"]}
+PROBLEMS = {name: SETTINGS.get(name, []) for name in REGISTERED}
 POLICIES = {"mlp": ["policy.kind=mlp", "policy.hidden=[32,32,32]"], "cnn": ["policy.kind=cnn"]}
 HEADLINE = ("lost_sales", "mlp")  # on the whole grid, at every thread count
 TARGET = 3_000_000  # product-periods/s of the headline step on 2 cores (docs/performance.md)
@@ -103,14 +106,7 @@ SIZES = {
         "ingest_passes": 3,
         # the default training config (make run), fewer products: about 10 s per epoch on one worker
         "train_args": ["data.num_products=4000", "train.epochs=3"], "train_workers": (1, 2),
-        "dp_cases": [("lost_sales", {"p": 4, "L": 2}), ("lost_sales", {"p": 19, "L": 3}),
-                     ("perishable", {"m": 2, "L": 1, "w": 7, "issuing": "fifo"}),
-                     ("perishable", {"m": 3, "L": 1, "w": 7, "issuing": "fifo"}),
-                     ("perishable", {"m": 3, "L": 2, "w": 7, "issuing": "fifo"}),
-                     ("dual_sourcing", {"l_r": 2, "c_e": 20}), ("dual_sourcing", {"l_r": 3, "c_e": 20}),
-                     ("dual_sourcing", {"l_r": 4, "c_e": 20}),
-                     ("removal", {"p": 4, "s": 0, "L": 0, "gamma": 0.95}),
-                     ("removal", {"p": 19, "s": 1, "L": 1, "gamma": 0.95})],
+        "dp_timed": None,  # every instance each suite times (its TIMED)
         "dp_lost_sales": [{"p": 4, "L": 2}, {"p": 19, "L": 4}],  # the specialised solver
         "expected_s": {"simulator": 100, "step": 260, "penalty": 70, "ingest": 40, "ray_train": 110, "dp": 50},
     },
@@ -121,8 +117,7 @@ SIZES = {
         "ingest_passes": 2,
         "train_args": ["experiment=smoke", "data.num_products=50", "train.epochs=2", "train.windows_per_batch=2"],
         "train_workers": (0,),  # in the driver process: Ray Train's worker actors take 30-50 s to start here
-        "dp_cases": [("lost_sales", {"p": 4, "L": 2}), ("perishable", {"m": 2, "L": 1, "w": 7, "issuing": "fifo"}),
-                     ("dual_sourcing", {"l_r": 2, "c_e": 20}), ("removal", {"p": 4, "s": 0, "L": 0, "gamma": 0.95})],
+        "dp_timed": 1,  # the first instance each suite times
         "dp_lost_sales": [{"p": 4, "L": 2}],
         "expected_s": {"simulator": 4, "step": 5, "penalty": 6, "ingest": 10, "ray_train": 25, "dp": 4},
     },
@@ -130,7 +125,7 @@ SIZES = {
 DEFAULTS = {"quick": False, "only": "", "threads": "1,2", "out": "benchmarks/results/perf.csv",
             "docs": "docs/performance.md", "work": ""}
 # what each group's process starts with: imported once, in the fork server
-PRELOAD = ["benchmarks.perf", "benchmarks.penalty_step", "pipeline.dp", "torch._dynamo"]
+PRELOAD = ["benchmarks.perf", "benchmarks.penalty_step", "pipeline.core.dp", "torch._dynamo"]
 
 Row = tuple[str, str, float, str]
 
@@ -202,6 +197,18 @@ def rollout_grid(s: dict, thread_counts: list[int]) -> list[tuple[str, str, int,
     return grid
 
 
+def problem_label(name: str, settings: list[str]) -> str:
+    """A problem as the rows name it: with its lead time where ``settings`` fix one
+    (``lost_sales(L=4)``)."""
+    for arg in settings:
+        key, _, value = arg.partition("=")
+        if key == "data.lead_time_range":
+            lo, hi = (int(v) for v in value.strip("[]").split(","))
+            if lo == hi:
+                return f"{name}(L={lo})"
+    return name
+
+
 def headline_shape(s: dict) -> tuple[int, int]:
     """(batch, horizon) of the headline row: the largest batch at the middle horizon."""
     return max(s["batches"]), s["horizons"][len(s["horizons"]) // 2]
@@ -226,8 +233,7 @@ def rollout_group(s: dict, thread_counts: list[int], backward: bool, log) -> lis
                 else partial(torch.no_grad()(rollout), problem, policy, batch, START, H, width))
         seconds, n = median_seconds(call, s["budget_s"])
         policy_label = f"mlp{list(cfg.policy.hidden)}".replace(" ", "") if kind == "mlp" else "cnn"
-        problem_label = f"{problem_name}(L=4)" if problem_name == "lost_sales" else problem_name
-        rows.append((name, label(problem=problem_label, policy=policy_label, batch=B, horizon=H, threads=threads),
+        rows.append((name, label(problem=problem_label(problem_name, PROBLEMS[problem_name]), policy=policy_label, batch=B, horizon=H, threads=threads),
                      B * H / seconds, PP))
         done += B * H
         left = (time.time() - tic) / done * (total - done)
@@ -248,7 +254,7 @@ def penalty_group(s: dict, log) -> list[Row]:
         plain, penalized, _, config = penalty_cost(name, kind, s["penalty_steps"], s["penalty_batch"],
                                                          s["penalty_horizon"])
         problem_name, kind, *rest = config.split()
-        config = label(problem=problem_name + ("(L=5)" if name == "lost_sales" else ""), policy=kind,
+        config = label(problem=problem_label(name, CASES[name]), policy=kind,
                        threads=1, steps=s["penalty_steps"]) + " " + " ".join(rest)
         overhead = 100 * (penalized - plain) / plain
         rows += [("penalty_step_plain", config, 1000 * plain, "ms"),
@@ -348,6 +354,14 @@ def ray_train_group(s: dict, work: Path, log) -> list[Row]:
 
 # ---------------------------------------------------------------- (f): exact DP
 
+def dp_cases(s: dict) -> list[tuple[str, dict]]:
+    """(suite, instance) of (f): the instances each benchmark suite times (its ``TIMED``;
+    quick: the first of each), in registry order."""
+    from pipeline.studies.suites import SUITES
+
+    return [(name, inst) for name, suite in SUITES.items() for inst in suite.timed[:s["dp_timed"]]]
+
+
 def dp_group(s: dict, log) -> list[Row]:
     from pipeline.core import dp
     from pipeline.core.demand import true_pmf
@@ -356,7 +370,7 @@ def dp_group(s: dict, log) -> list[Row]:
 
     rows = []
     with dp.one_thread():  # as the benchmark suites run it
-        for name, inst in s["dp_cases"]:
+        for name, inst in dp_cases(s):
             case = SUITES[name].dp_instance(inst)
             build_s, trans = once_or_median(partial(dp.transitions, case.problem, case.product, case.space, case.pmf))
             solve_s, solution = once_or_median(partial(dp.solve, trans, case.discount,

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
 from pipeline.core.demand import demand_std, sample_demand, true_pmf
+from pipeline.core.protocols import Problem
 from pipeline.core.rollout import period_loss, rollout
 from pipeline.core import dp
 
@@ -39,7 +40,7 @@ class BaseStockPolicy:
     ``product_ids`` the levels belong to those products and any batch of them (a subset,
     a repeat) gets its own; without, they apply position by position."""
 
-    problem: object
+    problem: Problem
     levels: Tensor  # [B]
     product_ids: np.ndarray | None = None
 
@@ -91,7 +92,7 @@ def _repeat(batch: ProductBatch, k: int) -> ProductBatch:
     return batch.select(idx)
 
 
-def simulated_level_costs(problem, batch: ProductBatch, candidates: Tensor, width: int,
+def simulated_level_costs(problem: Problem, batch: ProductBatch, candidates: Tensor, width: int,
                           start: int, horizon: int, warmup: int, objective: str) -> Tensor:
     """Average per-period loss of base-stock at each candidate level [B, K], all candidates
     of a product on the same demand path (common random numbers)."""
@@ -121,7 +122,7 @@ def search_levels(cost_of: callable, center: Tensor, spread: Tensor, points: int
         offsets = torch.arange(-2, 3, dtype=center.dtype)
 
 
-def omniscient_levels(problem, batch: ProductBatch, width: int, objective: str, seed: int,
+def omniscient_levels(problem: Problem, batch: ProductBatch, width: int, objective: str, seed: int,
                       sim_periods: int = 4000, burn_in: int = 100) -> Tensor:
     """Per-product optimal (L = 0) or best base-stock (L > 0) level from the true law."""
     levels = newsvendor_levels(batch, objective)
@@ -156,7 +157,7 @@ def empirical_levels(batch: ProductBatch, start: int, objective: str) -> Tensor:
     return levels
 
 
-def best_constant_level(problem, batch: ProductBatch, width: int, start: int, horizon: int,
+def best_constant_level(problem: Problem, batch: ProductBatch, width: int, start: int, horizon: int,
                         warmup: int, objective: str) -> float:
     """The single base-stock level with the lowest total loss over ``batch``."""
     def cost_of(cand: Tensor) -> Tensor:  # cand [1, K]
@@ -170,7 +171,7 @@ def best_constant_level(problem, batch: ProductBatch, width: int, start: int, ho
     return float(search_levels(cost_of, ld.reshape(1), ld.reshape(1) ** 0.5 * 2)[0])
 
 
-def dp_policy(problem, test: ProductBatch, objective: str):
+def dp_policy(problem: Problem, test: ProductBatch, objective: str) -> dp.TablePolicy:
     """The DP-optimal policy table for a population of identical products."""
     first = test.select([0])
     same = [np.all(test.true_dist == first.true_dist[0])] + [
@@ -182,7 +183,7 @@ def dp_policy(problem, test: ProductBatch, objective: str):
     return dp.optimal_policy(problem, first, objective)
 
 
-def baseline_policies(problem, train: ProductBatch, test: ProductBatch, width: int, start: int,
+def baseline_policies(problem: Problem, train: ProductBatch, test: ProductBatch, width: int, start: int,
                       horizon: int, warmup: int, objective: str, seed: int,
                       which=("omniscient", "estimated", "best_constant"),
                       sim_periods: int = 4000) -> dict[str, BaseStockPolicy]:

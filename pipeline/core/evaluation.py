@@ -8,6 +8,7 @@ from pipeline.core.batch import ProductBatch
 from pipeline.core.rollout import rollout
 from pipeline.core.baselines import baseline_policies
 from pipeline.core.penalty import penalty_properties, structure_metrics
+from pipeline.core.protocols import Policy, Problem
 
 STRUCTURE_PERIODS = 10  # decision periods whose states the violation metrics examine
 
@@ -15,7 +16,7 @@ REFERENCES = ("dp", "omniscient")  # the gap is taken to the first one present
 
 
 @torch.no_grad()
-def policy_metrics(problem, policy, batch: ProductBatch, start: int, horizon: int, warmup: int,
+def policy_metrics(problem: Problem, policy: Policy, batch: ProductBatch, start: int, horizon: int, warmup: int,
                    width: int, round_actions: bool, initial_state=None) -> dict[str, float]:
     """Population metrics per period after the warm-up (sums over products, so the
     average cost is total cost / product-periods)."""
@@ -36,7 +37,7 @@ def policy_metrics(problem, policy, batch: ProductBatch, start: int, horizon: in
     }
 
 
-def evaluation_table(problem, policies: dict, batch: ProductBatch, start: int, horizon: int,
+def evaluation_table(problem: Problem, policies: dict[str, Policy], batch: ProductBatch, start: int, horizon: int,
                      warmup: int, width: int, round_actions: bool, objective: str) -> pd.DataFrame:
     """One row per policy; ``gap_pct`` is relative to the exact optimum (``dp``) where there
     is one, else to the omniscient policy, in cost (or reward: a positive gap is worse in
@@ -59,7 +60,7 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:,.4f}")
 
 
-def violation_summary(cfg, policy, problem, batch: ProductBatch, width: int, start: int | None = None,
+def violation_summary(cfg, policy: Policy, problem: Problem, batch: ProductBatch, width: int, start: int | None = None,
                       skip: int | None = None, initial_state=None) -> dict[str, float]:
     """The structure metrics of ``pipeline.penalty.structure_metrics`` for the run's
     properties (penalised or not) over ``STRUCTURE_PERIODS`` decision periods of a rollout
@@ -75,7 +76,7 @@ def violation_summary(cfg, policy, problem, batch: ProductBatch, width: int, sta
                              cfg.seed, skip=skip, initial_state=initial_state)
 
 
-def test_report(cfg, policy, problem, train: ProductBatch, test: ProductBatch, width: int):
+def test_report(cfg, policy: Policy, problem: Problem, train: ProductBatch, test: ProductBatch, width: int):
     """The learned policy and every configured baseline on the held-out test products,
     same demand paths, integer orders where the problem is discrete; for the learned
     policy also the share of states that violate a structural property, in the visited

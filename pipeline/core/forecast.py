@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from pipeline.core.baselines import critical_fractile
 from pipeline.core.batch import ProductBatch
+from pipeline.core.protocols import Problem
 
 MIN_SCALE = 0.1  # units; as pipeline.policy: keeps scaled inputs finite for products that barely sell
 
@@ -270,7 +271,7 @@ def fit_forecaster(batch: ProductBatch, train_end: int, quantiles: Sequence[floa
 
 # ---------------------------------------------------------------- policies
 
-def order_up_to(problem, levels: Tensor, state: Tensor) -> Tensor:
+def order_up_to(problem: Problem, levels: Tensor, state: Tensor) -> Tensor:
     """Order max(0, level - inventory position) [B, A]; any other action is zero."""
     order = torch.relu(levels - problem.inventory_position(state))[:, None]
     return torch.cat([order, order.new_zeros(order.shape[0], len(problem.actions) - 1)], dim=1)
@@ -282,7 +283,7 @@ class QuantileOrderUpTo:
     every period. ``model`` is anything with ``quantiles`` and
     ``predict(batch, start, horizon) -> [B, horizon, K, Q]``."""
 
-    def __init__(self, problem, model, objective: str, interpolate: bool = True):
+    def __init__(self, problem: Problem, model: QuantileForecaster, objective: str, interpolate: bool = True):
         self.problem, self.model, self.objective, self.interpolate = problem, model, objective, interpolate
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:
@@ -319,7 +320,7 @@ class MovingAverageOrderUpTo:
     """Order up to ``(L + 1) * mean + z * std * sqrt(L + 1)``, mean and std of the last
     ``window`` periods' demand, z the standard normal quantile at the critical fractile."""
 
-    def __init__(self, problem, window: int, objective: str):
+    def __init__(self, problem: Problem, window: int, objective: str):
         self.problem, self.window, self.objective = problem, int(window), objective
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:

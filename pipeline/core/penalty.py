@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pipeline.core.batch import ProductBatch
 from pipeline.core.properties import Property, parse_property
-from pipeline.core.rollout import rollout
+from pipeline.core.protocols import Policy, Problem
+from pipeline.core.rollout import Trajectory, rollout
 
 
-def jacobian(policy, ctx, t: int, state: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+def jacobian(policy: Policy, ctx, t: int, state: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
     """(actions [B, A], J [B, A, W]) of ``policy.act(ctx, t, state)`` at ``state``."""
     state = state.detach().requires_grad_(True)
     actions = policy.act(ctx, t, state)
@@ -90,7 +92,7 @@ def probe_box(states: Tensor, widen: float) -> tuple[Tensor, Tensor]:
     return s.amin(dim=0).clamp_max(0.0) * widen, s.amax(dim=0).clamp_min(1.0) * widen
 
 
-def structure_penalty(policy, traj, properties: list[Property], weights: Tensor, state_names: list[str],
+def structure_penalty(policy: Policy, traj: Trajectory, properties: list[Property], weights: Tensor, state_names: list[str],
                       action_names: list[str], probe_share: float, probe_widen: float,
                       generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
     """The penalty at one random decision period of a recorded rollout: each product's
@@ -113,7 +115,7 @@ def structure_penalty(policy, traj, properties: list[Property], weights: Tensor,
     return loss, metrics
 
 
-def structure_metrics(policy, problem, batch, start: int, horizon: int, width: int,
+def structure_metrics(policy: Policy, problem: Problem, batch: ProductBatch, start: int, horizon: int, width: int,
                       properties: list[Property], probe_widen: float, seed: int = 0,
                       skip: int = 0, initial_state: Tensor | None = None) -> dict[str, float]:
     """Violation metrics of a differentiable policy on ``batch``: at ``horizon`` decision
@@ -139,12 +141,11 @@ def structure_metrics(policy, problem, batch, start: int, horizon: int, width: i
     return out
 
 
-def penalty_properties(problem, width: int, texts: list[str]):
+def penalty_properties(problem: Problem, width: int, texts: list[str]) -> list[Property]:
     """The properties a run enforces: ``texts`` parsed and checked against the problem's
     action and state names, or the problem's defaults when empty."""
     if not texts:  # the claims the exact DP confirmed (docs/structure.md)
-        defaults = getattr(problem, "default_properties", problem.claimed_properties)
-        return defaults(width)
+        return problem.default_properties(width)
     props = [parse_property(t) for t in texts]
     names, actions = problem.state_names(width), list(problem.actions)
     for p in props:

@@ -28,6 +28,7 @@ from torch import Tensor
 from pipeline.core.batch import ProductBatch
 from pipeline.core.evaluation import policy_metrics, violation_summary
 from pipeline.core.policy import demand_scale
+from pipeline.core.protocols import Policy, Problem
 
 
 def shocked(batch: ProductBatch, kind: str, at: int, factor: float, discrete: bool) -> ProductBatch:
@@ -43,14 +44,14 @@ def shocked(batch: ProductBatch, kind: str, at: int, factor: float, discrete: bo
     return replace(batch, demand=demand)
 
 
-def off_distribution_state(problem, batch: ProductBatch, start: int, width: int, multiple: float) -> Tensor:
+def off_distribution_state(problem: Problem, batch: ProductBatch, start: int, width: int, multiple: float) -> Tensor:
     """The problem's initial state plus ``multiple`` x the product's mean demand (over the
     history before ``start``) in every entry."""
     scale = demand_scale(batch, start)
     return problem.initial_state(batch, width) + multiple * scale[:, None]
 
 
-def scenarios(cfg, problem, batch: ProductBatch, width: int) -> list[dict]:
+def scenarios(cfg, problem: Problem, batch: ProductBatch, width: int) -> list[dict]:
     """The configured scenarios: name, batch, rollout start, warm-up, initial state, and
     where the violation metrics look (``skip`` periods into the rollout)."""
     e, r = cfg.eval, cfg.robustness
@@ -66,7 +67,7 @@ def scenarios(cfg, problem, batch: ProductBatch, width: int) -> list[dict]:
     return out
 
 
-def robustness_table(cfg, problem, policies: dict, learned: set[str], batch: ProductBatch,
+def robustness_table(cfg, problem: Problem, policies: dict[str, Policy], learned: set[str], batch: ProductBatch,
                      width: int, progress=None) -> pd.DataFrame:
     """One row per (scenario, policy): average cost and reward per product-period, fill
     rate, and for the networks (``learned``: names of differentiable policies) the share

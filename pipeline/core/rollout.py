@@ -1,8 +1,8 @@
 """Roll any policy through a problem's simulator, and the DirectBackprop objective.
 
-A policy is anything with ``prepare(batch, start, horizon) -> context`` and
-``act(context, t, state) -> actions [B, A]`` (or ``[B]`` for a single action): the network
-and every heuristic alike.
+A policy (``pipeline.core.protocols.Policy``) is anything with ``prepare(batch, start,
+horizon) -> context`` and ``act(context, t, state) -> actions [B, A]`` (or ``[B]`` for a
+single action): the network and every heuristic alike.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
+from pipeline.core.protocols import Policy, Problem
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Trajectory:
         return self.actions[:, :, 0]
 
 
-def rollout(problem, policy, batch: ProductBatch, start: int, horizon: int, width: int,
+def rollout(problem: Problem, policy: Policy, batch: ProductBatch, start: int, horizon: int, width: int,
             round_actions: bool = False, initial_state: Tensor | None = None,
             record_states: bool = False) -> Trajectory:
     if start + horizon > batch.periods:

@@ -1,18 +1,10 @@
 """What every problem shares: the step record and the lead-time routing of orders.
 
 A problem is a small dataclass (its fields are the population-level parameters, set from
-``problem.params`` in the config) with:
-
-- ``name``, ``actions`` (names of the action vector's entries), ``discrete``,
-  ``min_lead_time`` (a class constant, or a property when a parameter sets it);
-- ``state_width(max_lead_time)``, ``state_names(width)``, ``initial_state(batch, width)``;
-- ``setup(batch, width)``: per-rollout constants (computed once, passed to every step);
-- ``step(state, action [B, A], demand [B], batch, setup) -> Step``;
-- ``inventory_position(state)``: what a base-stock policy orders up to;
-- ``dp_space(product, mean, std)``: the finite state grid and action set of the exact DP;
-- ``claimed_properties(width)``: the structural properties GUIDE 2.5 claims (``pipeline.structure``);
-  optionally ``default_properties(width)``: the subset the exact DP confirmed, when not all
-  of them hold (what the structure penalty enforces by default).
+``problem.params`` in the config) implementing ``pipeline.core.protocols.Problem``: its
+names, ``state_width``, ``initial_state``, ``setup``, ``step``, ``inventory_position``,
+``dp_space``, ``claimed_properties`` and ``default_properties`` (the latter inherited from
+``ProblemBase`` unless the exact DP refutes some claims).
 
 Per-product economics (holding, shortage, unit cost, price, lead time) come from the
 ``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.

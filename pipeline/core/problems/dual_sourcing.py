@@ -42,10 +42,11 @@ from pipeline.core.batch import ProductBatch
 from pipeline.core.demand import tail_probability, true_pmf
 from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
 from pipeline.core.properties import Property
+from pipeline.core.protocols import ProblemBase
 
 
 @dataclass
-class DualSourcing:
+class DualSourcing(ProblemBase):
     name: ClassVar[str] = "dual_sourcing"
     actions: ClassVar[tuple[str, ...]] = ("regular_order", "expedited_order")
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders

@@ -21,6 +21,7 @@ from torch import Tensor
 from pipeline.core.batch import ProductBatch
 from pipeline.core.problems.base import StateSpace, Step, lead_time_slots, shift_pipeline
 from pipeline.core.properties import Property
+from pipeline.core.protocols import ProblemBase
 
 
 def lost_sales_grid(mean: float, std: float, lead_time: int) -> tuple[int, int]:
@@ -30,7 +31,7 @@ def lost_sales_grid(mean: float, std: float, lead_time: int) -> tuple[int, int]:
 
 
 @dataclass
-class LostSales:
+class LostSales(ProblemBase):
     name: ClassVar[str] = "lost_sales"
     actions: ClassVar[tuple[str, ...]] = ("order",)
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders

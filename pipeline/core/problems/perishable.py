@@ -30,12 +30,13 @@ from torch import Tensor
 from pipeline.core.batch import ProductBatch
 from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
 from pipeline.core.properties import Property
+from pipeline.core.protocols import ProblemBase
 
 ISSUING = ("fifo", "lifo")
 
 
 @dataclass
-class Perishable:
+class Perishable(ProblemBase):
     name: ClassVar[str] = "perishable"
     actions: ClassVar[tuple[str, ...]] = ("order",)
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders

@@ -29,12 +29,13 @@ from pipeline.core.batch import ProductBatch
 from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, lead_time_slots
 from pipeline.core.problems.lost_sales import lost_sales_grid
 from pipeline.core.properties import Property
+from pipeline.core.protocols import ProblemBase
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the initial stock of batch rows evenly
 
 
 @dataclass
-class Removal:
+class Removal(ProblemBase):
     name: ClassVar[str] = "removal"
     actions: ClassVar[tuple[str, ...]] = ("order", "removal")
     discrete: ClassVar[bool] = True

@@ -3,11 +3,20 @@
 Rows have the columns ``suite, problem, instance, policy, avg_cost, gap_pct``; ``instance``
 is ``key=value`` pairs joined by ``;`` in the suite's key order, ``policy`` ``dp`` is the
 exact optimum and ``gap_pct`` is relative to it. A suite is a list of instances and a
-function giving each policy's long-run average cost on one instance; each suite lives in
-its own module here and is registered in ``SUITES``.
+function giving each policy's long-run average cost on one instance.
+
+A registered problem ``NAME`` (``pipeline.core.problems.PROBLEMS``) has the suite of the
+module ``NAME_suite`` here, found by that name; ``SUITES`` holds them in registry order.
+A suite module provides ``GRID`` (the instances), ``POLICIES`` (their names, ``dp``
+first), ``evaluate(instance, policies)``, ``NOTES``, ``dp_instance(instance)``,
+``POLICY_CLASSES`` (the heuristic policy classes its policies are played by: the contract
+test holds them to ``pipeline.core.protocols.Policy``) and ``TIMED`` (instances whose exact
+DP ``benchmarks/perf.py`` times; its quick mode the first).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +25,7 @@ from typing import Callable
 import pandas as pd
 
 from pipeline.core import dp
-from pipeline.studies.suites import (
-    dual_sourcing_suite as dual_sourcing,
-    lost_sales_suite as lost_sales,
-    perishable_suite as perishable,
-    removal_suite as removal,
-)
+from pipeline.core.problems import PROBLEMS
 from pipeline.reporting.progress import eta
 from pipeline.reporting.report_blocks import markdown_table
 from pipeline.studies.suites.instances import instance_key
@@ -37,19 +41,27 @@ class Suite:
     instances: tuple[dict, ...]
     evaluate: Callable[..., dict[str, float]]  # evaluate(instance, policies) -> {policy: avg_cost}
     notes: str = ""  # what the suite reproduces, for the report
-    dp_instance: Callable | None = None  # instance -> structure.DPInstance (the exact DP's inputs)
+    dp_instance: Callable | None = None  # instance -> DPInstance (the exact DP's inputs)
+    policy_classes: tuple[type, ...] = ()  # the heuristic policy classes of its policies
+    timed: tuple[dict, ...] = ()  # instances whose exact DP the performance suite times
 
 
-SUITES = {s.name: s for s in (
-    Suite("lost_sales", "lost_sales", lost_sales.POLICIES, lost_sales.GRID, lost_sales.evaluate,
-          lost_sales.NOTES, lost_sales.dp_instance),
-    Suite("perishable", "perishable", perishable.POLICIES, perishable.GRID, perishable.evaluate,
-          perishable.NOTES, perishable.dp_instance),
-    Suite("dual_sourcing", "dual_sourcing", dual_sourcing.POLICIES, dual_sourcing.GRID,
-          dual_sourcing.evaluate, dual_sourcing.NOTES, dual_sourcing.dp_instance),
-    Suite("removal", "removal", removal.POLICIES, removal.GRID, removal.evaluate, removal.NOTES,
-          removal.dp_instance),
-)}
+def suite_module_name(problem: str) -> str:
+    return f"{__name__}.{problem}_suite"
+
+
+def load_suite(problem: str) -> Suite | None:
+    """The suite of the registered problem ``problem`` from its module ``<problem>_suite``,
+    or None when it has none."""
+    module_name = suite_module_name(problem)
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    m = importlib.import_module(module_name)
+    return Suite(problem, problem, m.POLICIES, m.GRID, m.evaluate, m.NOTES, m.dp_instance,
+                 m.POLICY_CLASSES, m.TIMED)
+
+
+SUITES = {suite.name: suite for suite in map(load_suite, PROBLEMS) if suite is not None}
 
 
 def selected(name: str) -> list[str]:

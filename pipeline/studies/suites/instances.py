@@ -7,6 +7,7 @@ from torch import Tensor
 
 from pipeline.core import dp
 from pipeline.core.batch import ProductBatch
+from pipeline.core.protocols import Problem
 
 
 def instance_key(instance: dict) -> str:
@@ -15,7 +16,7 @@ def instance_key(instance: dict) -> str:
 
 @dataclass
 class DPInstance:
-    problem: object
+    problem: Problem
     product: ProductBatch
     space: dp.StateSpace
     pmf: Tensor

@@ -15,7 +15,9 @@ import numpy as np
 from pipeline.core import dp
 from pipeline.core.batch import ProductBatch, batch_from_columns
 from pipeline.core.heuristics.perishable_heuristics import (
+    BspLowEw,
     Instance,
+    PerishableBaseStock,
     best_base_stock,
     best_bsp_low_ew,
     product_pmf,
@@ -29,6 +31,8 @@ GRID = tuple({"m": m, "L": L, "w": w, "issuing": issuing}
              for m, L in SIZES for w in (7, 10) for issuing in ("fifo", "lifo")) + tuple(
     {"m": 5, "L": 1, "w": 7, "issuing": issuing} for issuing in ("fifo", "lifo"))  # 161,051 states: 4-7 min each
 POLICIES = ("dp", "base_stock", "waste_aware_base_stock")
+POLICY_CLASSES = (PerishableBaseStock, BspLowEw)
+TIMED = tuple({"m": m, "L": L, "w": 7, "issuing": "fifo"} for m, L in ((2, 1), (3, 1), (3, 2)))
 NOTES = ("De Moor et al. (2022) Scenario A: gamma demand (mean 4, CV 0.5) rounded to integers, "
          "c = 3, p = 5, h = 1, orders 0..10; avg_cost is the exact long-run average cost per "
          "period (dp: relative value iteration on the full 11^(m+L-1) grid). The published "

@@ -32,6 +32,8 @@ from pipeline.studies.suites.instances import DPInstance
 
 GRID = tuple({"p": p, "s": s, "L": L, "gamma": 0.95} for L in (0, 1) for p in (4, 19) for s in (0, 1))
 POLICIES = ("dp", "base_stock", "interval_stock")
+POLICY_CLASSES = (BaseStockPolicy, IntervalStockPolicy)
+TIMED = ({"p": 4, "s": 0, "L": 0, "gamma": 0.95}, {"p": 19, "s": 1, "L": 1, "gamma": 0.95})
 NOTES = ("Joint procurement and removal, lost sales: Poisson(5) demand, h = 1, c = 2, removal "
          "value s per unit. The avg_cost column holds the discounted cost per period "
          "(1 - gamma) * E[V(s0)] from a start with an empty pipeline and on hand uniform on "
