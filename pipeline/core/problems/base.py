@@ -10,23 +10,68 @@ A problem is a small dataclass (its fields are the population-level parameters, 
 - ``step(state, action [B, A], demand [B], batch, setup) -> Step``;
 - ``inventory_position(state)``: what a base-stock policy orders up to;
 - ``dp_space(product, mean, std)``: the finite state grid and action set of the exact DP;
-- ``claimed_properties(width)``: the structural properties GUIDE 2.5 claims (``pipeline.structure``);
+- ``claimed_properties(width)``: the structural properties claimed (docs/structure.md) (``pipeline.structure``);
   optionally ``default_properties(width)``: the subset the exact DP confirmed, when not all
   of them hold (what the structure penalty enforces by default).
 
 Per-product economics (holding, shortage, unit cost, price, lead time) come from the
-``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.
+``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else. A problem
+parameter is read through ``Params.param``: the batch's column of that name (one value per
+product) where it has one, the population constant (the field) otherwise.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
+
+
+class Params:
+    """Per-product problem parameters. The dataclass fields are population constants; a
+    ``ProductBatch.params`` column of the same name gives one value per product instead.
+    ``structural`` fields set the state's layout and must be one value per batch;
+    ``choices`` maps a field whose values are names to the names allowed."""
+
+    structural: ClassVar[tuple[str, ...]] = ()
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def param(self, batch: ProductBatch, name: str):
+        """Parameter ``name``: the batch's column [B] (a choice as its index in
+        ``choices[name]``), or the population constant itself where there is no column."""
+        column = batch.params.get(name)
+        if column is None:
+            return getattr(self, name)
+        if name in self.structural:
+            if bool((torch.as_tensor(column) != getattr(self, name)).any()):
+                raise ValueError(f"{self.name}: {name} cannot differ by product (it sets the state's "
+                                 f"layout or the DP's grid); give one value in problem.params, got a column with "
+                                 f"{', '.join(map(str, np.unique(np.asarray(column))[:5]))}")
+            return getattr(self, name)
+        if name in self.choices:
+            allowed = np.asarray(self.choices[name])
+            match = np.asarray(column)[:, None] == allowed[None, :]
+            if not match.any(axis=1).all():
+                raise ValueError(f"{self.name}: {name} must be one of {', '.join(allowed)}")
+            return torch.as_tensor(match.argmax(axis=1), device=batch.demand.device)
+        return column
+
+    def check_params(self, batch: ProductBatch) -> None:
+        """Refuse a batch whose structural parameters differ by product."""
+        for name in self.structural:
+            self.param(batch, name)
+
+    @classmethod
+    def mixed_instances(cls) -> tuple[dict, dict]:
+        """Two settings of ``problem.params`` that differ in every parameter that may vary
+        by product (the contract test mixes their products in one batch)."""
+        return {}, {}
 
 
 @dataclass
