@@ -7,7 +7,7 @@ import torch
 
 from pipeline.core import dp
 from pipeline.config import load_config
-from pipeline.core.batch import batch_from_columns
+from pipeline.core.batch import batch_from_columns, make_batch
 from pipeline.data.synthetic import synthetic_population
 from pipeline.core.training import train_step
 from pipeline.core.evaluation import policy_metrics
@@ -89,3 +89,59 @@ def test_unknown_problem_parameter_is_refused():
     with pytest.raises(ValueError, match="no parameter 'colour'"):
         get_problem("lost_sales", {"colour": "red"})
     assert np.all([isinstance(get_problem(n).actions, tuple) for n in PROBLEMS])
+
+
+class FixedActions:
+    """Plays given actions [B, T, A]."""
+
+    def __init__(self, actions):
+        self.actions = actions
+
+    def prepare(self, batch, start, horizon):
+        return None
+
+    def act(self, ctx, t, state):
+        return self.actions[:, t]
+
+
+MIXED = [(name, pair) for name in sorted(PROBLEMS) for pair in PROBLEMS[name].mixed_instances()]
+
+
+@pytest.mark.parametrize("name, pair", MIXED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MIXED)])
+def test_a_batch_mixing_two_instances_rolls_out_as_each_alone(name, pair):
+    """Products of two instances (other lead times, other parameters) in one batch, their
+    parameters given per product, roll out exactly as each instance's products alone with
+    its parameters as population constants; the state entries that only the longer lead
+    times use stay empty."""
+    cls, (params_a, params_b) = PROBLEMS[name], pair
+    lo = get_problem(name, params_a).min_lead_time
+    leads = ([lo, lo + 2], [lo + 1])
+    gen = torch.Generator().manual_seed(len(MIXED))
+    demand = torch.randint(0, 8, (3, 14), generator=gen).float()
+    actions = torch.randint(0, 6, (3, 14, len(cls.actions)), generator=gen).float()
+    rows = ([0, 1], [2])
+    alone, starts = [], []
+    for params, lead, row in zip((params_a, params_b), leads, rows):
+        problem = get_problem(name, params)
+        batch = make_batch(demand[row], lead_time=lead, h=2.0, p=9.0, c=3.0, mean=3.0)
+        width = problem.state_width(max(lead))
+        starts.append((problem.initial_state(batch, width), problem.state_names(width)))
+        alone.append((rollout(problem, FixedActions(actions[row]), batch, 0, 14, width,
+                              initial_state=starts[-1][0], record_states=True), starts[-1][1]))
+    per_product = {k: [params_a[k]] * 2 + [params_b[k]] for k in params_a if k not in cls.structural}
+    mixed = get_problem(name, {k: v for k, v in params_a.items() if k in cls.structural})
+    batch = make_batch(demand, lead_time=leads[0] + leads[1], h=2.0, p=9.0, c=3.0, mean=3.0, **per_product)
+    width = mixed.state_width(lo + 2)
+    names = mixed.state_names(width)
+    start = torch.zeros(3, width)
+    for (state, own), row in zip(starts, rows):
+        start[row[0]:row[-1] + 1, [names.index(n) for n in own]] = state
+    assert torch.equal(mixed.initial_state(batch, width)[:2], start[:2])  # rows of the first instance
+    together = rollout(mixed, FixedActions(actions), batch, 0, 14, width, initial_state=start, record_states=True)
+    for (traj, own), row in zip(alone, rows):
+        for field in ("cost", "sales", "held", "lost", "waste"):
+            assert torch.equal(getattr(together, field)[row], getattr(traj, field)), field
+        cols = [names.index(n) for n in own]
+        assert torch.equal(together.states[row][:, :, cols], traj.states)
+        rest = [j for j in range(width) if j not in cols]
+        assert not together.states[row][:, :, rest].any()

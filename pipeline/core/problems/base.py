@@ -68,10 +68,11 @@ class Params:
             self.param(batch, name)
 
     @classmethod
-    def mixed_instances(cls) -> tuple[dict, dict]:
-        """Two settings of ``problem.params`` that differ in every parameter that may vary
-        by product (the contract test mixes their products in one batch)."""
-        return {}, {}
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        """Pairs of ``problem.params`` settings, each pair differing in every parameter that
+        may vary by product and agreeing on the structural ones (the contract test runs the
+        products of both in one batch, their parameters given per product)."""
+        return [({}, {})]
 
 
 @dataclass

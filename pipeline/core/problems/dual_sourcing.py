@@ -65,8 +65,9 @@ class DualSourcing(Params):
         self.expedited_cost = float(self.expedited_cost)
 
     @classmethod
-    def mixed_instances(cls) -> tuple[dict, dict]:
-        return {"expedited_cost": 20.0}, {"expedited_cost": 8.0}
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        return [({"expedited_lead_time": l_e, "expedited_cost": 20.0},
+                 {"expedited_lead_time": l_e, "expedited_cost": 8.0}) for l_e in (0, 1, 2)]
 
     @property
     def min_lead_time(self) -> int:

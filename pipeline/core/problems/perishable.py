@@ -61,8 +61,9 @@ class Perishable(Params):
         self.waste_cost = float(self.waste_cost)
 
     @classmethod
-    def mixed_instances(cls) -> tuple[dict, dict]:
-        return {"issuing": "fifo", "waste_cost": 7.0}, {"issuing": "lifo", "waste_cost": 3.0}
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        return [({"shelf_life": m, "issuing": "fifo", "waste_cost": 10.0},
+                 {"shelf_life": m, "issuing": "lifo", "waste_cost": 3.0}) for m in (2, 3)]
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time)) - 1 + self.shelf_life

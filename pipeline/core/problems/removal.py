@@ -51,9 +51,9 @@ class Removal(Params):
             raise ValueError(f"initial_stock_periods must be >= 0, got {self.initial_stock_periods}")
 
     @classmethod
-    def mixed_instances(cls) -> tuple[dict, dict]:
-        return ({"removal_value": 1.0, "initial_stock_periods": 6.0},
-                {"removal_value": -0.5, "initial_stock_periods": 3.0})
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        return [({"removal_value": 1.0, "initial_stock_periods": 6.0},
+                 {"removal_value": -0.5, "initial_stock_periods": 3.0})]
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time))
