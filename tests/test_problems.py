@@ -145,3 +145,48 @@ def test_a_batch_mixing_two_instances_rolls_out_as_each_alone(name, pair):
         assert torch.equal(together.states[row][:, :, cols], traj.states)
         rest = [j for j in range(width) if j not in cols]
         assert not together.states[row][:, :, rest].any()
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_the_dp_reads_a_parameter_column_as_the_constant(name):
+    """The exact DP's transitions of a product whose parameters come as columns are those of
+    the problem with them as population constants (the column wins over the constant)."""
+    params_a, params_b = PROBLEMS[name].mixed_instances()[0]
+    alone = get_problem(name, params_b)
+    L = alone.min_lead_time
+    columns = {k: v for k, v in params_b.items() if k not in PROBLEMS[name].structural}
+    plain = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5)
+    given = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5, **columns)
+    space = alone.dp_space(plain, 1.5, 1.5 ** 0.5)
+    pmf = _pmf(plain)
+    want = dp.transitions(alone, plain, space, pmf)
+    got = dp.transitions(get_problem(name, params_a), given, space, pmf)
+    assert torch.equal(got.cost, want.cost) and torch.equal(got.next, want.next)
+
+
+def test_a_heuristic_reads_a_parameter_column_as_the_constant():
+    """BSP-low-EW's expected waste under a per-product issuing rule is that of the problem
+    with the rule as a constant, product by product."""
+    from pipeline.core.heuristics.perishable_heuristics import BspLowEw
+    from pipeline.core.problems import Perishable
+    batch = make_batch(torch.zeros(2, 40), [2, 2], mean=3.0, issuing=["fifo", "lifo"])
+    state = torch.tensor([[1.0, 4.0, 3.0, 2.0], [1.0, 4.0, 3.0, 2.0]])
+    policy = BspLowEw(Perishable(3, "fifo"), 4.0, 9.0, 5.0)
+    mixed = policy.act(policy.prepare(batch, 32, 1), 0, state)
+    assert not torch.equal(mixed[0], mixed[1])  # the rules differ here
+    for i, rule in enumerate(("fifo", "lifo")):
+        own = BspLowEw(Perishable(3, rule), 4.0, 9.0, 5.0)
+        one = batch.select([i])
+        one.params = {}
+        assert torch.equal(mixed[i], own.act(own.prepare(one, 32, 1), 0, state[i:i + 1])[0])
+
+
+@pytest.mark.parametrize("name, column", [("perishable", {"shelf_life": [2, 3]}),
+                                          ("dual_sourcing", {"expedited_lead_time": [0, 1]})])
+def test_a_structural_parameter_cannot_differ_by_product(name, column):
+    problem = get_problem(name)
+    batch = make_batch(torch.zeros(2, 4), problem.min_lead_time + 1, **column)
+    with pytest.raises(ValueError, match=f"{next(iter(column))} cannot differ by product"):
+        problem.setup(batch, problem.state_width(problem.min_lead_time + 1))
+    same = make_batch(torch.zeros(2, 4), problem.min_lead_time + 1, **{k: [v[0]] * 2 for k, v in column.items()})
+    problem.setup(same, problem.state_width(problem.min_lead_time + 1))
