@@ -41,6 +41,7 @@ class Params:
 
     structural: ClassVar[tuple[str, ...]] = ()
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    n_param_features: ClassVar[int] = 0  # how many ``param_features`` the network gets
 
     def param(self, batch: ProductBatch, name: str):
         """Parameter ``name``: the batch's column [B] (a choice as its index in
@@ -61,6 +62,17 @@ class Params:
                 raise ValueError(f"{self.name}: {name} must be one of {', '.join(allowed)}")
             return torch.as_tensor(match.argmax(axis=1), device=batch.demand.device)
         return column
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """Scale-free features [B] of the problem parameters for the policy network's static
+        inputs (``total`` [B]: the product's costs and price summed); none by default. Never
+        a parameter of the demand law."""
+        return []
+
+    def per_product(self, batch: ProductBatch, name: str) -> Tensor:
+        """``param`` as a [B] tensor of the batch's dtype."""
+        return torch.as_tensor(self.param(batch, name), dtype=batch.demand.dtype,
+                               device=batch.demand.device).expand(batch.size)
 
     def check_params(self, batch: ProductBatch) -> None:
         """Refuse a batch whose structural parameters differ by product."""

@@ -49,6 +49,7 @@ from pipeline.core.properties import Property
 class DualSourcing(Params):
     name: ClassVar[str] = "dual_sourcing"
     structural: ClassVar[tuple[str, ...]] = ("expedited_lead_time",)
+    n_param_features: ClassVar[int] = 1
     actions: ClassVar[tuple[str, ...]] = ("regular_order", "expedited_order")
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
 
@@ -68,6 +69,11 @@ class DualSourcing(Params):
     def mixed_instances(cls) -> list[tuple[dict, dict]]:
         return [({"expedited_lead_time": l_e, "expedited_cost": 20.0},
                  {"expedited_lead_time": l_e, "expedited_cost": 8.0}) for l_e in (0, 1, 2)]
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """The expedited unit cost's share."""
+        c_e = self.per_product(batch, "expedited_cost")
+        return [c_e / (total + c_e)]
 
     @property
     def min_lead_time(self) -> int:

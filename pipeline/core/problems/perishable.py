@@ -39,6 +39,7 @@ class Perishable(Params):
     name: ClassVar[str] = "perishable"
     structural: ClassVar[tuple[str, ...]] = ("shelf_life", "max_order")
     choices: ClassVar[dict] = {"issuing": ISSUING}
+    n_param_features: ClassVar[int] = 2
     actions: ClassVar[tuple[str, ...]] = ("order",)
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
     min_lead_time: ClassVar[int] = 1
@@ -64,6 +65,13 @@ class Perishable(Params):
     def mixed_instances(cls) -> list[tuple[dict, dict]]:
         return [({"shelf_life": m, "issuing": "fifo", "waste_cost": 10.0},
                  {"shelf_life": m, "issuing": "lifo", "waste_cost": 3.0}) for m in (2, 3)]
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """The waste cost's share and whether the product issues LIFO."""
+        issuing = self.param(batch, "issuing")
+        lifo = issuing == ISSUING.index("lifo") if isinstance(issuing, Tensor) else torch.tensor(issuing == "lifo")
+        w = self.per_product(batch, "waste_cost")
+        return [w / (total + w), lifo.to(total).expand(batch.size)]
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time)) - 1 + self.shelf_life

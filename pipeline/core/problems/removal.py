@@ -36,6 +36,7 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the initial stock of batch rows
 @dataclass
 class Removal(Params):
     name: ClassVar[str] = "removal"
+    n_param_features: ClassVar[int] = 1
     actions: ClassVar[tuple[str, ...]] = ("order", "removal")
     discrete: ClassVar[bool] = True
     min_lead_time: ClassVar[int] = 0
@@ -54,6 +55,10 @@ class Removal(Params):
     def mixed_instances(cls) -> list[tuple[dict, dict]]:
         return [({"removal_value": 1.0, "initial_stock_periods": 6.0},
                  {"removal_value": -0.5, "initial_stock_periods": 3.0})]
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """The removal value relative to the product's costs (negative: a disposal cost)."""
+        return [self.per_product(batch, "removal_value") / total]
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time))
