@@ -56,11 +56,28 @@ def test_a_good_folder_passes_with_its_counts(tmp_path):
     ({"demand": pa.array([[1.0] * 5] * N)}, r"column demand: 6 rows with histories shorter than 20 periods"),
     ({"demand": pa.array([[1.0] * T] * 3 + [[1.0] * (T + 4)] * 3)}, r"histories of different lengths \[20, 24\]"),
     ({"demand": pa.array([None] + [[1.0] * T] * (N - 1), pa.list_(pa.float64()))}, r"1 rows with no history"),
+    # problem parameters given per product: the values problem.params accepts
+    ({"waste_cost": pa.array([1.0, -2.0, 1, 1, -1, 1])},
+     r"column waste_cost: 2 rows with values the problem refuses \(perishable: waste_cost must be >= 0"),
+    ({"expedited_cost": pa.array([1.0, np.nan, 1, 1, 1, 1])}, r"column expedited_cost: 1 rows with NaN or infinite"),
+    ({"issuing": pa.array(["fifo", "lifo", "lilo", "fifo", "fifo", "fifo"])},
+     r"column issuing: 1 rows with values the problem refuses \(perishable: issuing must be one of fifo, lifo"),
+    ({"shelf_life": pa.array([2, 2, 0, 2, 2, 2])}, r"column shelf_life: 1 rows with values the problem refuses"),
+    ({"removal_value": pa.array([None, 1.0, 1, 1, 1, 1], pa.float64())}, r"column removal_value: 1 rows with no value"),
 ])
 def test_each_bad_case_names_file_column_and_rows(tmp_path, change, message):
     write(tmp_path, **change)
     with pytest.raises(DataError, match=message):
         validate_products(tmp_path, min_periods=T)
+
+
+def test_problem_parameter_columns_pass_and_load_per_product(tmp_path):
+    write(tmp_path, waste_cost=pa.array([7.0, 3.0] * 3), issuing=pa.array(["fifo", "lifo"] * 3))
+    assert validate_products(tmp_path, min_periods=T)["products"] == N
+    batch = read_products(tmp_path)
+    assert batch.params["waste_cost"].tolist() == [7.0, 3.0] * 3
+    assert batch.params["issuing"].tolist() == ["fifo", "lifo"] * 3
+    assert batch.select([1]).params["issuing"].tolist() == ["lifo"]
 
 
 def test_missing_empty_truncated_and_corrupt_files(tmp_path):

@@ -87,7 +87,7 @@ def test_every_registered_problem_is_a_problem(name):
 def test_a_class_missing_a_member_is_no_problem():
     """The protocol is structural: inheriting ``ProblemBase`` does not make a class a
     ``Problem`` without the members."""
-    from pipeline.core.protocols import ProblemBase
+    from pipeline.core.problems.base import ProblemBase
 
     class Partial(ProblemBase):
         name, actions, discrete, min_lead_time = "partial", ("order",), True, 0

@@ -83,24 +83,6 @@ def test_expedited_pipeline_for_lead_time_two():
     assert float(problem.expedited_position(state)) == 4 + 1 + 2 + 5  # all arrive within 2 periods
 
 
-@pytest.mark.parametrize("l_e, lead", [(0, [1, 2, 4]), (1, [2, 4]), (2, [3, 5])])
-def test_mixed_lead_times_in_one_batch_match_separate_runs(l_e, lead):
-    problem = DualSourcing(expedited_lead_time=l_e)
-    gen = torch.Generator().manual_seed(l_e)
-    demand = torch.randint(0, 6, (len(lead), 15), generator=gen).float()
-    orders = torch.randint(0, 5, (len(lead), 15, 2), generator=gen).float()
-    width = problem.state_width(max(lead))
-    together = run(problem, demand, orders, lead, width, h=2.0, p=9.0, c=1.0)
-    for i, L in enumerate(lead):
-        alone = run(problem, demand[i], orders[i], L, problem.state_width(L), h=2.0, p=9.0, c=1.0)
-        for field in ("cost", "sales", "held", "lost"):
-            assert torch.equal(getattr(together, field)[i], getattr(alone, field)[0])
-        net, regular, expedited = problem.split(together.states[i])
-        net1, regular1, expedited1 = problem.split(alone.states[0])
-        assert torch.equal(net, net1) and torch.equal(expedited, expedited1)
-        assert torch.equal(regular[:, : L - 1], regular1) and not regular[:, L - 1:].any()
-
-
 def test_cost_gradient_matches_finite_differences():
     problem = DualSourcing(expedited_lead_time=0, expedited_cost=20.0)
     gen = torch.Generator().manual_seed(3)

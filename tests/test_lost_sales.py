@@ -60,17 +60,6 @@ def test_lead_time_two_with_demand_and_losses():
     assert traj.cost[0].tolist() == [10, 10, 2, 4]
 
 
-def test_mixed_lead_times_in_one_batch_match_separate_runs():
-    demand = torch.randint(0, 8, (3, 12)).float()
-    orders = torch.randint(0, 9, (3, 12)).float()
-    lead = [0, 1, 3]
-    together = run(demand, orders, lead, width=3)
-    for i, L in enumerate(lead):
-        alone = run(demand[i], orders[i], L, width=max(1, L))
-        assert torch.equal(together.cost[i], alone.cost[0])
-        assert torch.equal(together.states[i, :, : max(1, L)], alone.states[0])
-
-
 def test_integer_inputs_give_integer_trajectories():
     demand = torch.randint(0, 10, (16, 30)).float()
     orders = torch.randint(0, 10, (16, 30)).float()

@@ -95,24 +95,6 @@ def test_units_age_through_the_shelf_life_then_expire():
         assert traj.held[0].tolist() == [0, 5, 4, 0]
 
 
-def test_mixed_lead_times_in_one_batch_match_separate_runs():
-    gen = torch.Generator().manual_seed(0)
-    demand = torch.randint(0, 9, (3, 15), generator=gen).float()
-    orders = torch.randint(0, 9, (3, 15), generator=gen).float()
-    lead = [1, 2, 3]
-    for issuing in ("fifo", "lifo"):
-        problem = Perishable(3, issuing, 10.0)
-        together = run(problem, demand, orders, lead)
-        assert together.states.shape[2] == 5
-        for i, L in enumerate(lead):
-            alone = run(problem, demand[i], orders[i], L)
-            assert torch.equal(together.cost[i], alone.cost[0])
-            assert torch.equal(together.waste[i], alone.waste[0])
-            width = problem.state_width(L)
-            assert torch.equal(together.states[i, :, -width:], alone.states[0])
-            assert bool((together.states[i, :, : 5 - width] == 0).all())  # slots beyond its lead time
-
-
 def test_gradient_of_rollout_cost_matches_finite_differences():
     problem = Perishable(3, "fifo", 7.0)
     batch = make_batch([[4, 3, 6, 2, 5, 4, 1, 7], [2, 5, 3, 4, 0, 6, 3, 2]], lead_time=[1, 2],

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.core import dp
 from pipeline.config import load_config
-from pipeline.core.batch import batch_from_columns
+from pipeline.core.batch import batch_from_columns, make_batch
 from pipeline.data.synthetic import synthetic_population
 from pipeline.core.training import train_step
 from pipeline.core.evaluation import policy_metrics
@@ -89,3 +89,127 @@ def test_unknown_problem_parameter_is_refused():
     with pytest.raises(ValueError, match="no parameter 'colour'"):
         get_problem("lost_sales", {"colour": "red"})
     assert np.all([isinstance(get_problem(n).actions, tuple) for n in PROBLEMS])
+
+
+class FixedActions:
+    """Plays given actions [B, T, A]."""
+
+    def __init__(self, actions):
+        self.actions = actions
+
+    def prepare(self, batch, start, horizon):
+        return None
+
+    def act(self, ctx, t, state):
+        return self.actions[:, t]
+
+
+MIXED = [(name, pair) for name in sorted(PROBLEMS) for pair in PROBLEMS[name].mixed_instances()]
+
+
+@pytest.mark.parametrize("name, pair", MIXED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MIXED)])
+def test_a_batch_mixing_two_instances_rolls_out_as_each_alone(name, pair):
+    """Products of two instances (other lead times, other parameters) in one batch, their
+    parameters given per product, roll out exactly as each instance's products alone with
+    its parameters as population constants; the state entries that only the longer lead
+    times use stay empty."""
+    cls, (params_a, params_b) = PROBLEMS[name], pair
+    lo = get_problem(name, params_a).min_lead_time
+    leads = ([lo, lo + 2], [lo + 1])
+    gen = torch.Generator().manual_seed(len(MIXED))
+    demand = torch.randint(0, 8, (3, 14), generator=gen).float()
+    actions = torch.randint(0, 6, (3, 14, len(cls.actions)), generator=gen).float()
+    rows = ([0, 1], [2])
+    alone, starts = [], []
+    for params, lead, row in zip((params_a, params_b), leads, rows):
+        problem = get_problem(name, params)
+        batch = make_batch(demand[row], lead_time=lead, h=2.0, p=9.0, c=3.0, mean=3.0)
+        width = problem.state_width(max(lead))
+        starts.append((problem.initial_state(batch, width), problem.state_names(width)))
+        alone.append((rollout(problem, FixedActions(actions[row]), batch, 0, 14, width,
+                              initial_state=starts[-1][0], record_states=True), starts[-1][1]))
+    per_product = {k: [params_a[k]] * 2 + [params_b[k]] for k in params_a if k not in cls.structural}
+    mixed = get_problem(name, {k: v for k, v in params_a.items() if k in cls.structural})
+    batch = make_batch(demand, lead_time=leads[0] + leads[1], h=2.0, p=9.0, c=3.0, mean=3.0, **per_product)
+    width = mixed.state_width(lo + 2)
+    names = mixed.state_names(width)
+    start = torch.zeros(3, width)
+    for (state, own), row in zip(starts, rows):
+        start[row[0]:row[-1] + 1, [names.index(n) for n in own]] = state
+    assert torch.equal(mixed.initial_state(batch, width)[:2], start[:2])  # rows of the first instance
+    together = rollout(mixed, FixedActions(actions), batch, 0, 14, width, initial_state=start, record_states=True)
+    for (traj, own), row in zip(alone, rows):
+        for field in ("cost", "sales", "held", "lost", "waste"):
+            assert torch.equal(getattr(together, field)[row], getattr(traj, field)), field
+        cols = [names.index(n) for n in own]
+        assert torch.equal(together.states[row][:, :, cols], traj.states)
+        rest = [j for j in range(width) if j not in cols]
+        assert not together.states[row][:, :, rest].any()
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_the_dp_reads_a_parameter_column_as_the_constant(name):
+    """The exact DP's transitions of a product whose parameters come as columns are those of
+    the problem with them as population constants (the column wins over the constant)."""
+    params_a, params_b = PROBLEMS[name].mixed_instances()[0]
+    alone = get_problem(name, params_b)
+    L = alone.min_lead_time
+    columns = {k: v for k, v in params_b.items() if k not in PROBLEMS[name].structural}
+    plain = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5)
+    given = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5, **columns)
+    space = alone.dp_space(plain, 1.5, 1.5 ** 0.5)
+    pmf = _pmf(plain)
+    want = dp.transitions(alone, plain, space, pmf)
+    got = dp.transitions(get_problem(name, params_a), given, space, pmf)
+    assert torch.equal(got.cost, want.cost) and torch.equal(got.next, want.next)
+
+
+def test_a_heuristic_reads_a_parameter_column_as_the_constant():
+    """BSP-low-EW's expected waste under a per-product issuing rule is that of the problem
+    with the rule as a constant, product by product."""
+    from pipeline.core.heuristics.perishable_heuristics import BspLowEw
+    from pipeline.core.problems import Perishable
+    batch = make_batch(torch.zeros(2, 40), [2, 2], mean=3.0, issuing=["fifo", "lifo"])
+    state = torch.tensor([[1.0, 4.0, 3.0, 2.0], [1.0, 4.0, 3.0, 2.0]])
+    policy = BspLowEw(Perishable(3, "fifo"), 4.0, 9.0, 5.0)
+    mixed = policy.act(policy.prepare(batch, 32, 1), 0, state)
+    assert not torch.equal(mixed[0], mixed[1])  # the rules differ here
+    for i, rule in enumerate(("fifo", "lifo")):
+        own = BspLowEw(Perishable(3, rule), 4.0, 9.0, 5.0)
+        one = batch.select([i])
+        one.params = {}
+        assert torch.equal(mixed[i], own.act(own.prepare(one, 32, 1), 0, state[i:i + 1])[0])
+
+
+@pytest.mark.parametrize("name, column", [("perishable", {"shelf_life": [2, 3]}),
+                                          ("dual_sourcing", {"expedited_lead_time": [0, 1]})])
+def test_a_structural_parameter_cannot_differ_by_product(name, column):
+    problem = get_problem(name)
+    batch = make_batch(torch.zeros(2, 4), problem.min_lead_time + 1, **column)
+    with pytest.raises(ValueError, match=f"{next(iter(column))} cannot differ by product"):
+        problem.setup(batch, problem.state_width(problem.min_lead_time + 1))
+    same = make_batch(torch.zeros(2, 4), problem.min_lead_time + 1, **{k: [v[0]] * 2 for k, v in column.items()})
+    problem.setup(same, problem.state_width(problem.min_lead_time + 1))
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_the_network_sees_parameter_features_as_column_or_constant(name):
+    """With the problem, the network's static inputs end with the problem's parameter
+    features, the same whether a parameter is a column or the population constant; lost
+    sales adds none."""
+    from pipeline.core.policy import N_STATIC, OrderPolicy, static_features
+    params_a, params_b = PROBLEMS[name].mixed_instances()[0]
+    columns = {k: [params_a[k], params_b[k]] for k in params_a if k not in PROBLEMS[name].structural}
+    mixed = make_batch(torch.ones(2, 40), 1, **columns)
+    scale = torch.ones(2)
+    feats = static_features(mixed, scale, get_problem(name))
+    n = PROBLEMS[name].n_param_features
+    assert feats.shape == (2, N_STATIC + n) and (n > 0) == bool(columns)
+    assert torch.equal(feats[:, :N_STATIC], static_features(mixed, scale))
+    assert n == 0 or not torch.equal(feats[0, N_STATIC:], feats[1, N_STATIC:])
+    for i, params in enumerate((params_a, params_b)):
+        alone = static_features(make_batch(torch.ones(1, 40), 1), scale[:1], get_problem(name, params))
+        assert torch.equal(feats[i], alone[0])
+    policy = OrderPolicy(4, kind="mlp", n_actions=len(PROBLEMS[name].actions), problem=get_problem(name))
+    assert policy.first_exo.in_features == N_STATIC + n + 3
+    policy.prepare(mixed, 32, 4)

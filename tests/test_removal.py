@@ -72,18 +72,6 @@ def test_lead_time_one_trajectory_by_hand():
     assert traj.cost[0].tolist() == [2 * 4 + 0.5 * 2 + 1, 0.5 * 5 + 9 * 2, 9]
 
 
-def test_mixed_lead_times_in_one_batch_match_separate_runs():
-    g = torch.Generator().manual_seed(3)
-    demand = torch.randint(0, 8, (3, 12), generator=g).float()
-    actions = torch.randint(0, 6, (3, 12, 2), generator=g).float()
-    lead = [0, 1, 2]
-    together = run(demand, actions, lead, width=2, on_hand=[7, 3, 12], c=2.0)
-    for i, L in enumerate(lead):
-        alone = run(demand[i], actions[i], L, width=max(1, L), on_hand=[[7, 3, 12][i]], c=2.0)
-        assert torch.equal(together.cost[i], alone.cost[0])
-        assert torch.equal(together.states[i, :, : max(1, L)], alone.states[0])
-
-
 @pytest.mark.parametrize("lead_time, width", [(0, 1), (2, 2)])
 def test_gradient_of_the_cost_matches_finite_differences_for_both_actions(lead_time, width):
     problem = Removal(removal_value=0.7)

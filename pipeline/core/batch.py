@@ -3,12 +3,14 @@
 One product per row: ``product_id``, ``demand`` [B, N] (one value per period), the
 economics ``holding_cost``, ``shortage_cost``, ``unit_cost``, ``price``, ``lead_time``, and
 the ground truth ``true_dist``, ``true_mean``, ``true_shape`` that only the omniscient
-baseline reads (a policy never sees distribution parameters).
+baseline reads (a policy never sees distribution parameters), and ``params``: per-product
+problem parameters by name (any other scalar column, e.g. ``expedited_cost``), which a
+problem reads in place of its population constant (``problems.base.ProblemBase.param``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ class ProductBatch:
     product_id: np.ndarray
     features: Tensor | None = None  # [B, N, F] covariates known in advance (promotions, calendar)
     feature_names: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict)  # name -> [B] tensor (numbers) or array (choices)
 
     def feature(self, names) -> Tensor:
         """The named feature channels [B, N, len(names)], in that order."""
@@ -52,26 +55,24 @@ class ProductBatch:
         return self.demand.shape[1]
 
     def to(self, device, dtype=None) -> "ProductBatch":
-        moved = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
+        def move(v):
+            if isinstance(v, dict):
+                return {k: move(x) for k, x in v.items()}
             if isinstance(v, Tensor):
-                cast = dtype if (dtype is not None and v.is_floating_point()) else None
-                v = v.to(device=device, dtype=cast)
-            moved[f.name] = v
-        return ProductBatch(**moved)
+                return v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
+            return v
+        return ProductBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     def select(self, index) -> "ProductBatch":
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
+        def pick(v):
+            if isinstance(v, dict):
+                return {k: pick(x) for k, x in v.items()}
             if isinstance(v, Tensor):
-                out[f.name] = v[torch.as_tensor(index, device=v.device)]
-            elif v is None or isinstance(v, tuple):
-                out[f.name] = v
-            else:
-                out[f.name] = v[np.asarray(index if not isinstance(index, Tensor) else index.cpu())]
-        return ProductBatch(**out)
+                return v[torch.as_tensor(index, device=v.device)]
+            if v is None or isinstance(v, tuple):
+                return v
+            return v[np.asarray(index if not isinstance(index, Tensor) else index.cpu())]
+        return ProductBatch(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
     def with_demand(self, demand: Tensor) -> "ProductBatch":
         return replace(self, demand=demand)
@@ -89,8 +90,13 @@ def _stack(column) -> np.ndarray:
 
 
 def concat_batches(parts: list[ProductBatch]) -> ProductBatch:
-    """One batch from several with the same periods and feature names."""
+    """One batch from several with the same periods, feature names and parameter columns."""
     def merge(values):
+        if isinstance(values[0], dict):
+            if any(v.keys() != values[0].keys() for v in values):
+                raise ValueError(f"batches with different parameter columns: {sorted({*values[0]})}, "
+                                 f"{sorted({k for v in values for k in v} - values[0].keys())}")
+            return {k: merge([v[k] for v in values]) for k in values[0]}
         if isinstance(values[0], torch.Tensor):
             return torch.cat(values)
         if values[0] is None or isinstance(values[0], tuple):  # features absent; feature names
@@ -103,9 +109,24 @@ def concat_batches(parts: list[ProductBatch]) -> ProductBatch:
 FEATURE_PREFIX = "feature_"
 
 
+KNOWN_COLUMNS = ("product_id", "demand", "lead_time", *ECONOMICS, "true_dist", "true_mean", "true_shape")
+
+
+def _param_column(values, dtype):
+    """A per-product parameter: numbers as a tensor, names (a choice) as strings; None for
+    anything else (a list column)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        return None
+    if arr.dtype.kind in "biuf":
+        return torch.as_tensor(arr.astype(np.float64), dtype=dtype)
+    return arr.astype(str) if arr.dtype.kind in "US" or all(isinstance(v, str) for v in arr) else None
+
+
 def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
     """Build a batch from a dict of numpy columns (a Ray Data numpy batch or a table).
-    Every ``feature_<name>`` list column becomes a channel of ``features``, by name."""
+    Every ``feature_<name>`` list column becomes a channel of ``features``, by name; every
+    other column with one value per product goes into ``params`` under its name."""
     f = lambda k: torch.as_tensor(np.array(cols[k], dtype=np.float64), dtype=dtype)  # noqa: E731
     n = len(cols["demand"])
     names = tuple(sorted(k[len(FEATURE_PREFIX):] for k in cols if k.startswith(FEATURE_PREFIX)))
@@ -122,4 +143,22 @@ def batch_from_columns(cols: dict, dtype=torch.float32) -> ProductBatch:
         true_dist=np.asarray(cols["true_dist"]).astype(str) if "true_dist" in cols else np.full(n, "unknown"),
         product_id=np.asarray(cols["product_id"]),
         features=features, feature_names=names,
+        params={k: v for k, v in ((k, _param_column(v, dtype)) for k, v in cols.items()
+                                  if k not in KNOWN_COLUMNS and not k.startswith(FEATURE_PREFIX)) if v is not None},
     )
+
+
+def make_batch(demand, lead_time=0, h=1.0, p=4.0, c=0.0, price=0.0, mean=5.0, dist="poisson",
+               shape=0.0, **params) -> ProductBatch:
+    """A batch from a [B, N] (or [N]) demand array, per-product or scalar economics, the
+    true law (``dist``, ``mean``, ``shape``) and per-product problem parameters by name."""
+    demand = np.asarray(demand, dtype=np.float32)
+    demand = demand[None, :] if demand.ndim == 1 else demand
+    n = demand.shape[0]
+    full = lambda v: np.broadcast_to(np.asarray(v), (n,)).copy()  # noqa: E731
+    number = lambda v: full(v).astype(float)  # noqa: E731
+    return batch_from_columns({
+        "product_id": np.arange(n), "demand": demand, "holding_cost": number(h), "shortage_cost": number(p),
+        "unit_cost": number(c), "price": number(price), "lead_time": number(lead_time).astype(int),
+        "true_dist": full(dist), "true_mean": number(mean), "true_shape": number(shape),
+        **{k: full(v) for k, v in params.items()}})

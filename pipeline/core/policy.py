@@ -1,4 +1,4 @@
-"""The order policy network (GUIDE 3) and the feature map it sees.
+"""The order policy network (docs/architecture.md) and the feature map it sees.
 
 A dilated causal 1-D CNN reads the last ``window`` periods of scaled demand, its embedding
 is concatenated with scale-free static features (cost ratios, lead time, log scale, the
@@ -51,15 +51,17 @@ def running_moments(demand: Tensor, start: int, horizon: int) -> tuple[Tensor, T
     return mean, var.sqrt()
 
 
-def static_features(batch: ProductBatch, scale: Tensor) -> Tensor:
+def static_features(batch: ProductBatch, scale: Tensor, problem=None) -> Tensor:
     """Cost shares, the shortage fractile, lead time, and the size of the product: log
-    scale and scale^-1/2 (the relative noise of counts at that scale)."""
+    scale and scale^-1/2 (the relative noise of counts at that scale); with ``problem``,
+    its ``param_features`` of the product's problem parameters after them."""
     h, p, c, r = batch.holding_cost, batch.shortage_cost, batch.unit_cost, batch.price
     total = (h + p + c + r).clamp_min(1e-9)
+    extra = problem.param_features(batch, total) if problem is not None else []
     return torch.stack([h / total, p / total, c / total, r / total,
                         p / (p + h).clamp_min(1e-9),
                         batch.lead_time.to(scale.dtype) / 4.0,
-                        torch.log(scale), scale.rsqrt()], dim=1)
+                        torch.log(scale), scale.rsqrt(), *extra], dim=1)
 
 
 def running_features(mean: Tensor, std: Tensor, scale: Tensor) -> Tensor:
@@ -113,8 +115,10 @@ class PolicyContext:
 class OrderPolicy(nn.Module):
     def __init__(self, state_width: int, kind: str = "cnn", window: int = 32, channels: int = 16,
                  hidden: tuple[int, ...] = (32, 32), dilations: tuple[int, ...] = (1, 2, 4, 8, 16),
-                 n_actions: int = 1, features: tuple[str, ...] = (), feature_lookahead: int = 0):
+                 n_actions: int = 1, features: tuple[str, ...] = (), feature_lookahead: int = 0,
+                 problem=None):
         super().__init__()
+        self.problem = problem  # with one: its parameters' features join the static inputs
         self.kind, self.state_width, self.n_actions = kind, state_width, n_actions
         self.features, self.lookahead = tuple(features), feature_lookahead if features else 0
         n_feat = len(self.features)
@@ -123,7 +127,7 @@ class OrderPolicy(nn.Module):
             raise ValueError(f"dilations {dilations} see {self.encoder.receptive_field} periods, "
                              f"not policy.window={window}")
         self.window = window if kind == "cnn" else 0
-        n_exo = N_STATIC + N_RUNNING + (channels if kind == "cnn" else 0) + n_feat * self.lookahead
+        n_exo = N_STATIC + getattr(problem, "n_param_features", 0) + N_RUNNING + (channels if kind == "cnn" else 0) + n_feat * self.lookahead
         n_endo = state_width + 1  # scaled state and inventory position
         self.first_exo = nn.Linear(n_exo, hidden[0])
         self.first_endo = nn.Linear(n_endo, hidden[0], bias=False)
@@ -142,7 +146,7 @@ class OrderPolicy(nn.Module):
                              f"the policy's {self.window}-period window")
         scale = demand_scale(batch, start)
         mean, std = running_moments(batch.demand, start, horizon)
-        parts = [static_features(batch, scale)[:, None, :].expand(-1, horizon, -1),
+        parts = [static_features(batch, scale, self.problem)[:, None, :].expand(-1, horizon, -1),
                  running_features(mean, std, scale)]
         feats = batch.feature(self.features) if self.features else None
         if self.encoder is not None:
@@ -171,8 +175,10 @@ class OrderPolicy(nn.Module):
         return F.softplus(z) * scale[:, None]  # [B, A]
 
 
-def build_policy(cfg, state_width: int, n_actions: int = 1) -> OrderPolicy:
-    """``cfg`` is a ``PolicyConfig``; ``n_actions`` the length of the problem's action."""
+def build_policy(cfg, state_width: int, n_actions: int = 1, problem=None) -> OrderPolicy:
+    """``cfg`` is a ``PolicyConfig``; ``n_actions`` the length of the problem's action; with
+    ``problem``, the network also sees its parameters' features (``static_features``)."""
     return OrderPolicy(state_width, kind=cfg.kind, window=cfg.window, channels=cfg.channels,
                        hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations), n_actions=n_actions,
-                       features=tuple(cfg.features), feature_lookahead=cfg.feature_lookahead)
+                       features=tuple(cfg.features), feature_lookahead=cfg.feature_lookahead,
+                       problem=problem)

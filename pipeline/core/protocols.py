@@ -5,8 +5,8 @@ Both are ``runtime_checkable``: ``isinstance(x, Problem)`` checks that every mem
 present (not the signatures; ``tests/test_contracts.py`` checks those, for every
 registered problem and every policy class of the package).
 
-A problem class inherits ``ProblemBase`` for the default ``default_properties`` (every
-claimed property); a policy needs no base class.
+A problem class inherits ``pipeline.core.problems.base.ProblemBase`` (per-product
+parameters, the default ``default_properties``); a policy needs no base class.
 """
 from __future__ import annotations
 
@@ -71,16 +71,6 @@ class Problem(Protocol):
         ...
 
 
-class ProblemBase:
-    """The defaults a problem class inherits (it is no ``Problem`` by inheriting them: the
-    protocol is structural, so a missing member stays missing)."""
-
-    def default_properties(self, width: int) -> list[Property]:
-        """Every claimed property; a problem whose exact DP breaks some claims overrides it."""
-        return self.claimed_properties(width)
-
-
-@runtime_checkable
 class Policy(Protocol):
     """Anything the simulator rolls (``pipeline.core.rollout.rollout``): the network and
     every heuristic alike. ``prepare`` runs once per rollout and returns what ``act`` needs

@@ -2,6 +2,7 @@
 and the checks a dataset passes before a job reads it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.batch import ECONOMICS, ProductBatch, batch_from_columns
+from pipeline.core.problems import PROBLEMS
 from pipeline.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+# per-product problem parameters a product row may carry, by column name: the problem that owns it
+PARAMETERS = {f.name: cls for cls in PROBLEMS.values() for f in dataclasses.fields(cls)}
 
 
 def to_arrow(cols: dict[str, np.ndarray], index: np.ndarray | None = None) -> pa.Table:
@@ -23,7 +27,7 @@ def to_arrow(cols: dict[str, np.ndarray], index: np.ndarray | None = None) -> pa
     offsets = pa.array(np.arange(0, (n + 1) * periods, periods, dtype=np.int32))
     arrays = {"product_id": pa.array(cols["product_id"][index]),
               "demand": pa.ListArray.from_arrays(offsets, pa.array(demand.reshape(-1)))}
-    for k in ("true_dist", "true_mean", "true_shape", "lead_time", *ECONOMICS):
+    for k in ("true_dist", "true_mean", "true_shape", "lead_time", *ECONOMICS, *(k for k in cols if k in PARAMETERS)):
         arrays[k] = pa.array(np.asarray(cols[k])[index])
     return pa.table(arrays)
 
@@ -78,7 +82,8 @@ def validate_products(path: str | Path, min_periods: int = 1) -> dict[str, int]:
     """Check a Parquet file or folder of product rows before a job reads it; a problem is a
     ``DataError`` naming the file, the column and how many rows. Checked: files readable,
     the columns ``REQUIRED_COLUMNS`` present with numeric types (``demand`` a list), no
-    NaN or infinite values, no negative demand, costs or lead times, one row per
+    NaN or infinite values, no negative demand, costs or lead times, a value every problem
+    parameter column (``PARAMETERS``) allows (``docs/problems/<problem>.md``), one row per
     ``product_id``, every history ``min_periods`` long or more and all of the same length.
     Files with no rows are skipped and counted. Returns the counts: files, empty files,
     products, periods."""
@@ -148,7 +153,27 @@ def _check_columns(f: Path, table: pa.Table, min_periods: int) -> set[int]:
     fractional = lead != np.round(lead)
     if fractional.any():
         raise DataError(f"{f}: column lead_time: {int(fractional.sum())} rows with a fractional lead time")
+    for name in (c for c in table.column_names if c in PARAMETERS):
+        _check_parameter(f, name, table.column(name))
     return set(np.unique(sizes).tolist())
+
+
+def _check_parameter(f: Path, name: str, column: pa.ChunkedArray) -> None:
+    """A problem parameter column: every value one its problem accepts as ``problem.params``."""
+    if column.null_count:
+        raise DataError(f"{f}: column {name}: {column.null_count} rows with no value (null)")
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype.kind in "iuf" and not np.isfinite(values).all():
+        raise DataError(f"{f}: column {name}: {int((~np.isfinite(values)).sum())} rows with NaN or infinite values")
+    bad, reason = np.zeros(len(values), dtype=bool), ""
+    for value in np.unique(values):
+        try:
+            PARAMETERS[name](**{name: value.item() if hasattr(value, "item") else value})
+        except (TypeError, ValueError) as e:
+            bad |= values == value
+            reason = reason or str(e)
+    if bad.any():
+        raise DataError(f"{f}: column {name}: {int(bad.sum())} rows with values the problem refuses ({reason})")
 
 
 def _check_values(f: Path, name: str, values: np.ndarray, row: np.ndarray, what: str) -> None:

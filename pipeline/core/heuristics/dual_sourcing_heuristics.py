@@ -1,4 +1,4 @@
-"""The classical dual-sourcing heuristics (GUIDE 2.3) as policy objects, and the searches
+"""The classical dual-sourcing heuristics (docs/problems/dual_sourcing.md) as policy objects, and the searches
 that find their parameters on exact costs.
 
 Notation (``problem`` is a ``DualSourcing``, the state is read after this period's

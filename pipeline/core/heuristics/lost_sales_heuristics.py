@@ -1,4 +1,4 @@
-"""Classical heuristics for lost sales with lead time L >= 1 (GUIDE 2.1), and their exact
+"""Classical heuristics for lost sales with lead time L >= 1 (docs/problems/lost_sales.md), and their exact
 long-run average cost on the DP grid.
 
 Conventions are those of ``pipeline/problems/lost_sales.py``: the state after arrivals is

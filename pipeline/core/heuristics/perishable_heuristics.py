@@ -1,4 +1,4 @@
-"""Classical heuristics for perishable inventory (GUIDE 2.2), and the searches that find their
+"""Classical heuristics for perishable inventory (docs/problems/perishable.md), and the searches that find their
 parameters on exact long-run average costs.
 
 Conventions are those of ``pipeline/problems/perishable.py``: the state is
@@ -46,9 +46,11 @@ def product_pmf(batch: ProductBatch, eps: float = 1e-12) -> Tensor:
     return trimmed_pmf(true_pmf(batch), eps)
 
 
-def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: Tensor) -> Tensor:
+def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: Tensor,
+                   issuing: str | Tensor | None = None) -> Tensor:
     """E[units that expire in periods t .. t + L - 1] if nothing more is ordered, for each
-    product's lead time L: the waste before an order placed now arrives [B]. Exact for
+    product's lead time L (and issuing rule, ``Perishable.issue``): the waste before an
+    order placed now arrives [B]. Exact for
     i.i.d. demand with pmf [B, D]: the last period is an expectation over its demand, every
     earlier one a sum over its demand values."""
     m = problem.shelf_life
@@ -61,7 +63,8 @@ def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: T
         """Expected waste in periods ``period .. L-1`` from this stock [B, m] and what is
         still in transit [B, P'] (arrival order)."""
         B, D = stock.shape[0], len(values)
-        left, _ = problem.issue(stock.repeat_interleave(D, dim=0), values.repeat(B))
+        rule = issuing.repeat_interleave(D) if isinstance(issuing, Tensor) else issuing
+        left, _ = problem.issue(stock.repeat_interleave(D, dim=0), values.repeat(B), rule)
         now = (left[m - 1].reshape(B, D) * pmf).sum(dim=1) * (lead_time > period)
         if period + 1 >= horizon:
             return now
@@ -119,12 +122,12 @@ class BspLowEw:
         if not self.threshold > 0:
             raise ValueError(f"BSP-low-EW: threshold must be > 0, got {self.threshold}")
 
-    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> tuple[Tensor, Tensor]:
-        return product_pmf(batch).to(batch.demand.device), batch.lead_time
+    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> tuple:
+        return product_pmf(batch).to(batch.demand.device), batch.lead_time, self.problem.param(batch, "issuing")
 
-    def act(self, ctx: tuple[Tensor, Tensor], t: int, state: Tensor) -> Tensor:
-        pmf, lead_time = ctx
-        waste = expected_waste(self.problem, state, pmf, lead_time)
+    def act(self, ctx: tuple, t: int, state: Tensor) -> Tensor:
+        pmf, lead_time, issuing = ctx
+        waste = expected_waste(self.problem, state, pmf, lead_time, issuing)
         return bsp_low_ew_order(self.problem.inventory_position(state), waste, self.low_level,
                                 self.level, self.threshold, self.problem.max_order)[:, None]
 
@@ -149,7 +152,10 @@ class Instance:
         space = problem.dp_space(product, float(product.true_mean[0]), 0.0)
         trans = dp.transitions(problem, product, space, pmf[0])
         states = space.states()
-        waste = expected_waste(problem, states, pmf.expand(len(states), -1), product.lead_time.expand(len(states)))
+        issuing = problem.param(product, "issuing")
+        issuing = issuing.expand(len(states)) if isinstance(issuing, Tensor) else issuing
+        waste = expected_waste(problem, states, pmf.expand(len(states), -1), product.lead_time.expand(len(states)),
+                               issuing)
         return cls(problem, product, trans, states.sum(dim=1), waste)
 
     def average_cost(self, orders: Tensor) -> float:

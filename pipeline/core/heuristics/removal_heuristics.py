@@ -1,4 +1,4 @@
-"""Heuristics for joint procurement and removal (GUIDE 2.4).
+"""Heuristics for joint procurement and removal (docs/problems/removal.md).
 
 - ``IntervalStockPolicy`` (Maggiar and Sadighian 2017): a lower level ``a`` and an upper level
   ``b >= a`` on the inventory position (on hand plus pipeline): below ``a`` order up to ``a``,

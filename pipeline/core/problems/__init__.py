@@ -5,7 +5,7 @@ the benchmark suites, the performance and penalty benchmarks and the contract te
 
 Adding a problem ``NAME``:
 
-1. a module here with a dataclass ``class Name(ProblemBase)`` (``pipeline.core.protocols``;
+1. a module here with a dataclass ``class Name(ProblemBase)`` (``pipeline.core.problems.base``;
    its fields are the population-level parameters, each with a default) implementing every
    member of ``Problem``, ``name = "NAME"``; override ``default_properties`` only when the
    exact DP refutes some of its ``claimed_properties``;

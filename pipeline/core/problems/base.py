@@ -7,18 +7,82 @@ names, ``state_width``, ``initial_state``, ``setup``, ``step``, ``inventory_posi
 ``ProblemBase`` unless the exact DP refutes some claims).
 
 Per-product economics (holding, shortage, unit cost, price, lead time) come from the
-``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else.
+``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else. A problem
+parameter is read through ``ProblemBase.param``: the batch's column of that name (one value per
+product) where it has one, the population constant (the field) otherwise.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
+from pipeline.core.properties import Property
+
+
+class ProblemBase:
+    """Per-product problem parameters. The dataclass fields are population constants; a
+    ``ProductBatch.params`` column of the same name gives one value per product instead.
+    ``structural`` fields set the state's layout and must be one value per batch;
+    ``choices`` maps a field whose values are names to the names allowed."""
+
+    structural: ClassVar[tuple[str, ...]] = ()
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    n_param_features: ClassVar[int] = 0  # how many ``param_features`` the network gets
+
+    def param(self, batch: ProductBatch, name: str):
+        """Parameter ``name``: the batch's column [B] (a choice as its index in
+        ``choices[name]``), or the population constant itself where there is no column."""
+        column = batch.params.get(name)
+        if column is None:
+            return getattr(self, name)
+        if name in self.structural:
+            if bool((torch.as_tensor(column) != getattr(self, name)).any()):
+                raise ValueError(f"{self.name}: {name} cannot differ by product (it sets the state's "
+                                 f"layout or the DP's grid); give one value in problem.params, got a column with "
+                                 f"{', '.join(map(str, np.unique(np.asarray(column))[:5]))}")
+            return getattr(self, name)
+        if name in self.choices:
+            allowed = np.asarray(self.choices[name])
+            match = np.asarray(column)[:, None] == allowed[None, :]
+            if not match.any(axis=1).all():
+                raise ValueError(f"{self.name}: {name} must be one of {', '.join(allowed)}")
+            return torch.as_tensor(match.argmax(axis=1), device=batch.demand.device)
+        return column
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """Scale-free features [B] of the problem parameters for the policy network's static
+        inputs (``total`` [B]: the product's costs and price summed); none by default. Never
+        a parameter of the demand law."""
+        return []
+
+    def per_product(self, batch: ProductBatch, name: str) -> Tensor:
+        """``param`` as a [B] tensor of the batch's dtype."""
+        return torch.as_tensor(self.param(batch, name), dtype=batch.demand.dtype,
+                               device=batch.demand.device).expand(batch.size)
+
+    def check_params(self, batch: ProductBatch) -> None:
+        """Refuse a batch whose structural parameters differ by product."""
+        for name in self.structural:
+            self.param(batch, name)
+
+    def default_properties(self, width: int) -> list[Property]:
+        """The properties the structure penalty enforces by default: the claimed ones, unless
+        a problem overrides this with the subset its exact DP confirmed (docs/structure.md)."""
+        return self.claimed_properties(width)
+
+    @classmethod
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        """Pairs of ``problem.params`` settings, each pair differing in every parameter that
+        may vary by product and agreeing on the structural ones (the contract test runs the
+        products of both in one batch, their parameters given per product)."""
+        return [({}, {})]
 
 
 @dataclass

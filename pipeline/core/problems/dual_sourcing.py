@@ -1,8 +1,9 @@
-"""Dual sourcing with backlog (GUIDE 2.3), batched over products.
+"""Dual sourcing with backlog (docs/problems/dual_sourcing.md), batched over products.
 
 Two suppliers: the regular one (lead time ``l_r``, the product's ``lead_time``; unit cost
 ``c_r``, the product's ``unit_cost``) and the expedited one (lead time ``l_e < l_r`` and
-unit cost ``c_e``, both problem parameters). Unmet demand is backlogged at ``b`` (the
+unit cost ``c_e``, both problem parameters; ``c_e`` may differ by product, ``l_e`` sets
+the state's layout and may not). Unmet demand is backlogged at ``b`` (the
 product's ``shortage_cost``) per unit per period; leftover stock costs ``h`` (its
 ``holding_cost``).
 
@@ -40,14 +41,15 @@ from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
 from pipeline.core.demand import tail_probability, true_pmf
-from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
+from pipeline.core.problems.base import ProblemBase, StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
 from pipeline.core.properties import Property
-from pipeline.core.protocols import ProblemBase
 
 
 @dataclass
 class DualSourcing(ProblemBase):
     name: ClassVar[str] = "dual_sourcing"
+    structural: ClassVar[tuple[str, ...]] = ("expedited_lead_time",)
+    n_param_features: ClassVar[int] = 1
     actions: ClassVar[tuple[str, ...]] = ("regular_order", "expedited_order")
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
 
@@ -62,6 +64,16 @@ class DualSourcing(ProblemBase):
             raise ValueError(f"dual_sourcing: expedited_cost must be >= 0, got {self.expedited_cost!r}")
         self.expedited_lead_time = int(self.expedited_lead_time)
         self.expedited_cost = float(self.expedited_cost)
+
+    @classmethod
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        return [({"expedited_lead_time": l_e, "expedited_cost": 20.0},
+                 {"expedited_lead_time": l_e, "expedited_cost": 8.0}) for l_e in (0, 1, 2)]
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """The expedited unit cost's share."""
+        c_e = self.per_product(batch, "expedited_cost")
+        return [c_e / (total + c_e)]
 
     @property
     def min_lead_time(self) -> int:
@@ -88,6 +100,7 @@ class DualSourcing(ProblemBase):
         """The one-hot slots of every product's regular order [B, P + 2] and of the
         expedited order [B, E + 2] (column 0: it arrives at once)."""
         check_lead_times(self, batch, width)
+        self.check_params(batch)
         E = self.expedited_slots
         regular = lead_time_slots(batch.lead_time, width - E, batch.demand.dtype)
         expedited = lead_time_slots(torch.full_like(batch.lead_time, self.expedited_lead_time),
@@ -108,7 +121,7 @@ class DualSourcing(ProblemBase):
         end = net + expedited_slots[:, 0] * q_e - demand
         held, backlog = torch.relu(end), torch.relu(-end)
         cost = (batch.holding_cost * held + batch.shortage_cost * backlog
-                + batch.unit_cost * q_r + self.expedited_cost * q_e)
+                + batch.unit_cost * q_r + self.param(batch, "expedited_cost") * q_e)
         arriving_r, regular = advance_pipeline(regular, q_r, regular_slots)
         arriving_e, expedited = advance_pipeline(expedited, q_e, expedited_slots)
         next_state = torch.cat([(end + arriving_r + arriving_e)[:, None], regular, expedited], dim=1)
@@ -149,7 +162,7 @@ class DualSourcing(ProblemBase):
         return int((tail > eps).nonzero().max())
 
     def claimed_properties(self, width: int):
-        """GUIDE 2.5: both orders non-increasing in every state entry with slope at least -1.
+        """docs/structure.md: both orders non-increasing in every state entry with slope at least -1.
         Orderings measured on the exact DP (docs/problems/dual_sourcing.md; they hold in
         every visited state for l_e = 0, 1, 2 on the instances there): the regular
         order is more sensitive to later-arriving stock and the expedited order to

@@ -1,4 +1,4 @@
-"""Lost sales with lead time L >= 0 (GUIDE 2.1), batched over products.
+"""Lost sales with lead time L >= 0 (docs/problems/lost_sales.md), batched over products.
 
 State after arrivals, one row per product: ``[on_hand, pipeline_1, ..., pipeline_{W-1}]``
 where ``pipeline_j`` arrives in ``j`` periods and ``W = max(1, max_lead_time)``. Products
@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
-from pipeline.core.problems.base import StateSpace, Step, lead_time_slots, shift_pipeline
+from pipeline.core.problems.base import ProblemBase, StateSpace, Step, lead_time_slots, shift_pipeline
 from pipeline.core.properties import Property
-from pipeline.core.protocols import ProblemBase
 
 
 def lost_sales_grid(mean: float, std: float, lead_time: int) -> tuple[int, int]:
@@ -74,7 +73,7 @@ class LostSales(ProblemBase):
                           actions=torch.arange(max_order + 1, dtype=torch.float64)[:, None])
 
     def claimed_properties(self, width: int):
-        """GUIDE 2.5 (Morton 1969; Zipkin 2008): the order is non-increasing in every state
+        """docs/structure.md (Morton 1969; Zipkin 2008): the order is non-increasing in every state
         entry with slope at least -1, more sensitive to later-arriving stock:
         -1 <= dq/dy_{L-1} <= ... <= dq/dy_1 <= dq/dy_0 <= 0."""
         names = self.state_names(width)

@@ -1,4 +1,4 @@
-"""Perishable inventory with lead time L >= 1 (GUIDE 2.2, De Moor et al. 2022), batched over
+"""Perishable inventory with lead time L >= 1 (docs/problems/perishable.md, De Moor et al. 2022), batched over
 products.
 
 State at the start of a period, one row per product, read from the youngest units to the
@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
-from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
+from pipeline.core.problems.base import ProblemBase, StateSpace, Step, advance_pipeline, check_lead_times, lead_time_slots
 from pipeline.core.properties import Property
-from pipeline.core.protocols import ProblemBase
 
 ISSUING = ("fifo", "lifo")
 
@@ -38,6 +37,9 @@ ISSUING = ("fifo", "lifo")
 @dataclass
 class Perishable(ProblemBase):
     name: ClassVar[str] = "perishable"
+    structural: ClassVar[tuple[str, ...]] = ("shelf_life", "max_order")
+    choices: ClassVar[dict] = {"issuing": ISSUING}
+    n_param_features: ClassVar[int] = 2
     actions: ClassVar[tuple[str, ...]] = ("order",)
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
     min_lead_time: ClassVar[int] = 1
@@ -59,6 +61,18 @@ class Perishable(ProblemBase):
         self.shelf_life, self.max_order = int(self.shelf_life), int(self.max_order)
         self.waste_cost = float(self.waste_cost)
 
+    @classmethod
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        return [({"shelf_life": m, "issuing": "fifo", "waste_cost": 10.0},
+                 {"shelf_life": m, "issuing": "lifo", "waste_cost": 3.0}) for m in (2, 3)]
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """The waste cost's share and whether the product issues LIFO."""
+        issuing = self.param(batch, "issuing")
+        lifo = issuing == ISSUING.index("lifo") if isinstance(issuing, Tensor) else torch.tensor(issuing == "lifo")
+        w = self.per_product(batch, "waste_cost")
+        return [w / (total + w), lifo.to(total).expand(batch.size)]
+
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time)) - 1 + self.shelf_life
 
@@ -73,15 +87,22 @@ class Perishable(ProblemBase):
     def setup(self, batch: ProductBatch, width: int) -> Tensor:
         """The one-hot lead-time slot of every product's order [B, W - m + 2]."""
         check_lead_times(self, batch, width)
+        self.check_params(batch)
         return lead_time_slots(batch.lead_time, width - self.shelf_life + 1, batch.demand.dtype)
 
-    def issue(self, stock: Tensor, demand: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Serve ``demand`` [B] from ``stock`` [B, m] (ages 0..m-1) by the issuing rule:
+    def issue(self, stock: Tensor, demand: Tensor, issuing: str | Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """Serve ``demand`` [B] from ``stock`` [B, m] (ages 0..m-1) by the issuing rule
+        (``issuing``: the problem's, a name, or per product the index in ``ISSUING`` [B]):
         (what is left of each age, the demand left unserved)."""
+        issuing = self.issuing if issuing is None else issuing
+        if isinstance(issuing, Tensor):  # per product: both orders, each product takes its own
+            (fifo, fifo_lost), (lifo, lifo_lost) = self.issue(stock, demand, "fifo"), self.issue(stock, demand, "lifo")
+            use = issuing.to(stock.device) == ISSUING.index("lifo")
+            return [torch.where(use, b, a) for a, b in zip(fifo, lifo)], torch.where(use, lifo_lost, fifo_lost)
         m = self.shelf_life
         left: list = [None] * m
         wanted = demand
-        for age in (range(m - 1, -1, -1) if self.issuing == "fifo" else range(m)):
+        for age in (range(m - 1, -1, -1) if issuing == "fifo" else range(m)):
             left[age] = torch.relu(stock[:, age] - wanted)
             wanted = torch.relu(wanted - stock[:, age])
         return left, wanted
@@ -91,10 +112,10 @@ class Perishable(ProblemBase):
         m = self.shelf_life
         transit = state.shape[1] - m
         order = action[:, 0]
-        left, lost = self.issue(state[:, transit:], demand)
+        left, lost = self.issue(state[:, transit:], demand, self.param(batch, "issuing"))
         waste = left[m - 1]
         held = sum(left[: m - 1], torch.zeros_like(waste))
-        cost = (batch.unit_cost * order + batch.shortage_cost * lost + self.waste_cost * waste
+        cost = (batch.unit_cost * order + batch.shortage_cost * lost + self.param(batch, "waste_cost") * waste
                 + batch.holding_cost * held)
         arriving, pipeline = advance_pipeline(state[:, :transit].flip(1), order, slots)
         next_state = torch.stack([*pipeline.flip(1).unbind(1), arriving, *left[: m - 1]], dim=1)
@@ -113,7 +134,7 @@ class Perishable(ProblemBase):
                           actions_are_bounded=True)
 
     def claimed_properties(self, width: int):
-        """GUIDE 2.5: the order is non-increasing in every state entry with slope at least -1,
+        """docs/structure.md: the order is non-increasing in every state entry with slope at least -1,
         and more sensitive to younger units: along the state (youngest first)
         dq/dy_0 <= dq/dy_1 <= ... <= dq/dy_{W-1}, i.e. an order in transit weighs at least
         as much as fresh stock, fresh stock at least as much as older stock."""

@@ -1,4 +1,4 @@
-"""Joint procurement and removal (GUIDE 2.4), lost sales, batched over products.
+"""Joint procurement and removal (docs/problems/removal.md), lost sales, batched over products.
 
 Each period the policy chooses an order ``q >= 0`` (lead time ``L >= 0`` per product, routed
 as in lost sales) and a removal ``r >= 0`` of on-hand units, returned to the vendor or
@@ -26,10 +26,9 @@ import torch
 from torch import Tensor
 
 from pipeline.core.batch import ProductBatch
-from pipeline.core.problems.base import StateSpace, Step, advance_pipeline, lead_time_slots
+from pipeline.core.problems.base import ProblemBase, StateSpace, Step, advance_pipeline, lead_time_slots
 from pipeline.core.problems.lost_sales import lost_sales_grid
 from pipeline.core.properties import Property
-from pipeline.core.protocols import ProblemBase
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the initial stock of batch rows evenly
 
@@ -37,6 +36,7 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the initial stock of batch rows
 @dataclass
 class Removal(ProblemBase):
     name: ClassVar[str] = "removal"
+    n_param_features: ClassVar[int] = 1
     actions: ClassVar[tuple[str, ...]] = ("order", "removal")
     discrete: ClassVar[bool] = True
     min_lead_time: ClassVar[int] = 0
@@ -50,6 +50,15 @@ class Removal(ProblemBase):
                              f"got {self.removal_value}")
         if not (math.isfinite(self.initial_stock_periods) and self.initial_stock_periods >= 0):
             raise ValueError(f"initial_stock_periods must be >= 0, got {self.initial_stock_periods}")
+
+    @classmethod
+    def mixed_instances(cls) -> list[tuple[dict, dict]]:
+        return [({"removal_value": 1.0, "initial_stock_periods": 6.0},
+                 {"removal_value": -0.5, "initial_stock_periods": 3.0})]
+
+    def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
+        """The removal value relative to the product's costs (negative: a disposal cost)."""
+        return [self.per_product(batch, "removal_value") / total]
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time))
@@ -65,16 +74,18 @@ class Removal(ProblemBase):
         state = batch.demand.new_zeros(batch.size, width)
         rows = torch.arange(1, batch.size + 1, dtype=torch.float64, device=state.device)
         spread = (rows * GOLDEN) % 1.0
-        top = torch.round(self.initial_stock_periods * batch.demand.double().mean(dim=1))
+        top = torch.round(self.param(batch, "initial_stock_periods") * batch.demand.double().mean(dim=1))
         state[:, 0] = torch.round(spread * top).to(state.dtype)
         return state
 
     def setup(self, batch: ProductBatch, width: int) -> Tensor:
         """The lead-time routing of orders; refuses products whose unit cost is not above
         the removal value (buying to remove would pay)."""
-        if bool((batch.unit_cost <= self.removal_value).any()):
-            raise ValueError(f"removal: removal_value {self.removal_value} must be below every "
-                             f"product's unit cost (lowest {float(batch.unit_cost.min()):g})")
+        value = torch.as_tensor(self.param(batch, "removal_value"))
+        below = batch.unit_cost <= value
+        if bool(below.any()):
+            raise ValueError(f"removal: removal_value {float(value.max())} must be below every "
+                             f"product's unit cost (lowest {float(batch.unit_cost[below].min()):g})")
         return lead_time_slots(batch.lead_time, width, batch.demand.dtype)
 
     def step(self, state: Tensor, action: Tensor, demand: Tensor, batch: ProductBatch,
@@ -85,7 +96,7 @@ class Removal(ProblemBase):
         sales = torch.minimum(available, demand)
         held = torch.relu(available - demand)
         lost = torch.relu(demand - available)
-        cost = (batch.unit_cost * order - self.removal_value * removed
+        cost = (batch.unit_cost * order - self.param(batch, "removal_value") * removed
                 + batch.holding_cost * held + batch.shortage_cost * lost)
         arriving, pipeline = advance_pipeline(state[:, 1:], order, slots)
         next_state = torch.cat([(held + arriving)[:, None], pipeline], dim=1)
@@ -101,13 +112,13 @@ class Removal(ProblemBase):
         action, so the DP itself decides never to do both."""
         L = int(product.lead_time[0])
         top, max_order = lost_sales_grid(mean, std, L)
-        top = max(top, math.ceil(self.initial_stock_periods * mean))
+        top = max(top, math.ceil(float(self.param(product, "initial_stock_periods")) * mean))
         actions = torch.cartesian_prod(torch.arange(max_order + 1, dtype=torch.float64),
                                        torch.arange(top + 1, dtype=torch.float64))
         return StateSpace(lows=(0,) * max(1, L), highs=(top,) + (max_order,) * (L - 1), actions=actions)
 
     def claimed_properties(self, width: int):
-        """GUIDE 2.5: the order is non-increasing and the removal non-decreasing in on-hand,
+        """docs/structure.md: the order is non-increasing and the removal non-decreasing in on-hand,
         each by at most one unit per unit. (Never ordering and removing in the same period
         is not a Jacobian property: ``order_and_removal_together`` measures it on a table.)"""
         return [Property("order", "on_hand", lo=-1.0, hi=0.0),

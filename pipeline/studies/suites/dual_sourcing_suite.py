@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.core import dp
 from pipeline.core.demand import true_pmf
-from pipeline.core.batch import ProductBatch, batch_from_columns
+from pipeline.core.batch import ProductBatch, make_batch
 from pipeline.core.heuristics.dual_sourcing_heuristics import (
     DualIndexPolicy,
     SingleIndexPolicy,
@@ -39,10 +39,7 @@ MEAN = 2.0  # uniform on 0..2 * mean
 def product(l_r: int, h: float = 5.0, b: float = 495.0, c_r: float = 0.0, mean: float = MEAN) -> ProductBatch:
     """One product with uniform demand on 0..2 * mean and these economics (its history is
     never read)."""
-    return batch_from_columns({
-        "product_id": [0], "demand": np.zeros((1, 1)), "holding_cost": [h], "shortage_cost": [b],
-        "unit_cost": [c_r], "price": [0.0], "lead_time": [l_r], "true_dist": ["uniform"],
-        "true_mean": [mean], "true_shape": [0.0]})
+    return make_batch(np.zeros((1, 1)), l_r, h=h, p=b, c=c_r, mean=mean, dist="uniform")
 
 
 def instance_transitions(instance: dict) -> tuple[DualSourcing, ProductBatch, dp.Transitions]:

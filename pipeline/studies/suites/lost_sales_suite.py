@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.core.baselines import newsvendor_cost, newsvendor_levels
 from pipeline.core.demand import trimmed_pmf, true_pmf
-from pipeline.core.batch import ProductBatch, batch_from_columns
+from pipeline.core.batch import ProductBatch, make_batch
 from pipeline.core.dp import lost_sales_optimum
 from pipeline.core.heuristics import lost_sales_heuristics as heuristics
 from pipeline.core.problems.lost_sales import LostSales
@@ -31,10 +31,7 @@ NOTES = ("Zipkin (2008): Poisson(5) demand, h = 1, long-run average cost; publis
 
 def product(p: float, L: int, mean: float = 5.0, h: float = 1.0) -> ProductBatch:
     """One Poisson product with these economics (its history is never read)."""
-    return batch_from_columns({
-        "product_id": [0], "demand": np.zeros((1, 1)), "holding_cost": [h], "shortage_cost": [p],
-        "unit_cost": [0.0], "price": [0.0], "lead_time": [L], "true_dist": ["poisson"],
-        "true_mean": [mean], "true_shape": [0.0]})
+    return make_batch(np.zeros((1, 1)), L, h=h, p=p, mean=mean)
 
 
 def evaluate(instance: dict, policies=POLICIES, mean: float = 5.0, h: float = 1.0) -> dict[str, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.core import dp
-from pipeline.core.batch import ProductBatch, batch_from_columns
+from pipeline.core.batch import ProductBatch, make_batch
 from pipeline.core.heuristics.perishable_heuristics import (
     BspLowEw,
     Instance,
@@ -49,10 +49,7 @@ NOTES = ("De Moor et al. (2022) Scenario A: gamma demand (mean 4, CV 0.5) rounde
 
 def product(L: int, mean: float = MEAN, cv: float = CV) -> ProductBatch:
     """One Scenario-A product (its history is never read)."""
-    return batch_from_columns({
-        "product_id": [0], "demand": np.zeros((1, 1)), "holding_cost": [HOLDING],
-        "shortage_cost": [SHORTAGE], "unit_cost": [UNIT_COST], "price": [0.0], "lead_time": [L],
-        "true_dist": ["gamma"], "true_mean": [mean], "true_shape": [cv]})
+    return make_batch(np.zeros((1, 1)), L, h=HOLDING, p=SHORTAGE, c=UNIT_COST, mean=mean, dist="gamma", shape=cv)
 
 
 def instance_problem(instance: dict) -> Perishable:

@@ -21,7 +21,7 @@ from torch import Tensor
 from pipeline.core import dp
 from pipeline.core.baselines import BaseStockPolicy
 from pipeline.core.demand import true_pmf
-from pipeline.core.batch import ProductBatch, batch_from_columns
+from pipeline.core.batch import ProductBatch, make_batch
 from pipeline.core.heuristics.removal_heuristics import (
     IntervalStockPolicy,
     best_base_stock,
@@ -45,10 +45,7 @@ MEAN, HOLDING, UNIT_COST = 5.0, 1.0, 2.0
 
 def product(p: float, L: int, mean: float = MEAN, h: float = HOLDING, c: float = UNIT_COST) -> ProductBatch:
     """One Poisson product with these economics (its history is never read)."""
-    return batch_from_columns({
-        "product_id": [0], "demand": np.zeros((1, 1)), "holding_cost": [h], "shortage_cost": [p],
-        "unit_cost": [c], "price": [0.0], "lead_time": [L], "true_dist": ["poisson"],
-        "true_mean": [mean], "true_shape": [0.0]})
+    return make_batch(np.zeros((1, 1)), L, h=h, p=p, c=c, mean=mean)
 
 
 def initial_law(space: dp.StateSpace, top: int) -> Tensor:
