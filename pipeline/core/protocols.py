@@ -71,6 +71,7 @@ class Problem(Protocol):
         ...
 
 
+@runtime_checkable
 class Policy(Protocol):
     """Anything the simulator rolls (``pipeline.core.rollout.rollout``): the network and
     every heuristic alike. ``prepare`` runs once per rollout and returns what ``act`` needs
