@@ -1,7 +1,7 @@
 """Ray Tune adapter: a sweep over the structure-penalty weights and the learning rate.
 
-Each Tune trial is one Ray Train run (``pipeline.ray_train.fit`` with Tune's report
-callback) on the data the driver wrote once, with its own output folder
+Each Tune trial is one training run (``pipeline.adapters.training_run.train`` with Tune's
+report callback) on the data the driver wrote once, with its own output folder
 (``<output_dir>/<name>/trials/<name>-trial-<k>``) and its own MLflow run, nested under the
 sweep's run. ASHA stops the trials that fall behind on the validation objective. At the
 end the driver settles every trial's MLflow status (a trial stopped by ASHA cannot do it
@@ -195,15 +195,15 @@ def local_cpus(cfg: Config) -> int:
 # ---------------------------------------------------------------- one trial (in a Tune actor)
 
 def run_trial(params: dict, ctx: dict) -> None:
-    """A Tune trial: this trial's config, its MLflow run under the sweep's, one Ray Train
-    run reporting every epoch to Tune. Marks its run FINISHED or FAILED; a trial stopped by
-    ASHA is killed first, and the driver marks its run."""
+    """A Tune trial: this trial's config, its MLflow run under the sweep's, one training
+    run (``training_run.train``, not evaluated) reporting every epoch to Tune. Marks its run
+    FINISHED or FAILED; a trial stopped by ASHA is killed first, and the driver marks its run."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.adapters.ray_train import fit
     from pipeline.adapters.ray_session import quiet_ray_logs
     from pipeline.adapters.tracking import Tracker
+    from pipeline.adapters.training_run import train
 
     quiet_ray_logs()
     base = from_yaml(ctx["config"])
@@ -211,8 +211,6 @@ def run_trial(params: dict, ctx: dict) -> None:
     k = int(name.rsplit("-", 1)[-1])
     cfg = trial_config(base, name, params)
     run_dir = Path(ctx["trials_dir"]) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="trial", data=Path(ctx["splits"]["train"]).parent,
                            parent_run_id=ctx["parent_run_id"], tags={SWEEP_TAG: base.name, "sidbp.trial": k})
@@ -220,8 +218,8 @@ def run_trial(params: dict, ctx: dict) -> None:
         if k in ctx["fail_trials"]:
             raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
         splits = {s: Path(p) for s, p in ctx["splits"].items()}
-        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, run_id, ctx["state_width"],
-                                  callbacks=[TuneReportCallback()]))
+        train(cfg, splits=splits, run_dir=run_dir, tracker=tracker, callbacks=[TuneReportCallback()],
+              evaluate=False)
     except BaseException as e:
         if len(tracker.metric_history("valid/avg_cost")) >= cfg.train.epochs:
             # ended while tearing down after its last epoch was logged (Tune ends a trial at
@@ -444,10 +442,10 @@ def run_sweep(cfg: Config) -> SweepOutcome:
 def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_dir: Path, sweep_run_id: str) -> None:
     """Log the best trial's best checkpoint to its run and register it as a new version of
     the registered model, with the alias ``champion``; tag the sweep's run with it."""
-    from pipeline.adapters.checkpoint import FILE
+    from pipeline.adapters.checkpoint import best_path
     from pipeline.adapters.registry import register_champion, registered_model_name
 
-    path = sweep_dir / "trials" / best.trial / "checkpoints" / "best" / FILE
+    path = best_path(sweep_dir / "trials" / best.trial)
     if not best.run_id or not path.exists():
         print(f"[mlflow] no champion registered: {best.trial} has no run or no {path}", flush=True)
         return
