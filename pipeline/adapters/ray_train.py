@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import ray
 import ray.train
@@ -124,7 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
                 report_fault(w.run_dir, w.latest, epoch, e.step, e, t.grad_clip)
             return  # no weights were changed by the bad step; the last checkpoint stays
         best = end_epoch(w, epoch, stats, time.time() - t0, best, valid,
-                         eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started))
+                         lambda: eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started))
     if state is not None and first_epoch >= t.epochs:
         # every epoch was done before a failure cut the run short of its last report: report
         # that epoch again (a Tune trial ends on it)
@@ -184,7 +185,7 @@ def restore(w: Worker) -> dict | None:
 
 
 def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: float,
-              valid: ProductBatch | None, time_left: str) -> float:
+              valid: ProductBatch | None, time_left: Callable[[], str]) -> float:
     """The epoch's metrics; on rank 0 also the validation metrics, logged before the
     checkpoint (a failure in between redoes the epoch, logged again at its step, rather
     than skipping its metrics), the checkpoints (latest every ``train.checkpoint_every``
@@ -211,7 +212,7 @@ def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: fl
                  f"violations in {metrics['valid/in/violation_rate']:.1%} "
                  f"out {metrics['valid/out/violation_rate']:.1%}  "
                  f"{stats.steps * w.args.batch_size * t.horizon / max(stats.compute_seconds, 1e-9):,.0f} "
-                 f"product-periods/s  {seconds:.1f}s  ({time_left})")
+                 f"product-periods/s  {seconds:.1f}s  ({time_left()})")
     ray.train.report(metrics, checkpoint=checkpoint)
     return best
 
