@@ -24,7 +24,7 @@ from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.core.penalty import penalty_properties
 from pipeline.core.batch import batch_from_columns
 from pipeline.data.synthetic import synthetic_population
-from pipeline.core.training import train_step
+from pipeline.core.training import TrainSpec, train_step
 from pipeline.core.policy import build_policy
 from pipeline.core.problems import PROBLEMS, get_problem
 from pipeline.reporting import logs
@@ -53,10 +53,11 @@ def step_seconds(cases: list[list[str]], steps: int) -> list[float]:
     slow spell of the machine falls on all of them alike; 3 warm-up steps each first."""
     runs = [setup(args) for args in cases]
     times = [[] for _ in runs]
+    specs = [TrainSpec.from_config(cfg, problem, width) for cfg, problem, width, *_ in runs]
     for i in range(steps + 3):
         for k, (cfg, problem, width, batch, policy, optimizer) in enumerate(runs):
             tic = time.perf_counter()
-            train_step(policy, optimizer, problem, batch, cfg.train.history + i % 20, cfg, width)
+            train_step(policy, optimizer, problem, batch, cfg.train.history + i % 20, specs[k])
             if i >= 3:
                 times[k].append(time.perf_counter() - tic)
     return [statistics.median(t) for t in times]

@@ -216,7 +216,7 @@ def headline_shape(s: dict) -> tuple[int, int]:
 
 def rollout_group(s: dict, thread_counts: list[int], backward: bool, log) -> list[Row]:
     from benchmarks.penalty_step import setup
-    from pipeline.core.training import train_step
+    from pipeline.core.training import TrainSpec, train_step
     from pipeline.core.rollout import rollout
 
     name = "step_forward_backward" if backward else "simulator_forward"
@@ -229,7 +229,8 @@ def rollout_group(s: dict, thread_counts: list[int], backward: bool, log) -> lis
                 f"data.periods={max(START + H, 208)}", f"train.history={START}", f"train.horizon={H}",
                 f"train.warmup={min(10, H // 2)}"]
         cfg, problem, width, batch, policy, optimizer = setup(args)
-        call = (partial(train_step, policy, optimizer, problem, batch, START, cfg, width) if backward
+        spec = TrainSpec.from_config(cfg, problem, width)
+        call = (partial(train_step, policy, optimizer, problem, batch, START, spec) if backward
                 else partial(torch.no_grad()(rollout), problem, policy, batch, START, H, width))
         seconds, n = median_seconds(call, s["budget_s"])
         policy_label = f"mlp{list(cfg.policy.hidden)}".replace(" ", "") if kind == "mlp" else "cnn"

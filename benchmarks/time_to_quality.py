@@ -1,12 +1,12 @@
-"""Wall time from start to within 1% of the DP optimum (issue 6, item 5).
+"""Wall time from start to within 1% of the DP optimum.
 
     python -m benchmarks.time_to_quality [threads=2] [kind=mlp] [max_seconds=1200] [target_pct=1.0]
 
 Lost sales, p = 9, L = 4, Poisson(5), h = 1 (Zipkin's grid; exact optimum 6.8359 from
 ``pipeline/dp.py``, ``benchmarks/results/lost_sales.csv``), as a population of identical
-products. One process, no Ray: ``pipeline.engine.train_step`` on batches of training
-products, each step on a new random window, the learning rate decaying (cosine) over
-``max_seconds``. Every ``eval_every`` steps the policy (orders rounded) is evaluated on
+products. One process, no Ray: ``pipeline.core.training.train_epoch`` on batches of
+training products drawn at random, each step on a new random window, the learning rate
+decaying (cosine) over ``max_seconds``. Every ``eval_every`` steps the policy (orders rounded) is evaluated on
 held-out products' paths, as is the exact DP policy on the same paths; the clock stops
 when the learned cost is within ``target_pct`` of the DP policy's on those paths. The
 clock includes data generation and the evaluations, not the DP solve (a reference, not
@@ -15,14 +15,17 @@ part of training). Writes ``benchmarks/results/time_to_quality.csv`` (the curve)
 """
 from __future__ import annotations
 
+import itertools
 import platform
 import time
+from dataclasses import replace
 
 import pandas as pd
 import torch
 
 from benchmarks import key_values, run_script
 from pipeline.config import PROJECT_ROOT, load_config
+from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import write_block
 
 OPTIMUM = 6.835941904994463  # exact DP, p = 9, L = 4 (benchmarks/results/lost_sales.csv)
@@ -40,7 +43,7 @@ def run(opts: dict) -> tuple[pd.DataFrame, dict]:
     from pipeline.core.baselines import dp_policy
     from pipeline.core.batch import batch_from_columns
     from pipeline.data.synthetic import split_products, synthetic_population
-    from pipeline.core.training import cosine_lr, sample_start, train_step
+    from pipeline.core.training import TrainSpec, train_epoch
     from pipeline.core.evaluation import policy_metrics
     from pipeline.core.policy import build_policy
     from pipeline.core.problems import get_problem
@@ -65,29 +68,36 @@ def run(opts: dict) -> tuple[pd.DataFrame, dict]:
     policy = build_policy(cfg.policy, width, 1)
     optimizer = torch.optim.Adam(policy.parameters(), lr=opts["lr"])
     generator = torch.Generator().manual_seed(opts["seed"])
-    curve, step, reached = [], 0, None
-    print(f"[ttq] lost sales p=9 L=4, {opts['kind']} policy, {opts['threads']} threads; DP policy on the "
-          f"test paths {reference:.4f} (exact optimum {OPTIMUM:.4f}); target within {opts['target_pct']}%",
-          flush=True)
-    while reached is None and time.perf_counter() - started < opts["max_seconds"]:
-        elapsed = time.perf_counter() - started
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(opts["lr"], t.lr_final_fraction, min(1.0, elapsed / opts["max_seconds"]))
-        index = torch.randint(train.size, (opts["batch"],), generator=generator)
-        batch = train.select(index)
-        train_step(policy, optimizer, problem, batch, sample_start(generator, t.history, t.horizon, batch.periods),
-                   cfg, width)
-        step += 1
-        if step % opts["eval_every"] == 0:
+    # one step per batch, the learning rate decaying over max_seconds (one "epoch")
+    spec = replace(TrainSpec.from_config(cfg, problem, width), windows_per_batch=1, lr=opts["lr"], epochs=1)
+
+    def batches():  # random training products, until the time is up
+        while time.perf_counter() - started < opts["max_seconds"]:
+            yield train.select(torch.randint(train.size, (opts["batch"],), generator=generator))
+
+    def progress(_step: int) -> float:
+        return min(1.0, (time.perf_counter() - started) / opts["max_seconds"])
+
+    log = logs.get("ttq")
+    curve, step, reached, stream = [], 0, None, batches()
+    log.info(f"lost sales p=9 L=4, {opts['kind']} policy, {opts['threads']} threads; DP policy on the "
+             f"test paths {reference:.4f} (exact optimum {OPTIMUM:.4f}); target within {opts['target_pct']}%")
+    while reached is None:
+        stats = train_epoch(policy, optimizer, problem, itertools.islice(stream, opts["eval_every"]), spec,
+                            generator, progress)
+        step += stats.steps
+        if stats.steps == opts["eval_every"]:  # else the time was up
             cost = policy_metrics(problem, policy, test, e.start, test.periods - e.start, e.warmup, width,
                                   round_actions=True)["avg_cost"]
             wall = time.perf_counter() - started
             gap = 100 * (cost / reference - 1)
             curve.append({"seconds": wall, "steps": step, "avg_cost": cost, "gap_to_dp_policy_pct": gap,
                           "gap_to_optimum_pct": 100 * (cost / OPTIMUM - 1)})
-            print(f"[ttq] {wall:7.1f}s  step {step:5d}  cost {cost:.4f}  gap {gap:+.2f}%", flush=True)
+            log.info(f"{wall:7.1f}s  step {step:5d}  cost {cost:.4f}  gap {gap:+.2f}%")
             if gap <= opts["target_pct"]:
                 reached = wall
+        else:
+            break
     info = {"reference": reference, "reached_seconds": reached, "steps": step,
             "product_periods": step * opts["batch"] * t.horizon, "test_products": test.size,
             "test_periods": test.periods - e.start - e.warmup, "horizon": t.horizon}
@@ -117,7 +127,7 @@ def main(args: list[str]) -> int:
              "", "Curve: `benchmarks/results/time_to_quality.csv`."]
     write_block(PROJECT_ROOT / "docs" / "performance.md", "perf:time_to_quality", "\n".join(lines),
                 header="# Performance\n")
-    print("\n".join(lines))
+    logs.get("").info("\n".join(lines))
     return 0
 
 

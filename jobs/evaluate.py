@@ -16,6 +16,10 @@ import time
 
 from jobs import _cli
 from pipeline.config import load_config, required_periods, resolve_path
+from pipeline.reporting import logs
+
+log_data, log_eval, log_mlflow, log_model = (logs.get(t) for t in ("data", "eval", "mlflow", "model"))
+plain = logs.get("")
 
 
 def main(args: list[str]) -> int:
@@ -29,26 +33,26 @@ def main(args: list[str]) -> int:
     started = time.time()
     tracker = Tracker(cfg)  # an unreachable tracking server fails at once
     policy, cfg, state, model = load_model(cfg)
-    print(f"[model] {model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} policy, "
-          f"epoch {state['epoch']}", flush=True)
+    log_model.info(f"{model.version} (asked for {model.uri}): {cfg.problem.name}, {cfg.policy.kind} policy, "
+                   f"epoch {state['epoch']}")
     problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = state["state_width"]
     out_dir = resolve_path(cfg.output_dir)
     run_dir = out_dir / cfg.name / "evaluate"
-    print("[data] preparing product histories ...", flush=True)
+    log_data.info("preparing product histories ...")
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
-    print(f"[data] {splits['test']}", flush=True)
+    log_data.info(f"{splits['test']}")
 
     run_id = tracker.start(cfg, kind="evaluate", data=splits["test"].parent, resume=False,
                            tags={"model_uri": model.uri, "model_version": model.version,
                                  "model_run_id": model.run_id or ""})
-    print(f"[mlflow] run {run_id} at {tracker.uri}", flush=True)
+    log_mlflow.info(f"run {run_id} at {tracker.uri}")
     with tracker.ending():
-        print("[eval] the policy and the baselines on the test products ...", flush=True)
+        log_eval.info("the policy and the baselines on the test products ...")
         _, summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, run_dir)
         tracker.log_metrics({"wall_seconds": time.time() - started})
-    print("\n" + summary)
-    print(tracker.footer(cfg, run_dir / "evaluation.csv", started))
+    plain.info("\n" + summary)
+    plain.info(tracker.footer(cfg, run_dir / "evaluation.csv", started))
     return 0
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from jobs import _cli
 from pipeline.config import load_config
+from pipeline.reporting import logs
+
+plain = logs.get("")
 
 
 def main(args: list[str]) -> int:
@@ -26,17 +29,17 @@ def main(args: list[str]) -> int:
 
     outcome = run_sweep(cfg)
     table, tracker = outcome.table, outcome.tracker
-    print(f"\nSweep '{cfg.name}': {len(table)} trials, {cfg.problem.objective} objective "
-          f"(validation products; on_front: Pareto front of the finished trials)")
-    print(format_results(table.drop(columns="error")))
+    plain.info(f"\nSweep '{cfg.name}': {len(table)} trials, {cfg.problem.objective} objective "
+               f"(validation products; on_front: Pareto front of the finished trials)")
+    plain.info(format_results(table.drop(columns="error")))
     for row in table[table.status == FAILED].itertuples():
-        print(f"  {row.trial} failed: {row.error}")
-    print(f"\nResults:    {outcome.sweep_dir}/sweep_results.csv, {outcome.sweep_dir}/pareto.png")
-    print(f"MLflow run: {outcome.run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
-    print(f"            open with `make ui`, then http://127.0.0.1:5000/{tracker.run_url()}")
-    print(f"Wall time:  {outcome.seconds:.0f}s")
+        plain.info(f"  {row.trial} failed: {row.error}")
+    plain.info(f"\nResults:    {outcome.sweep_dir}/sweep_results.csv, {outcome.sweep_dir}/pareto.png")
+    plain.info(f"MLflow run: {outcome.run_id} in experiment '{cfg.mlflow.experiment}' at {tracker.uri}")
+    plain.info(f"            open with `make ui`, then http://127.0.0.1:5000/{tracker.run_url()}")
+    plain.info(f"Wall time:  {outcome.seconds:.0f}s")
     if not outcome.ok:
-        print("error: every trial failed", flush=True)
+        plain.info("error: every trial failed")
         return 1
     return 0
 

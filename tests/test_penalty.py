@@ -96,7 +96,7 @@ def test_training_with_the_penalty_lowers_out_of_distribution_violations():
     the share of probe states that violate it ends lower than without; weight 0 computes
     no penalty at all."""
     from pipeline.config import load_config
-    from pipeline.core.training import train_step
+    from pipeline.core.training import TrainSpec, train_step
     from pipeline.core.penalty import structure_penalty
     from pipeline.core.policy import build_policy
     from pipeline.core.rollout import rollout
@@ -111,7 +111,7 @@ def test_training_with_the_penalty_lowers_out_of_distribution_violations():
         policy = build_policy(cfg.policy, 3)
         optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
         for i in range(30):
-            out = train_step(policy, optimizer, PROBLEM, batch, 40 + i % 40, cfg, 3)
+            out = train_step(policy, optimizer, PROBLEM, batch, 40 + i % 40, TrainSpec.from_config(cfg, PROBLEM, 3))
             assert ("penalty" in out) == (weight > 0)
         traj = rollout(PROBLEM, policy, batch, 60, 30, 3, record_states=True)
         _, m = structure_penalty(policy, traj, PROPS, torch.ones(len(PROPS)), NAMES, ["order"], 1.0, 3.0,
@@ -163,14 +163,14 @@ def _ddp_setup():
 
 
 def _step_gradients(batch, cfg, sync=None):
-    from pipeline.core.training import train_step
+    from pipeline.core.training import TrainSpec, train_step
     from pipeline.core.policy import build_policy
 
     torch.manual_seed(0)
     policy = build_policy(cfg.policy, 3)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     torch.manual_seed(123)  # the penalised period: the same draw on every worker
-    out = train_step(policy, optimizer, PROBLEM, batch, 50, cfg, 3, sync)
+    out = train_step(policy, optimizer, PROBLEM, batch, 50, TrainSpec.from_config(cfg, PROBLEM, 3), sync)
     assert out["penalty"] > 0
     return [p.grad.clone() for p in policy.parameters()]
 

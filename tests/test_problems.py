@@ -9,7 +9,7 @@ from pipeline.core import dp
 from pipeline.config import load_config
 from pipeline.core.batch import batch_from_columns, make_batch
 from pipeline.data.synthetic import synthetic_population
-from pipeline.core.training import train_step
+from pipeline.core.training import TrainSpec, train_step
 from pipeline.core.evaluation import policy_metrics
 from pipeline.core.policy import build_policy
 from pipeline.core.problems import PROBLEMS, get_problem
@@ -52,7 +52,7 @@ def test_the_network_learns_on_every_problem(name):
     before = cost()
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
     for i in range(25):
-        train_step(policy, optimizer, problem, batch, 32 + i % 20, cfg, width)
+        train_step(policy, optimizer, problem, batch, 32 + i % 20, TrainSpec.from_config(cfg, problem, width))
     assert cost() - optimum < 0.5 * (before - optimum)
 
 

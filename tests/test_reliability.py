@@ -19,9 +19,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     first such step, names it, keeps epoch 1's checkpoint untouched and marks the run."""
     from jobs import train
     from pipeline.adapters import checkpoint as ckpt
-    from pipeline.adapters import ray_train
+    from pipeline.core import training
 
-    real, calls = ray_train.train_step, {"n": 0}
+    real, calls = training.train_step, {"n": 0}
     steps_per_epoch = 8  # smoke: 42 training products, one batch of 32, 8 windows
 
     def poisoned(policy, *args, **kwargs):
@@ -31,7 +31,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
                 next(policy.parameters()).view(-1)[0] = math.nan
         return real(policy, *args, **kwargs)
 
-    monkeypatch.setattr(ray_train, "train_step", poisoned)
+    monkeypatch.setattr(training, "train_step", poisoned)
     args = smoke_args(tmp_path, "nan", "train.num_workers=0", "train.epochs=3")
     with pytest.raises(NumericalFault, match=r"training stopped at epoch 2, step 1: non-finite loss nan .*"
                                              r"the last good checkpoint \(epoch 1\) is kept at .*latest"):

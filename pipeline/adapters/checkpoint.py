@@ -13,6 +13,16 @@ from pipeline.core.problems import get_problem
 FILE = "checkpoint.pt"
 
 
+def best_path(run_dir: Path) -> Path:
+    """The checkpoint of a run's best validation epoch so far."""
+    return Path(run_dir) / "checkpoints" / "best" / FILE
+
+
+def latest_path(run_dir: Path) -> Path:
+    """The checkpoint of a run's latest epoch (what a restarted run resumes from)."""
+    return Path(run_dir) / "checkpoints" / "latest" / FILE
+
+
 def save(path: Path, policy: torch.nn.Module, optimizer, epoch: int, cfg: Config,
          state_width: int, metrics: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

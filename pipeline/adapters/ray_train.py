@@ -1,10 +1,12 @@
 """Ray adapter: Ray Data feeds product histories to a Ray Train ``TorchTrainer``.
 
-Every worker runs ``train_loop_per_worker``: it streams its shard of the training
-products, takes DirectBackprop steps (``pipeline.engine``), averages gradients with the
-other workers, and reports each epoch. Rank 0 validates, logs the epoch to MLflow and
-writes the checkpoint. A job started again with the same run name resumes from the latest
-checkpoint, from Ray (after a worker-group restart) or from the run's checkpoint folder.
+Every worker runs ``train_loop_per_worker``: it restores the newest checkpoint, then for
+each remaining epoch streams its shard of the training products through the core's
+``train_epoch`` (DirectBackprop steps, gradients averaged with the other workers) and ends
+the epoch (``end_epoch``: rank 0 validates, logs the epoch to MLflow and writes the
+checkpoint; every worker reports to Ray Train). A job started again with the same run name
+resumes from the latest checkpoint, from Ray (after a worker-group restart) or from the
+run's checkpoint folder.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import math
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -24,26 +27,28 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline.adapters import checkpoint as ckpt
-from pipeline.config import Config, from_yaml, to_yaml
-from pipeline.core.batch import ProductBatch, batch_from_columns, concat_batches
-from pipeline.data.parquet import count_rows
-from pipeline.core.training import (
-    cosine_lr,
-    gradient_averager,
-    penalty_ramp,
-    sample_start,
-    train_step,
-    validation_metrics,
-)
-from pipeline.errors import FAULT_FILE, NumericalFault
-
-from pipeline.core.policy import build_policy
-from pipeline.core.problems import get_problem
-from pipeline.reporting.progress import eta
 from pipeline.adapters.ray_session import quiet_ray_logs
 from pipeline.adapters.tracking import EpochLogger
+from pipeline.config import Config, from_yaml, to_yaml
+from pipeline.core.batch import ProductBatch, batch_from_columns, concat_batches
+from pipeline.core.policy import build_policy
+from pipeline.core.problems import get_problem
+from pipeline.core.training import (
+    EpochStats,
+    StepFault,
+    TrainSpec,
+    gradient_averager,
+    train_epoch,
+    validation_metrics,
+)
+from pipeline.data.parquet import count_rows
+from pipeline.errors import FAULT_FILE, NumericalFault
+from pipeline.reporting import logs
+from pipeline.reporting.progress import eta
 
 UNSENT_FILE = "unsent_metrics.json"  # in the run folder: epochs' metrics not yet taken by the tracking server
+
+log = logs.get("train")
 
 
 def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
@@ -55,120 +60,161 @@ def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
     return concat_batches(parts)
 
 
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What the driver (``fit``) hands every worker, as Ray Train's loop config."""
+    config: str            # the run's config, as YAML
+    run_dir: str           # the run's folder: checkpoints, the spool of unsent metrics, faults
+    tracking_uri: str
+    run_id: str            # the MLflow run rank 0 logs the epochs to
+    state_width: int
+    steps_per_epoch: int   # of each worker: full batches of its shard x windows per batch
+    batch_size: int
 
-PENALTY_KEYS = ("penalty", "violation_rate_in", "violation_rate_out")  # train_step's, with the penalty on
+
+@dataclass
+class Worker:
+    """One worker's run, built once (``start_worker``): who it is, what it trains, and
+    the things each epoch uses."""
+    args: WorkerArgs
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    problem: object
+    spec: TrainSpec
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+    tracking: EpochLogger | None  # rank 0 only
+
+    @property
+    def latest(self) -> Path:
+        return ckpt.latest_path(self.run_dir)
 
 
-def train_loop_per_worker(payload: dict) -> None:
-    cfg = from_yaml(payload["config"])
+def train_loop_per_worker(config: dict) -> None:
+    """Restore, train the remaining epochs, end each one (validate, log, checkpoint,
+    report). A non-finite step stops every worker (rank 0 writes ``FAULT_FILE``)."""
+    w = start_worker(WorkerArgs(**config))
+    state = restore(w)
+    first_epoch = state["epoch"] + 1 if state is not None else 0
+    best = state["metrics"].get("best_valid", math.inf) if state is not None else math.inf
+    generator = torch.Generator()
+    shard = ray.train.get_dataset_shard("train")
+    valid = collect(ray.train.get_dataset_shard("valid")) if w.rank == 0 else None
+    if valid is not None:
+        valid = valid.to(w.device)
+    sync, seed, t = gradient_averager(w.world), w.cfg.seed, w.cfg.train
+    started = time.time()
+    for epoch in range(first_epoch, t.epochs):
+        # the rollout windows of an epoch depend on (seed, epoch, rank) only: a run restarted
+        # from a checkpoint samples what an uninterrupted run would have
+        generator.manual_seed(seed * 1_000_003 + epoch * 1009 + w.rank)
+        t0 = time.time()
+        # full batches only: a small remainder batch would take as many steps as a full one
+        batches = shard.iter_batches(batch_size=w.args.batch_size, batch_format="numpy",
+                                     local_shuffle_buffer_size=4 * w.args.batch_size,
+                                     local_shuffle_seed=seed + epoch, drop_last=True)
+        try:
+            stats = train_epoch(w.policy, w.optimizer, w.problem, batches, w.spec, generator,
+                                progress=lambda step: epoch + step / w.args.steps_per_epoch, grad_sync=sync,
+                                prepare=lambda columns: batch_from_columns(columns).to(w.device))
+        except StepFault as e:  # every worker sees it: the gradients are averaged first
+            if w.rank == 0:
+                report_fault(w.run_dir, w.latest, epoch, e.step, e, t.grad_clip)
+            return  # no weights were changed by the bad step; the last checkpoint stays
+        best = end_epoch(w, epoch, stats, time.time() - t0, best, valid,
+                         lambda: eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started))
+    if state is not None and first_epoch >= t.epochs:
+        # every epoch was done before a failure cut the run short of its last report: report
+        # that epoch again (a Tune trial ends on it)
+        ray.train.report({k: v for k, v in state["metrics"].items() if k != "best_valid"})
+    if w.tracking is not None:  # a last try; what the tracking server still did not take stays in UNSENT_FILE
+        w.tracking.close()
+
+
+def start_worker(args: WorkerArgs) -> Worker:
+    """This worker's device, threads, problem, training spec, and the policy and optimiser
+    from ``cfg.seed`` (identical initial weights on every worker); rank 0's epoch logger;
+    its pid in ``<run_dir>/workers/rank-<k>.pid`` (which process is which rank: ``py-spy
+    dump --pid ...``, the failure tests)."""
+    cfg = from_yaml(args.config)
     quiet_ray_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     problem = get_problem(cfg.problem.name, cfg.problem.params)
-    width = payload["state_width"]
-
+    width = args.state_width
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
     policy = build_policy(cfg.policy, width, len(problem.actions)).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
-    run_dir = Path(payload["run_dir"])
-    first_epoch, best = 0, math.inf
-    resume = ray.train.get_checkpoint()
-    latest = run_dir / "checkpoints" / "latest" / ckpt.FILE
-    state = None
-    if resume is not None:  # a restarted worker group, or a run started again under its name
-        with resume.as_directory() as d:
-            state = ckpt.load(Path(d) / ckpt.FILE)
-    if latest.exists():  # written before each report: newer when a failure came in between
-        own = ckpt.load(latest)
-        if state is None or own["epoch"] > state["epoch"]:
-            state, resume = own, None
-    if state is not None:
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        first_epoch = state["epoch"] + 1
-        best = state["metrics"].get("best_valid", math.inf)
-    log = EpochLogger(payload["tracking_uri"], payload["run_id"], run_dir / UNSENT_FILE) if rank == 0 else None
-    workers = run_dir / "workers"  # which process is which rank (py-spy dump --pid ..., the failure tests)
+    run_dir = Path(args.run_dir)
+    tracking = EpochLogger(args.tracking_uri, args.run_id, run_dir / UNSENT_FILE) if rank == 0 else None
+    workers = run_dir / "workers"
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"rank-{rank}.pid").write_text(str(os.getpid()))
-    if state is not None and rank == 0:
-        how = "the Ray Train checkpoint (a restart)" if resume is not None else f"{latest}"
-        print(f"[train] resuming after epoch {state['epoch'] + 1} from {how}", flush=True)
-        log({"train/resumed_after_epoch": state["epoch"] + 1}, step=first_epoch)  # the restarts, on the run
+    return Worker(args, cfg, rank, world, device, problem, TrainSpec.from_config(cfg, problem, width), policy,
+                  optimizer, run_dir, tracking)
 
-    generator = torch.Generator()
-    train_shard = ray.train.get_dataset_shard("train")
-    valid = collect(ray.train.get_dataset_shard("valid")) if rank == 0 else None
-    if valid is not None:
-        valid = valid.to(device)
-    steps_per_epoch, batch_size = payload["steps_per_epoch"], payload["batch_size"]
-    sync = gradient_averager(world)
-    t = cfg.train
-    started = time.time()
-    for epoch in range(first_epoch, t.epochs):
-        # the rollout windows of an epoch depend on (seed, epoch, rank) only: a run restarted
-        # from a checkpoint samples what an uninterrupted run would have
-        generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
-        t0, step, losses, compute, penalty_log = time.time(), 0, [], 0.0, {}
-        # full batches only: a small remainder batch would take as many steps as a full one
-        for columns in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                                local_shuffle_buffer_size=4 * batch_size,
-                                                local_shuffle_seed=cfg.seed + epoch, drop_last=True):
-            tic = time.time()
-            batch = batch_from_columns(columns).to(device)
-            for _ in range(t.windows_per_batch):  # each step: these products, a fresh time window
-                lr = cosine_lr(t.lr, t.lr_final_fraction, (epoch + step / steps_per_epoch) / t.epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                start = sample_start(generator, t.history, t.horizon, batch.periods)
-                try:
-                    out = train_step(policy, optimizer, problem, batch, start, cfg, width, sync,
-                                     penalty_ramp(cfg.penalty.ramp_epochs, epoch + step / steps_per_epoch))
-                except FloatingPointError as e:  # every worker sees it: the gradients are averaged first
-                    if rank == 0:
-                        report_fault(run_dir, latest, epoch, step, e, t.grad_clip)
-                    return  # no weights were changed by the bad step; the last checkpoint stays
-                losses.append(out["loss"])
-                for key in PENALTY_KEYS:
-                    if key in out:
-                        penalty_log.setdefault(key, []).append(out[key])
-                step += 1
-            compute += time.time() - tic
-        metrics = {"train/loss": float(np.mean(losses)) if losses else math.nan, "train/lr": lr if losses else 0.0,
-                   "train/epoch_seconds": time.time() - t0, "train/compute_seconds": compute,
-                   "train/steps": step, "epoch": epoch,
-                   **{f"train/{k}": float(np.mean(v)) for k, v in penalty_log.items()}}
-        checkpoint = None
-        if rank == 0:
-            metrics.update(validation_metrics(policy, problem, valid, cfg, width))
-            score = metrics["valid/avg_cost"] if cfg.problem.objective == "cost" else -metrics["valid/avg_reward"]
-            best = min(best, score)
-            metrics["valid/best"] = best
-            # logged before the checkpoint: a failure in between redoes the epoch (logged again at
-            # its step) rather than skipping its metrics
-            log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            last_epoch = epoch == t.epochs - 1
-            if (epoch + 1) % t.checkpoint_every == 0 or last_epoch or score <= best:
-                info = {"best_valid": best, **metrics}
-                if score <= best:
-                    ckpt.save(run_dir / "checkpoints" / "best" / ckpt.FILE, policy, optimizer, epoch, cfg, width, info)
-                path = ckpt.save(latest, policy, optimizer, epoch, cfg, width, info)
-                checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
-            print(f"[train] epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
-                  f"valid {cfg.problem.objective} {metrics[f'valid/avg_{cfg.problem.objective}']:.4f}  "
-                  f"violations in {metrics['valid/in/violation_rate']:.1%} out {metrics['valid/out/violation_rate']:.1%}  "
-                  f"{step * batch_size * t.horizon / max(compute, 1e-9):,.0f} product-periods/s  "
-                  f"{metrics['train/epoch_seconds']:.1f}s  "
-                  f"({eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started)})", flush=True)
-        ray.train.report(metrics, checkpoint=checkpoint)
-    if state is not None and first_epoch >= t.epochs:
-        # every epoch was done before a failure cut the run short of its last report: report
-        # that epoch again (a Tune trial ends on it)
-        ray.train.report({k: v for k, v in state["metrics"].items() if k != "best_valid"})
-    if log is not None:  # a last try; what the tracking server still did not take stays in UNSENT_FILE
-        log.close()
+
+def restore(w: Worker) -> dict | None:
+    """Load the newest checkpoint into the policy and optimiser, and return it (None: a
+    fresh run). Ray Train's checkpoint comes from a restarted worker group or a run started
+    again under its name; the run's own latest one is written before each report, so it
+    is newer when a failure came in between. Rank 0 says so and logs
+    ``train/resumed_after_epoch`` (the restarts, on the run)."""
+    resume, state = ray.train.get_checkpoint(), None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = ckpt.load(Path(d) / ckpt.FILE)
+    if w.latest.exists():
+        own = ckpt.load(w.latest)
+        if state is None or own["epoch"] > state["epoch"]:
+            state, resume = own, None
+    if state is None:
+        return None
+    w.policy.load_state_dict(state["policy"])
+    w.optimizer.load_state_dict(state["optimizer"])
+    if w.rank == 0:
+        how = "the Ray Train checkpoint (a restart)" if resume is not None else f"{w.latest}"
+        log.info(f"resuming after epoch {state['epoch'] + 1} from {how}")
+        w.tracking({"train/resumed_after_epoch": state["epoch"] + 1}, step=state["epoch"] + 1)
+    return state
+
+
+def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: float,
+              valid: ProductBatch | None, time_left: Callable[[], str]) -> float:
+    """The epoch's metrics; on rank 0 also the validation metrics, logged before the
+    checkpoint (a failure in between redoes the epoch, logged again at its step, rather
+    than skipping its metrics), the checkpoints (latest every ``train.checkpoint_every``
+    epochs, at the last and at a new best; best at a new best) and the epoch's line. Every
+    worker reports to Ray Train. Returns the best validation score so far."""
+    cfg, t = w.cfg, w.cfg.train
+    metrics = {**stats.metrics(), "train/epoch_seconds": seconds, "epoch": epoch}
+    checkpoint = None
+    if w.rank == 0:
+        metrics.update(validation_metrics(w.policy, w.problem, valid, cfg, w.spec.width))
+        score = metrics["valid/avg_cost"] if cfg.problem.objective == "cost" else -metrics["valid/avg_reward"]
+        best = min(best, score)
+        metrics["valid/best"] = best
+        w.tracking({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        if (epoch + 1) % t.checkpoint_every == 0 or epoch == t.epochs - 1 or score <= best:
+            info = {"best_valid": best, **metrics}
+            if score <= best:
+                ckpt.save(ckpt.best_path(w.run_dir), w.policy, w.optimizer, epoch, cfg, w.spec.width, info)
+            path = ckpt.save(w.latest, w.policy, w.optimizer, epoch, cfg, w.spec.width, info)
+            checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
+        objective = cfg.problem.objective
+        log.info(f"epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
+                 f"valid {objective} {metrics[f'valid/avg_{objective}']:.4f}  "
+                 f"violations in {metrics['valid/in/violation_rate']:.1%} "
+                 f"out {metrics['valid/out/violation_rate']:.1%}  "
+                 f"{stats.steps * w.args.batch_size * t.horizon / max(stats.compute_seconds, 1e-9):,.0f} "
+                 f"product-periods/s  {seconds:.1f}s  ({time_left()})")
+    ray.train.report(metrics, checkpoint=checkpoint)
+    return best
 
 
 def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exception, grad_clip: float) -> None:
@@ -178,7 +224,7 @@ def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exce
                f"Lower train.lr or set train.grad_clip (now {grad_clip}), then run again with the same name "
                f"to resume from that checkpoint")
     (run_dir / FAULT_FILE).write_text(message)
-    print(f"[train] {message}", flush=True)
+    log.info(message)
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
@@ -207,12 +253,11 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
         raise ValueError(f"{splits['train']} has fewer training products than the {world} workers")
     batch_size = min(t.batch_size, per_worker)
     steps_per_epoch = (per_worker // batch_size) * t.windows_per_batch
-    payload = {"config": to_yaml(cfg), "run_dir": str(run_dir), "tracking_uri": tracking_uri,
-               "run_id": run_id, "state_width": state_width, "steps_per_epoch": steps_per_epoch,
-               "batch_size": batch_size}
+    args = WorkerArgs(config=to_yaml(cfg), run_dir=str(run_dir), tracking_uri=tracking_uri, run_id=run_id,
+                      state_width=state_width, steps_per_epoch=steps_per_epoch, batch_size=batch_size)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=payload,
+        train_loop_config=asdict(args),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         datasets=datasets,
@@ -224,10 +269,10 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     (run_dir / FAULT_FILE).unlink(missing_ok=True)  # UNSENT_FILE stays: rank 0 sends it first
-    if (storage / cfg.name).exists() and not (run_dir / "checkpoints" / "latest" / ckpt.FILE).exists():
+    if (storage / cfg.name).exists() and not ckpt.latest_path(run_dir).exists():
         # the run's own checkpoints were deleted: start afresh rather than restore Ray's copy of them
-        print(f"[train] {run_dir} has no checkpoint; removing Ray Train's state of an earlier run at "
-              f"{storage / cfg.name}", flush=True)
+        log.info(f"{run_dir} has no checkpoint; removing Ray Train's state of an earlier run at "
+                 f"{storage / cfg.name}")
         shutil.rmtree(storage / cfg.name)
     trainer.fit()
     if (run_dir / FAULT_FILE).exists():

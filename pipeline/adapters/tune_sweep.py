@@ -1,7 +1,7 @@
 """Ray Tune adapter: a sweep over the structure-penalty weights and the learning rate.
 
-Each Tune trial is one Ray Train run (``pipeline.ray_train.fit`` with Tune's report
-callback) on the data the driver wrote once, with its own output folder
+Each Tune trial is one training run (``pipeline.adapters.training_run.train`` with Tune's
+report callback) on the data the driver wrote once, with its own output folder
 (``<output_dir>/<name>/trials/<name>-trial-<k>``) and its own MLflow run, nested under the
 sweep's run. ASHA stops the trials that fall behind on the validation objective. At the
 end the driver settles every trial's MLflow status (a trial stopped by ASHA cannot do it
@@ -24,7 +24,10 @@ import pandas as pd
 
 from pipeline.config import Config, ConfigError, from_yaml, required_periods, resolve_path, to_yaml
 from pipeline.core.penalty import penalty_properties
+from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
+
+log_sweep, log_data, log_mlflow = logs.get("sweep"), logs.get("data"), logs.get("mlflow")
 
 FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
 SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
@@ -195,15 +198,15 @@ def local_cpus(cfg: Config) -> int:
 # ---------------------------------------------------------------- one trial (in a Tune actor)
 
 def run_trial(params: dict, ctx: dict) -> None:
-    """A Tune trial: this trial's config, its MLflow run under the sweep's, one Ray Train
-    run reporting every epoch to Tune. Marks its run FINISHED or FAILED; a trial stopped by
-    ASHA is killed first, and the driver marks its run."""
+    """A Tune trial: this trial's config, its MLflow run under the sweep's, one training
+    run (``training_run.train``, not evaluated) reporting every epoch to Tune. Marks its run
+    FINISHED or FAILED; a trial stopped by ASHA is killed first, and the driver marks its run."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.adapters.ray_train import fit
     from pipeline.adapters.ray_session import quiet_ray_logs
     from pipeline.adapters.tracking import Tracker
+    from pipeline.adapters.training_run import train
 
     quiet_ray_logs()
     base = from_yaml(ctx["config"])
@@ -211,8 +214,6 @@ def run_trial(params: dict, ctx: dict) -> None:
     k = int(name.rsplit("-", 1)[-1])
     cfg = trial_config(base, name, params)
     run_dir = Path(ctx["trials_dir"]) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="trial", data=Path(ctx["splits"]["train"]).parent,
                            parent_run_id=ctx["parent_run_id"], tags={SWEEP_TAG: base.name, "sidbp.trial": k})
@@ -220,8 +221,8 @@ def run_trial(params: dict, ctx: dict) -> None:
         if k in ctx["fail_trials"]:
             raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
         splits = {s: Path(p) for s, p in ctx["splits"].items()}
-        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, run_id, ctx["state_width"],
-                                  callbacks=[TuneReportCallback()]))
+        train(cfg, splits=splits, run_dir=run_dir, tracker=tracker, callbacks=[TuneReportCallback()],
+              evaluate=False)
     except BaseException as e:
         if len(tracker.metric_history("valid/avg_cost")) >= cfg.train.epochs:
             # ended while tearing down after its last epoch was logged (Tune ends a trial at
@@ -261,20 +262,20 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
 
         def on_trial_start(self, iteration, trials, trial, **info):
             w = "  ".join(f"{c} {v:.4g}" for c, v in zip(weight_columns, trial_weights(trial.config)))
-            print(f"[sweep] {trial} started: lr {trial.config['lr']:.4g}  {w}", flush=True)
+            log_sweep.info(f"{trial} started: lr {trial.config['lr']:.4g}  {w}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            print(f"[sweep] {trial} epoch {result.get('training_iteration')}/{cfg.train.epochs}: "
-                  f"{describe(result)}", flush=True)
+            log_sweep.info(f"{trial} epoch {result.get('training_iteration')}/{cfg.train.epochs}: "
+                           f"{describe(result)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             m = trial.last_result or {}
             epochs = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
             status = trial_status("", epochs, cfg.train.epochs)
-            print(f"[sweep] trial {self.done}/{cfg.sweep.num_samples} done: {trial} {status} after "
-                  f"{epochs} epochs  {describe(m)}  {eta(self.done, cfg.sweep.num_samples, started, 'trials')}",
-                  flush=True)
+            log_sweep.info(f"trial {self.done}/{cfg.sweep.num_samples} done: {trial} {status} after "
+                           f"{epochs} epochs  {describe(m)}  "
+                           f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}")
             if status == STOPPED:  # its actor is being ended: mark its run now (settle_runs checks again)
                 self.mark_killed(str(trial))
 
@@ -299,8 +300,8 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
                         error = error_summary(cloudpickle.load(f))
                 except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as e:
                     error = f"(error not readable here: {type(e).__name__}; see the results table)"
-            print(f"[sweep] trial {self.done}/{cfg.sweep.num_samples} done: {trial} FAILED: {error}  "
-                  f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}", flush=True)
+            log_sweep.info(f"trial {self.done}/{cfg.sweep.num_samples} done: {trial} FAILED: {error}  "
+                           f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}")
 
     return Progress()
 
@@ -354,33 +355,32 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     if not restore:
         for stale in ("trials", "tune", DONE_FILE):
             if (sweep_dir / stale).exists():
-                print(f"[sweep] removing the previous sweep's {sweep_dir / stale}", flush=True)
+                log_sweep.info(f"removing the previous sweep's {sweep_dir / stale}")
                 shutil.rmtree(sweep_dir / stale) if (sweep_dir / stale).is_dir() else (sweep_dir / stale).unlink()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
 
     tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
-    print("[data] preparing product histories ...", flush=True)
+    log_data.info("preparing product histories ...")
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
-    print(f"[data] {splits['train'].parent}", flush=True)
+    log_data.info(f"{splits['train'].parent}")
 
     run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)
-    print(f"[mlflow] sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}", flush=True)
+    log_mlflow.info(f"sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}")
     if restore:
-        print(f"[sweep] resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
-              "unfinished ones continue from their last checkpoints", flush=True)
+        log_sweep.info(f"resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
+                       "unfinished ones continue from their last checkpoints")
     with tracker.ending():
         init_ray(cfg, num_cpus=local_cpus(cfg))
         import ray
 
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < local_cpus(cfg):
-            print(f"[sweep] note: Ray has {cpus:g} CPUs; {local_cpus(cfg)} would run "
-                  f"{s.max_concurrent_trials} trials at once with CPUs to spare for Ray Data", flush=True)
-        print(f"[sweep] {s.num_samples} trials, {s.max_concurrent_trials} at a time, ASHA on {metric} ({mode}), "
-              f"grace {grace} of {cfg.train.epochs} epochs, reduction factor {s.reduction_factor}; "
-              f"lr in {list(s.lr_range)}, {' '.join(weight_columns)} in {list(s.weight_range)} (log-uniform)",
-              flush=True)
+            log_sweep.info(f"note: Ray has {cpus:g} CPUs; {local_cpus(cfg)} would run "
+                           f"{s.max_concurrent_trials} trials at once with CPUs to spare for Ray Data")
+        log_sweep.info(f"{s.num_samples} trials, {s.max_concurrent_trials} at a time, ASHA on {metric} ({mode}), "
+                       f"grace {grace} of {cfg.train.epochs} epochs, reduction factor {s.reduction_factor}; "
+                       f"lr in {list(s.lr_range)}, {' '.join(weight_columns)} in {list(s.weight_range)} (log-uniform)")
         ctx = {"config": to_yaml(cfg), "splits": {k: str(v) for k, v in splits.items()},
                "trials_dir": str(sweep_dir / "trials"), "parent_run_id": run_id, "state_width": width,
                "fail_trials": set(FAIL_TRIALS)}
@@ -444,12 +444,12 @@ def run_sweep(cfg: Config) -> SweepOutcome:
 def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_dir: Path, sweep_run_id: str) -> None:
     """Log the best trial's best checkpoint to its run and register it as a new version of
     the registered model, with the alias ``champion``; tag the sweep's run with it."""
-    from pipeline.adapters.checkpoint import FILE
+    from pipeline.adapters.checkpoint import best_path
     from pipeline.adapters.registry import register_champion, registered_model_name
 
-    path = sweep_dir / "trials" / best.trial / "checkpoints" / "best" / FILE
+    path = best_path(sweep_dir / "trials" / best.trial)
     if not best.run_id or not path.exists():
-        print(f"[mlflow] no champion registered: {best.trial} has no run or no {path}", flush=True)
+        log_mlflow.info(f"no champion registered: {best.trial} has no run or no {path}")
         return
     tracker.client.log_artifact(best.run_id, str(path), "checkpoint")
     name = registered_model_name(cfg)
@@ -459,7 +459,7 @@ def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_d
                     f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.",
         tags={"sweep": cfg.name, "trial": best.trial, value_col: best[value_col], "sweep_run_id": sweep_run_id})
     tracker.client.set_tag(sweep_run_id, "champion", f"models:/{name}/{version}")
-    print(f"[mlflow] registered {best.trial} as models:/{name}/{version}, alias @champion", flush=True)
+    log_mlflow.info(f"registered {best.trial} as models:/{name}/{version}, alias @champion")
 
 
 def settle_runs(client, table: pd.DataFrame, children: dict) -> None:

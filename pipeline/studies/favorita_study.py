@@ -13,12 +13,18 @@ see but are not scored on (the CNN's window, the forecaster's encoder, the deman
 scale), then ``warmup`` periods run from an empty system and are not scored either, so
 that every policy is scored on exactly the same weeks.
 
+``run`` is the study itself (``jobs.favorita``): per lead time, the splits written, the
+DirectBackprop policies trained, the forecaster fitted, every policy scored; the tables,
+plots and the report.
+
 The economics are lost sales with the revenue objective: a unit sold earns ``price``,
 each unit ordered costs ``unit_cost``, each unit left at the end of a period costs
 ``holding_cost``, and unmet demand is lost (no goodwill cost).
 """
 from __future__ import annotations
 
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +34,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.config import ConfigError, load_config, resolve_path
 from pipeline.core.batch import FEATURE_PREFIX, ProductBatch
-from pipeline.data.parquet import parquet_files, write_shards
 from pipeline.core.rollout import rollout
+from pipeline.data.parquet import parquet_files, write_shards
 from pipeline.data.series import list_column, matrix, read_series
+from pipeline.reporting import logs
+from pipeline.reporting.report_blocks import write_block
 
 SHARED_WEEKLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "favorita_weekly" / "sales.parquet"
 SUMMARY_COLUMNS = ["policy", "lead_time", "reward", "avg_inventory", "fill_rate"]
@@ -140,3 +149,247 @@ def score(problem, policies: dict, batch: ProductBatch, split: TimeSplit, width:
             "reward": reward.sum(0).numpy()}))
         trajectories[name] = traj
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS), pd.concat(weekly, ignore_index=True), trajectories
+
+
+# ---------------------------------------------------------------- the study (jobs.favorita)
+
+DIRECTBACKPROP = {"directbackprop": ["penalty.weights=[0.0]"], "directbackprop_sipn": []}
+
+
+def run(cfg, args: list[str]) -> int:
+    """For each lead time in ``favorita.lead_times``: the time split of every series,
+    DirectBackprop trained (``training_run.train``, plain and with the structure penalty, each
+    an MLflow run nested under the study's), the quantile forecaster of
+    predict-then-optimize fitted on the training periods, and every policy scored on the
+    same test periods; the tables, plots and report. ``args``: the command line, for the
+    training runs' configs and the report."""
+    log, plain = logs.get("favorita"), logs.get("")
+    f = cfg.favorita
+    if "directbackprop_sipn" in f.policies and max(cfg.penalty.weights) <= 0:
+        raise ConfigError("penalty.weights must be > 0 for the directbackprop_sipn policy of jobs.favorita")
+    t = cfg.train
+    if t.history + t.horizon > f.train_end:
+        raise ConfigError(f"train.history + train.horizon = {t.history}+{t.horizon} must fit in the "
+                          f"{f.train_end} training periods (favorita.train_end); see experiment=favorita")
+
+    from pipeline.adapters.training_run import train
+    from pipeline.core.baselines import critical_fractile
+    from pipeline.data.calendar import period_dates
+    from pipeline.data.parquet import read_products
+    from pipeline.core.forecast import (
+        MovingAverageOrderUpTo,
+        QuantileOrderUpTo,
+        fit_forecaster,
+        forecast_metrics,
+        moving_average_metrics,
+    )
+    from pipeline.core.problems import get_problem
+    from pipeline.adapters.tracking import Tracker
+
+    torch.set_num_threads(cfg.train.cpus_per_worker)  # the forecaster's fit and the scoring, in this process
+    started = time.time()
+    out = resolve_path(f.output_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    logs.get("data").info("loading series ...")
+    series, info = load_series(f, cfg.retail, cfg.seed)
+    periods = len(series.column("demand")[0])
+    split = TimeSplit(f.train_end, f.valid_end, f.test_end or periods, cfg.eval.start, cfg.eval.warmup)
+    split.check(periods)
+    start_date = series.column("start_date")[0].as_py()
+    frequency = str(series.column("frequency")[0])
+    dates = period_dates(start_date, periods, frequency)
+    logs.get("data").info(f"{series.num_rows} series x {periods} periods from {start_date} ({info['source']}); "
+                          f"train periods 0-{split.train_end - 1}, validation {split.train_end}-{split.valid_end - 1}, "
+                          f"test {split.valid_end}-{split.test_end - 1}")
+
+    problem = get_problem("lost_sales", {})
+    tracker = Tracker(cfg)
+    run_id = tracker.start(cfg, kind="favorita", data=resolve_path(f.data_path) if f.data_path else None,
+                           tags={"study": "favorita"})
+    summaries, weeklies, forecasts = [], [], []
+    with tracker.ending():
+        tracker.log_metrics({f"data/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})
+        forecaster, fractile = None, float("nan")
+        for lead_time in f.lead_times:
+            width = problem.state_width(lead_time)
+            splits = write_splits(series, split, lead_time, f, out / "data" / f"L{lead_time}", cfg.data.shard_rows)
+            train_batch, test = read_products(splits["train"]), read_products(splits["test"])
+            policies = {}
+            for label, extra in DIRECTBACKPROP.items():
+                if label not in f.policies:
+                    continue
+                name = f"{cfg.name}-L{lead_time}-{label}"
+                run_args = args + [f"name={name}", f"output_dir={out / 'runs'}", f"data.path={splits['train'].parent}",
+                                   f"data.periods={split.train_end}", f"data.lead_time_range=[{lead_time},{lead_time}]",
+                                   "problem.name=lost_sales", "problem.objective=reward", "eval.baselines=[]"] + extra
+                plain.info("")
+                log.info(f"L={lead_time}: training {label}: python -m jobs.train {' '.join(run_args)}")
+                result = train(load_config(run_args), parent_run_id=run_id)
+                plain.info("\n" + result.summary)
+                plain.info(result.footer)
+                policies[label] = result.policy
+            fractile = float(critical_fractile(test, "reward")[0])
+            if "pto_mqcnn" in f.policies:
+                if forecaster is None:  # one forecaster for every lead time: horizons up to the longest
+                    plain.info("")
+                    log.info(f"fitting the quantile forecaster ({f.forecast_epochs} epochs) ...")
+                    levels = sorted({*f.quantiles, round(fractile, 6)})
+                    forecaster, history = fit_forecaster(
+                        train_batch, split.train_end, levels, max(f.lead_times) + 1, epochs=f.forecast_epochs,
+                        lr=f.forecast_lr, seed=cfg.seed, channels=cfg.policy.channels,
+                        dilations=tuple(cfg.policy.dilations),  # the same receptive field as the policy's CNN
+                        progress=lambda epoch, loss: plain.info(f"  epoch {epoch + 1}/{f.forecast_epochs}  "
+                                                                f"pinball loss {loss:.4f}"))
+                    for epoch, loss in enumerate(history):
+                        tracker.log_metrics({"forecast/train_pinball": loss}, step=epoch)
+                policies["pto_mqcnn"] = QuantileOrderUpTo(problem, forecaster, objective="reward")
+                scored = split.history + split.warmup
+                m = forecast_metrics(forecaster, test, scored, test.periods, levels, lead_time + 1)
+                forecasts.append({"model": "mqcnn", "lead_time": lead_time, **m})
+                m = moving_average_metrics(test, scored, test.periods, levels, lead_time + 1,
+                                           f.moving_average_window)
+                forecasts.append({"model": "moving_average", "lead_time": lead_time, **m})
+            if "pto_moving_average" in f.policies:
+                policies["pto_moving_average"] = MovingAverageOrderUpTo(problem, f.moving_average_window,
+                                                                        objective="reward")
+
+            plain.info("")
+            log.info(f"L={lead_time}: scoring {', '.join(policies)} on the test periods ...")
+            summary, weekly, trajectories = score(problem, policies, test, split, width, lead_time, dates)
+            summaries.append(summary)
+            weeklies.append(weekly)
+            plain.info(summary.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
+            plots = plot_lead_time(weekly, trajectories, test, split, dates, frequency, lead_time, f.plot_series)
+            for file, fig in plots.items():
+                fig.savefig(out / "plots" / file, dpi=110)
+                tracker.log_figure(fig, f"plots/{file}")
+
+        summary = pd.concat(summaries, ignore_index=True)[SUMMARY_COLUMNS]
+        weekly = pd.concat(weeklies, ignore_index=True)
+        summary.to_csv(out / "summary.csv", index=False)
+        weekly.to_csv(out / "weekly.csv", index=False)
+        tracker.log_table(summary, "summary")
+        tracker.log_artifact(out / "weekly.csv", "results")
+        if forecasts:
+            forecast = pd.DataFrame(forecasts)
+            forecast.to_csv(out / "forecast.csv", index=False)
+            tracker.log_table(forecast, "forecast")
+        tracker.log_metrics({f"test/L{r.lead_time}/{r.policy}/{k}": getattr(r, k)
+                             for r in summary.itertuples() for k in ("reward", "avg_inventory", "fill_rate")})
+    if f.docs:
+        docs = resolve_path(f.docs)
+        figures = {}
+        for file in sorted((out / "plots").glob("*.png")):
+            if file.name.startswith(("aggregate_", "christmas_")):
+                target = docs.parent / "figures" / f"{cfg.name}-{file.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+                figures[file.stem] = target.relative_to(docs.parent)
+        write_block(docs, f"favorita:{cfg.name}",
+                    report(cfg, args, series.num_rows, periods, info, split, dates, fractile, summary,
+                           pd.DataFrame(forecasts), figures, time.time() - started), header=DOC_HEADER)
+        plain.info(f"Report:  {docs}")
+    plain.info("\n" + summary.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
+    plain.info(f"\nResults: {out}/summary.csv, weekly.csv, forecast.csv, plots/")
+    plain.info(f"MLflow run: {run_id} at {tracker.uri}  ({time.time() - started:.0f}s)")
+    return 0
+
+
+
+
+def compare(summary, lead_time: int, ours: str, theirs: str) -> str | None:
+    """One line: ``ours`` against ``theirs`` at a lead time, in reward, inventory, fill rate."""
+    rows = summary[summary.lead_time == lead_time].set_index("policy")
+    if ours not in rows.index or theirs not in rows.index:
+        return None
+    a, b = rows.loc[ours], rows.loc[theirs]
+    verdict = ("higher reward, lower inventory, fill rate no lower"
+               if a.reward > b.reward and a.avg_inventory < b.avg_inventory and a.fill_rate >= b.fill_rate
+               else "not better on all three")
+    return (f"- `{ours}` against `{theirs}`: reward {100 * (a.reward / b.reward - 1):+.2f}%, "
+            f"average inventory {100 * (a.avg_inventory / b.avg_inventory - 1):+.1f}%, "
+            f"fill rate {100 * (a.fill_rate - b.fill_rate):+.2f} points: **{verdict}**.")
+
+
+def report(cfg, args, n_series, periods, info, split, dates, fractile, summary, forecast, figures,
+           seconds) -> str:
+    """This run's section of the markdown report: setup, results per lead time, forecast
+    accuracy, figures."""
+    f = cfg.favorita
+    lines = [f"## {cfg.name}",
+             "",
+             f"Command: `python -m jobs.favorita {' '.join(args)}` ({seconds / 60:.0f} min on this machine). "
+             f"Data: {n_series:,} series x {periods} periods from {dates[0]} ({info['source']}).",
+             "",
+             f"Time split: training periods 0-{split.train_end - 1} ({dates[0]} to {dates[split.train_end - 1]}), "
+             f"validation {split.train_end}-{split.valid_end - 1}, test {split.valid_end}-{split.test_end - 1} "
+             f"({dates[split.valid_end]} to {dates[split.test_end - 1]}). Each scored range follows "
+             f"{split.history} periods of history and {split.warmup} unscored periods from an empty system. "
+             f"Economics of every series: price {f.price}, unit cost {f.unit_cost}, holding cost "
+             f"{f.holding_cost} per unit per period, lost sales without goodwill cost (critical fractile "
+             f"{fractile:.3f}). DirectBackprop: `policy.*`, `train.*` of the config "
+             f"({cfg.train.epochs} epochs; `directbackprop_sipn` with penalty weights {list(cfg.penalty.weights)}); "
+             f"predict-then-optimize: the MQ-CNN quantile forecaster (`pipeline/forecast.py`, "
+             f"{f.forecast_epochs} epochs) or a {f.moving_average_window}-period moving average with normal "
+             f"safety stock, ordering up to the critical-fractile quantile of demand over the lead time "
+             f"plus one period.",
+             ""]
+    for lead_time, part in summary.groupby("lead_time", sort=True):
+        lines += [f"### Lead time {lead_time}: test periods", "",
+                  "| policy | total reward | average inventory | fill rate |", "|---|---|---|---|"]
+        lines += [f"| {r.policy} | {r.reward:,.1f} | {r.avg_inventory:,.3f} | {r.fill_rate:.4f} |"
+                  for r in part.itertuples()]
+        lines.append("")
+        lines += [c for c in (compare(summary, lead_time, ours, "pto_mqcnn")
+                              for ours in ("directbackprop", "directbackprop_sipn")) if c]
+        for name in (f"aggregate_L{lead_time}", f"christmas_L{lead_time}"):
+            if name in figures:
+                lines += ["", f"![{name}]({figures[name]})"]
+        lines.append("")
+    if len(forecast):
+        keys = [c for c in forecast.columns if c.startswith(("wql_", "coverage_"))] + ["mean_wql"]
+        lines += ["### Forecast accuracy on the test periods",
+                  "",
+                  "Weighted quantile loss (2 x pinball / |demand|, lower is better) and coverage (share of "
+                  "outcomes at or below the quantile) of demand over the lead time plus one period.",
+                  "",
+                  "| model | lead time | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        lines += [f"| {r['model']} | {r['lead_time']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |"
+                  for _, r in forecast.iterrows()]
+    lines.append(f"\nResults: `{f.output_dir}/summary.csv`, `weekly.csv`, `forecast.csv`, `plots/`.")
+    return "\n".join(lines)
+
+
+DOC_HEADER = """# Real retail demand: DirectBackprop against predict-then-optimize
+
+The paper's Section 3.3: on weekly Corporacion Favorita sales, one DirectBackprop policy
+trained end to end across every series, against a predict-then-optimize pipeline (a
+multi-horizon quantile forecaster feeding a newsvendor order-up-to at the critical
+fractile). Each section below is rewritten by the command it shows.
+"""
+
+
+def plot_lead_time(weekly, trajectories, test, split, dates, frequency: str, lead_time: int,
+                   n_series: int) -> dict:
+    """The figures of one lead time: aggregates over the test periods, the periods around
+    the first Christmas in them, and the largest series."""
+    import numpy as np
+
+    from pipeline.data.calendar import calendar_features, period_days
+    from pipeline.reporting.plots import series_sample, weekly_aggregates
+
+    test_dates = dates[split.valid_end:split.test_end]
+    title = f"all series, test periods, lead time {lead_time}"
+    figs = {f"aggregate_L{lead_time}.png": weekly_aggregates(weekly, title)}
+    xmas = np.nonzero(calendar_features(dates[0], len(dates), frequency)["christmas"])[0]
+    xmas = [p for p in xmas if split.valid_end <= p < split.test_end]
+    if xmas:
+        around = 42 // period_days(frequency)  # six weeks either side
+        figs[f"christmas_L{lead_time}.png"] = weekly_aggregates(
+            weekly, f"around Christmas {str(dates[xmas[0]])[:4]}, lead time {lead_time}",
+            (xmas[0] - around, xmas[0] + around))
+    volume = test.demand[:, split.history + split.warmup:].sum(1)
+    top = volume.argsort(descending=True)[:n_series].tolist()
+    figs[f"series_L{lead_time}.png"] = series_sample(trajectories, test, split.history, split.warmup, test_dates,
+                                                     top, [str(test.product_id[i]) for i in top])
+    return figs

@@ -1,0 +1,122 @@
+"""The one training API: ``train(cfg) -> TrainResult``.
+
+``jobs.train`` is this function on the command line; the studies (``jobs.sipn``,
+``jobs.favorita``), the sweep's trials and the benchmarks call it too, and get back what
+they need (the trained policy, its checkpoint, its MLflow run, the evaluation table)
+rather than searching MLflow for it.
+
+One call: the product histories as Parquet (written once, then found again), the MLflow
+run of the run name (a run started again under its name resumes it; one that had finished
+is evaluated again), Ray Train to the last epoch (``pipeline.adapters.ray_train.fit``),
+then the best checkpoint evaluated on the held-out products against the baselines and
+logged with the checkpoint and the learning curve.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.adapters import checkpoint as ckpt
+from pipeline.adapters.tracking import PARENT_TAG, Tracker
+from pipeline.config import Config, required_periods, resolve_path, to_yaml
+from pipeline.reporting import logs
+
+
+@dataclass
+class TrainResult:
+    """What a training run left: its folder, best checkpoint and MLflow run; with the
+    evaluation (``evaluate=True``), the best checkpoint's policy, the evaluation table, its
+    printout (``summary``) and the lines that say where everything is (``footer``)."""
+    run_dir: Path
+    best_checkpoint: Path
+    run_id: str
+    tracker: Tracker
+    policy: object = None            # pipeline.core.policy.OrderPolicy, in eval mode
+    table: pd.DataFrame | None = None
+    summary: str = ""
+    footer: str = ""
+
+
+def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+          splits: dict[str, Path] | None = None, run_dir: Path | None = None, tracker: Tracker | None = None,
+          callbacks: list | None = None, evaluate: bool = True) -> TrainResult:
+    """Train ``cfg`` on Ray Train and (``evaluate``) evaluate its best checkpoint.
+
+    ``parent_run_id``: nest the MLflow run under that run (a study's); the run of this name
+    is resumed wherever it was nested before. ``tags``: extra tags on the run.
+    ``splits``: the train/valid/test Parquet folders when the caller wrote them (a sweep),
+    else ``cfg.data`` is written (or found) under ``cfg.output_dir``. ``run_dir``: the run's
+    folder, by default ``<output_dir>/<name>``. ``tracker``: a run the caller opened and
+    ends itself (a sweep's trial marks its own status); by default the run of ``cfg.name``
+    is opened here and ended FINISHED, or FAILED when training raises. ``callbacks``: extra
+    Ray Train callbacks (a Tune trial's report callback)."""
+    from pipeline.adapters.ray_session import init_ray
+    from pipeline.adapters.ray_train import fit
+    from pipeline.core.problems import get_problem
+
+    started = time.time()
+    out_dir = resolve_path(cfg.output_dir)
+    run_dir = Path(run_dir) if run_dir is not None else out_dir / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    problem = get_problem(cfg.problem.name, cfg.problem.params)
+    width = problem.state_width(cfg.data.lead_time_range[1])
+
+    owned = tracker is None
+    if owned:
+        tracker = Tracker(cfg)  # before the data: an unreachable tracking server fails at once
+    if splits is None:
+        splits = prepare_data(cfg, out_dir)
+    if owned:
+        extra = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+        run_id = tracker.start(cfg, kind="train", data=splits["train"].parent, tags=extra)
+        logs.get("mlflow").info(f"run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}")
+    result = TrainResult(run_dir, ckpt.best_path(run_dir), tracker.run_id, tracker)
+
+    def run() -> None:
+        init_ray(cfg)
+        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, tracker.run_id, width, callbacks=callbacks))
+        if evaluate:
+            evaluate_best(cfg, problem, splits, width, result, started)
+
+    if owned:
+        with tracker.ending():
+            run()
+    else:
+        run()
+    if evaluate:
+        result.footer = tracker.footer(cfg, run_dir / "evaluation.csv", started)
+    return result
+
+
+def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Path]:
+    """The train/valid/test Parquet folders of ``cfg.data``, written once and found again."""
+    from pipeline.data.synthetic import materialize
+
+    log = logs.get("data")
+    log.info("preparing product histories ...")
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
+    log.info(f"{splits['train'].parent}")
+    return splits
+
+
+def evaluate_best(cfg: Config, problem, splits: dict[str, Path], width: int, result: TrainResult,
+                  started: float) -> None:
+    """The best checkpoint on the held-out products against the baselines, logged to the
+    run with the checkpoint, the best epoch, the wall time and the learning curve."""
+    from pipeline.adapters.evaluation_log import evaluate_and_log
+    from pipeline.reporting.plots import learning_curve
+
+    tracker = result.tracker
+    logs.get("eval").info("evaluating the best checkpoint on held-out products ...")
+    policy, _, state = ckpt.load_policy(result.best_checkpoint)
+    result.policy = policy
+    result.table, result.summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, result.run_dir)
+    tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
+    tracker.log_artifact(result.best_checkpoint, "checkpoint")
+    history = {"train loss": tracker.metric_history("train/loss"),
+               "validation cost": tracker.metric_history("valid/avg_cost")}
+    tracker.log_figure(learning_curve(history, {}), "plots/learning_curve.png")
