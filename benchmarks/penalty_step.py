@@ -43,7 +43,7 @@ def setup(args: list[str]):
     width = problem.state_width(cfg.data.lead_time_range[1])
     batch = batch_from_columns(synthetic_population(cfg.data, cfg.seed))
     torch.manual_seed(0)
-    policy = build_policy(cfg.policy, width, len(problem.actions))
+    policy = build_policy(cfg.policy, width, problem)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
     return cfg, problem, width, batch, policy, optimizer
 

@@ -72,8 +72,8 @@ def one_size(opts: dict) -> dict:
     from mlflow.tracking import MlflowClient
 
     from benchmarks.favorita_ingest import PeakMemory
-    from jobs import train
-    from pipeline.adapters.tracking import RUN_NAME_TAG
+    from pipeline.adapters.training_run import train
+    from pipeline.config import load_config
 
     n, work = opts["only"], Path(opts["work"])
     folder = work / f"products-{n}"
@@ -83,16 +83,12 @@ def one_size(opts: dict) -> dict:
     monitor = PeakMemory()
     monitor.start()
     started = time.perf_counter()
-    train.main([f"name={name}", f"output_dir={work / 'runs'}", f"data.path={folder}",
-                f"data.periods={opts['periods']}", f"train.num_workers={opts['workers']}",
-                f"mlflow.tracking_uri={uri}", "mlflow.experiment=scale", *TRAIN])
+    result = train(load_config([f"name={name}", f"output_dir={work / 'runs'}", f"data.path={folder}",
+                                f"data.periods={opts['periods']}", f"train.num_workers={opts['workers']}",
+                                f"mlflow.tracking_uri={uri}", "mlflow.experiment=scale", *TRAIN]))
     job_seconds = time.perf_counter() - started
     monitor.stop()
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("scale")
-    run = client.search_runs([exp.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'",
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
-    m = run.data.metrics
+    m = MlflowClient(uri).get_run(result.run_id).data.metrics
     worker_peak = max(monitor.hwm.values()) if monitor.hwm else 0
     return {"products": n, "workers": opts["workers"], "epoch_seconds": m["train/epoch_seconds"],
             "compute_seconds": m["train/compute_seconds"], "steps": m["train/steps"], "job_seconds": job_seconds,

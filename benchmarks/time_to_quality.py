@@ -65,7 +65,7 @@ def run(opts: dict) -> tuple[pd.DataFrame, dict]:
     started += time.perf_counter() - paused  # the DP solve is a reference, not part of training
 
     torch.manual_seed(opts["seed"])
-    policy = build_policy(cfg.policy, width, 1)
+    policy = build_policy(cfg.policy, width, problem)
     optimizer = torch.optim.Adam(policy.parameters(), lr=opts["lr"])
     generator = torch.Generator().manual_seed(opts["seed"])
     # one step per batch, the learning rate decaying over max_seconds (one "epoch")

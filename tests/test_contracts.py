@@ -162,7 +162,7 @@ def test_the_network_and_base_stock_roll_through_every_problem(name):
     policies = {"base_stock": BaseStockPolicy(problem, torch.full((batch.size,), 5.0))}
     for kind in ("mlp", "cnn"):
         cfg.policy.kind = kind
-        policies[kind] = build_policy(cfg.policy, width, len(problem.actions))
+        policies[kind] = build_policy(cfg.policy, width, problem)
     for key, policy in policies.items():
         assert isinstance(policy, Policy), key
         with torch.no_grad():

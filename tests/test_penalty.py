@@ -108,7 +108,7 @@ def test_training_with_the_penalty_lowers_out_of_distribution_violations():
         cfg = load_config(["experiment=smoke", "data.lead_time_range=[3,3]", "policy.kind=mlp",
                            f"penalty.weights=[{weight}]", "train.horizon=30", "train.lr=0.01"])
         torch.manual_seed(0)
-        policy = build_policy(cfg.policy, 3)
+        policy = build_policy(cfg.policy, 3, PROBLEM)
         optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
         for i in range(30):
             out = train_step(policy, optimizer, PROBLEM, batch, 40 + i % 40, TrainSpec.from_config(cfg, PROBLEM, 3))
@@ -167,7 +167,7 @@ def _step_gradients(batch, cfg, sync=None):
     from pipeline.core.policy import build_policy
 
     torch.manual_seed(0)
-    policy = build_policy(cfg.policy, 3)
+    policy = build_policy(cfg.policy, 3, PROBLEM)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     torch.manual_seed(123)  # the penalised period: the same draw on every worker
     out = train_step(policy, optimizer, PROBLEM, batch, 50, TrainSpec.from_config(cfg, PROBLEM, 3), sync)

@@ -41,7 +41,7 @@ def test_the_network_learns_on_every_problem(name):
     cfg.policy.kind = "mlp"  # the same head without the demand encoder: fast enough for a unit test
     width = problem.state_width(int(batch.lead_time.max()))
     torch.manual_seed(0)
-    policy = build_policy(cfg.policy, width, len(problem.actions))
+    policy = build_policy(cfg.policy, width, problem)
 
     def cost():
         with torch.no_grad():
@@ -61,7 +61,7 @@ def test_reward_is_revenue_minus_cost(name):
     cfg, problem, batch = population(name, 8, 60)
     batch.price[:] = 7.0
     width = problem.state_width(int(batch.lead_time.max()))
-    policy = build_policy(cfg.policy, width, len(problem.actions))
+    policy = build_policy(cfg.policy, width, problem)
     traj = rollout(problem, policy, batch, 40, 20, width)
     assert traj.actions.shape == (8, 20, len(problem.actions))
     assert torch.allclose(period_loss(traj, batch, "reward"), traj.cost - 7.0 * traj.sales)

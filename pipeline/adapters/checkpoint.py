@@ -44,7 +44,7 @@ def load_policy(path: Path) -> tuple[OrderPolicy, Config, dict]:
     state = load(path)
     cfg = from_yaml(state["config"])
     problem = get_problem(cfg.problem.name, cfg.problem.params)
-    policy = build_policy(cfg.policy, state["state_width"], len(problem.actions))
+    policy = build_policy(cfg.policy, state["state_width"], problem)
     policy.load_state_dict(state["policy"])
     policy.eval()
     return policy, cfg, state

@@ -148,7 +148,7 @@ def start_worker(args: WorkerArgs) -> Worker:
     problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = args.state_width
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    policy = build_policy(cfg.policy, width, len(problem.actions)).to(device)
+    policy = build_policy(cfg.policy, width, problem).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
     run_dir = Path(args.run_dir)
     tracking = EpochLogger(args.tracking_uri, args.run_id, run_dir / UNSENT_FILE) if rank == 0 else None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core.batch import ProductBatch
+from pipeline.core.protocols import Problem
 
 MIN_SCALE = 0.1  # units; keeps scaled inputs finite for products that barely sell
 
@@ -175,10 +176,10 @@ class OrderPolicy(nn.Module):
         return F.softplus(z) * scale[:, None]  # [B, A]
 
 
-def build_policy(cfg, state_width: int, n_actions: int = 1, problem=None) -> OrderPolicy:
-    """``cfg`` is a ``PolicyConfig``; ``n_actions`` the length of the problem's action; with
-    ``problem``, the network also sees its parameters' features (``static_features``)."""
+def build_policy(cfg, state_width: int, problem: Problem) -> OrderPolicy:
+    """The network of a ``PolicyConfig`` for ``problem``: one output per action, and the
+    features of the problem's per-product parameters among its static inputs."""
     return OrderPolicy(state_width, kind=cfg.kind, window=cfg.window, channels=cfg.channels,
-                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations), n_actions=n_actions,
+                       hidden=tuple(cfg.hidden), dilations=tuple(cfg.dilations), n_actions=len(problem.actions),
                        features=tuple(cfg.features), feature_lookahead=cfg.feature_lookahead,
                        problem=problem)
