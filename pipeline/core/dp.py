@@ -27,6 +27,7 @@ from pipeline.core.demand import demand_std, trimmed_pmf, true_pmf
 from pipeline.core.problems.base import StateSpace
 from pipeline.core.problems.lost_sales import lost_sales_grid
 from pipeline.core.rollout import objective_loss
+from pipeline.core.protocols import Policy, Problem
 
 
 @dataclass
@@ -135,7 +136,7 @@ class Transitions:
     clamped: Tensor   # [S, K] probability that the next state left the grid
 
 
-def transitions(problem, product: ProductBatch, space: StateSpace, pmf: Tensor,
+def transitions(problem: Problem, product: ProductBatch, space: StateSpace, pmf: Tensor,
                 objective: str = "cost") -> Transitions:
     """Run ``problem.step`` on every (state, action, demand): ``product`` is a batch of one
     product (its economics and lead time), ``pmf`` its demand distribution on 0..D-1."""
@@ -226,7 +227,7 @@ def solve(trans: Transitions, discount: float = 1.0, fixed: Tensor | None = None
                     float(pi @ trans.clamped.gather(1, choice[:, None])[:, 0]), float(pi @ at_cap))
 
 
-def evaluate_policy(trans: Transitions, policy, product: ProductBatch, discount: float = 1.0) -> Solution:
+def evaluate_policy(trans: Transitions, policy: Policy, product: ProductBatch, discount: float = 1.0) -> Solution:
     """Exact long-run average (or discounted) loss of a state-feedback heuristic."""
     return solve(trans, discount, fixed=policy_choice(trans.space, policy, product), aperiodic=lazy(discount))
 
@@ -277,7 +278,7 @@ def policy_matrix(trans: Transitions, choice: Tensor) -> Tensor:
     return P
 
 
-def policy_choice(space: StateSpace, policy, product: ProductBatch) -> Tensor:
+def policy_choice(space: StateSpace, policy: Policy, product: ProductBatch) -> Tensor:
     """A state-feedback heuristic as a DP policy: its action in every grid state, rounded
     and clamped to the action set, matched to the nearest feasible action vector [S]."""
     states = space.states()
@@ -317,7 +318,7 @@ def lost_sales_table_policy(solution: DPSolution, lead_time: int) -> TablePolicy
     return TablePolicy(space, solution.policy.reshape(-1, 1).double())
 
 
-def optimal_policy(problem, product: ProductBatch, objective: str = "cost", discount: float = 1.0,
+def optimal_policy(problem: Problem, product: ProductBatch, objective: str = "cost", discount: float = 1.0,
                    max_truncation: float = 1e-4) -> TablePolicy:
     """The exact optimal policy of one product's instance (``product``: a batch of one, with
     its true demand law), as a ``TablePolicy``. Lost sales with L >= 1 under the cost

@@ -20,6 +20,7 @@ from pipeline.core.batch import ProductBatch
 from pipeline.core.evaluation import policy_metrics, violation_summary
 from pipeline.core.penalty import penalty_properties, structure_penalty
 from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
+from pipeline.core.protocols import Problem
 
 PENALTY_KEYS = ("penalty", "violation_rate_in", "violation_rate_out")  # train_step's, with the penalty on
 
@@ -62,7 +63,7 @@ class TrainSpec:
     probe_widen: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg, problem, width: int) -> "TrainSpec":
+    def from_config(cls, cfg, problem: Problem, width: int) -> "TrainSpec":
         """From a run's config (its ``train``, ``problem`` and ``penalty`` groups)."""
         t, p = cfg.train, cfg.penalty
         weights = torch.tensor(p.weights, dtype=torch.float64)
@@ -78,7 +79,7 @@ class TrainSpec:
                    probe_share=p.probe_share, probe_widen=p.probe_widen)
 
 
-def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, batch: ProductBatch,
+def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem: Problem, batch: ProductBatch,
                start: int, spec: TrainSpec,
                grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None,
                penalty_scale: float = 1.0) -> dict[str, float]:
@@ -137,7 +138,7 @@ class EpochStats:
                 **{f"train/{k}": float(np.mean(v)) for k, v in self.penalty.items()}}
 
 
-def train_epoch(policy: nn.Module, optimizer: torch.optim.Optimizer, problem, batches: Iterable[Any],
+def train_epoch(policy: nn.Module, optimizer: torch.optim.Optimizer, problem: Problem, batches: Iterable[Any],
                 spec: TrainSpec, generator: torch.Generator, progress: Callable[[int], float],
                 grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None,
                 prepare: Callable[[Any], ProductBatch] = lambda b: b) -> EpochStats:
@@ -194,7 +195,7 @@ def gradient_averager(world_size: int) -> Optional[Callable[[list[torch.Tensor]]
     return sync
 
 
-def validation_metrics(policy: nn.Module, problem, batch: ProductBatch, cfg, width: int) -> dict[str, float]:
+def validation_metrics(policy: nn.Module, problem: Problem, batch: ProductBatch, cfg, width: int) -> dict[str, float]:
     """Metrics on the validation products over the evaluation window (continuous orders,
     as trained), and the violations of the structural properties (penalised or not) in the
     visited and in probe states, prefixed ``valid/``."""

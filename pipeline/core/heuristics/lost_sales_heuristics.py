@@ -51,6 +51,7 @@ from pipeline.core.demand import demand_std
 from pipeline.core.dp import leftover_matrix
 from pipeline.core.problems.lost_sales import lost_sales_grid
 from pipeline.core.heuristics.search import local_search
+from pipeline.core.protocols import Policy
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Instance:
         axes = [torch.arange(self.max_on_hand + 1)] + [torch.arange(top + 1)] * (self.lead_time - 1)
         return torch.cartesian_prod(*axes).reshape(-1, self.lead_time).double()
 
-    def orders(self, policy, states: Tensor) -> Tensor:
+    def orders(self, policy: Policy, states: Tensor) -> Tensor:
         """A policy object's orders in these states [S], rounded and clamped to 0..max_order."""
         batch = self.product.select(torch.zeros(len(states), dtype=torch.long))
         order = policy.act(policy.prepare(batch, 0, 1), 0, states).reshape(-1)
@@ -246,7 +247,7 @@ def myopic_policy(inst: Instance, periods: int) -> OrderTablePolicy:
 # ---------------------------------------------------------------------- exact evaluation
 
 
-def order_table(inst: Instance, policy) -> Tensor:
+def order_table(inst: Instance, policy: Policy) -> Tensor:
     """A policy object's order in every state of the grid, rounded and clamped to 0..Q:
     the table ``dp.lost_sales_rvi(..., fixed=)`` and ``policy_average_cost`` take (what
     ``dp.policy_choice`` gives on the lost-sales grid)."""
@@ -273,7 +274,7 @@ class PolicyChain:
         return cls.of(inst, inst.states(K), sub.reshape(-1).long(), K)
 
     @classmethod
-    def of_policy(cls, inst: Instance, policy) -> PolicyChain:
+    def of_policy(cls, inst: Instance, policy: Policy) -> PolicyChain:
         """Evaluates the policy only where needed: K is found by growing the pipeline bound
         from the order placed with nothing in stock until no order exceeds it."""
         K = int(inst.orders(policy, inst.states(0)[:1]))
@@ -341,7 +342,7 @@ def policy_average_cost(inst: Instance, table: Tensor, tol: float = 1e-7) -> flo
     return PolicyChain.of_table(inst, table).average_cost(inst, tol)
 
 
-def policy_cost(inst: Instance, policy, tol: float = 1e-7) -> float:
+def policy_cost(inst: Instance, policy: Policy, tol: float = 1e-7) -> float:
     """Exact long-run average cost of a policy object on the instance's grid (its orders
     rounded and clamped to 0..Q), computed only where its chain goes."""
     return PolicyChain.of_policy(inst, policy).average_cost(inst, tol)

@@ -22,6 +22,7 @@ from torch import Tensor
 from pipeline.core.baselines import per_product
 from pipeline.core.batch import ProductBatch
 from pipeline.core.heuristics.search import local_search
+from pipeline.core.protocols import Problem
 
 
 @dataclass
@@ -30,7 +31,7 @@ class IntervalStockPolicy:
     the levels belong to those products and any batch of them gets its own; without, they
     apply position by position."""
 
-    problem: object
+    problem: Problem
     lower: Tensor
     upper: Tensor
     product_ids: np.ndarray | None = None
