@@ -1,5 +1,6 @@
 """Ray Tune adapter: a sweep over the structure-penalty weights and the learning rate (docs/architecture.md,
-Training). The pure helpers (search space, trial config, Pareto front, results table) come first; ``run_sweep`` is the driver.
+Training). The pure helpers (search space, trial config, Pareto front, results table) come first;
+``run_sweep`` is the driver.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Joint procurement and removal: Poisson(5) demand, h = 1, c = 2, p in {4, 19}, removal value s in
-{0, 1}, lead time L in {0, 1}; discounted cost from overstocked starts (docs/problems/removal.md, Criterion of the benchmark).
+{0, 1}, lead time L in {0, 1}; discounted cost from overstocked starts (docs/problems/removal.md,
+Criterion of the benchmark).
 """
 from __future__ import annotations
 
