@@ -1,4 +1,4 @@
-"""One training epoch over 100,000 and 1,000,000 product histories (issue 6, item 3).
+"""One training epoch over 100,000 and 1,000,000 product histories (docs/performance.md, Scale).
 
     python -m benchmarks.scale [products=100000,1000000] [workers=1] [periods=104] [work=/tmp/sidbp-scale]
 

@@ -4,7 +4,7 @@
         [lead_time=4] [kind=mlp] [hidden=32,32,32] [device=cpu] [compile=false]
         [compile_mode=default] [profile=false] [rows=25] [docs=false]
 
-Headline config (issue 6 item 2): lost sales with lead time 4, the MLP policy with hidden
+Headline config (docs/performance.md, The headline step): lost sales with lead time 4, the MLP policy with hidden
 [32, 32, 32] and ELU, 8192 products x 50 periods, float32. Three measurements, each the
 median of ``repeats`` calls after two warm-up calls, interleaved call by call (so that a
 slow spell of the machine falls on all of them alike), at each batch size of ``batch`` and
@@ -17,7 +17,7 @@ each thread count of ``threads``:
 
 ``device=cuda`` runs on the GPU: the batch and the network are moved there once, every
 period's work stays there, and each timed call ends with ``torch.cuda.synchronize()``.
-The GPU measurement of issue 6 item 4:
+The GPU measurement of docs/performance.md (GPU):
 
     python -m benchmarks.step_speed device=cuda batch=65536,131072,262144,524288,1048576 \\
         repeats=5 compile=true compile_mode=reduce-overhead docs=true

@@ -1,4 +1,4 @@
-"""Dual sourcing with backlog (GUIDE 2.3): the simulator against hand-computed trajectories,
+"""Dual sourcing with backlog (docs/problems/dual_sourcing.md): the simulator against hand-computed trajectories,
 the exact DP against the published optimum, the heuristics and their searches, and the
 structural properties of the optimal policy."""
 import math
@@ -119,7 +119,7 @@ def test_parameters_are_validated_and_lead_times_checked():
 
 @pytest.fixture(scope="module")
 def reference():
-    """l_r = 2, c_e = 20 (GUIDE 2.3): problem, product, transitions, optimal solution."""
+    """l_r = 2, c_e = 20 (docs/problems/dual_sourcing.md): problem, product, transitions, optimal solution."""
     with dp.one_thread():
         problem, one, trans = suite.instance_transitions({"l_r": 2, "c_e": 20})
         return problem, one, trans, dp.solve(trans)

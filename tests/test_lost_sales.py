@@ -1,4 +1,4 @@
-"""The lost-sales simulator against trajectories computed by hand (GUIDE 2.1)."""
+"""The lost-sales simulator against trajectories computed by hand (docs/problems/lost_sales.md)."""
 import torch
 
 from conftest import make_batch

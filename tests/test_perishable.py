@@ -1,4 +1,4 @@
-"""Perishable inventory (GUIDE 2.2): the simulator against hand-computed trajectories, its
+"""Perishable inventory (docs/problems/perishable.md): the simulator against hand-computed trajectories, its
 gradient, the exact DP against De Moor et al.'s published policy tables, the structural
 properties on DP policies, and the heuristics and their searches."""
 import itertools

@@ -1,4 +1,4 @@
-"""Joint procurement and removal (GUIDE 2.4): the simulator by hand, the exact DP against the
+"""Joint procurement and removal (docs/problems/removal.md): the simulator by hand, the exact DP against the
 interval-stock structure (Maggiar and Sadighian 2017), the claimed properties, the heuristics'
 searches and the benchmark's discounted criterion."""
 import functools

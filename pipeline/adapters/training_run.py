@@ -1,15 +1,5 @@
-"""The one training API: ``train(cfg) -> TrainResult``.
-
-``jobs.train`` is this function on the command line; the studies (``jobs.sipn``,
-``jobs.favorita``), the sweep's trials and the benchmarks call it too, and get back what
-they need (the trained policy, its checkpoint, its MLflow run, the evaluation table)
-rather than searching MLflow for it.
-
-One call: the product histories as Parquet (written once, then found again), the MLflow
-run of the run name (a run started again under its name resumes it; one that had finished
-is evaluated again), Ray Train to the last epoch (``pipeline.adapters.ray_train.fit``),
-then the best checkpoint evaluated on the held-out products against the baselines and
-logged with the checkpoint and the learning curve.
+"""The one training API: ``train(cfg) -> TrainResult``, for ``jobs.train``, the studies, the sweep's trials
+and the benchmarks. What one call does: docs/architecture.md, Training.
 """
 from __future__ import annotations
 

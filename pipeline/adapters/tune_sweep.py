@@ -1,14 +1,5 @@
-"""Ray Tune adapter: a sweep over the structure-penalty weights and the learning rate.
-
-Each Tune trial is one training run (``pipeline.adapters.training_run.train`` with Tune's
-report callback) on the data the driver wrote once, with its own output folder
-(``<output_dir>/<name>/trials/<name>-trial-<k>``) and its own MLflow run, nested under the
-sweep's run. ASHA stops the trials that fall behind on the validation objective. At the
-end the driver settles every trial's MLflow status (a trial stopped by ASHA cannot do it
-itself), and logs to the sweep run the results table and the plot of validation cost
-against the out-of-distribution violation rate with the Pareto front.
-
-The pure helpers (search space, trial config, Pareto front, results table) come first;
+"""Ray Tune adapter: a sweep over the structure-penalty weights and the learning rate (docs/architecture.md,
+Training). The pure helpers (search space, trial config, Pareto front, results table) come first;
 ``run_sweep`` is the driver.
 """
 from __future__ import annotations

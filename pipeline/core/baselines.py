@@ -1,14 +1,5 @@
-"""Baseline policies, treated by the evaluator exactly like the network.
-
-- ``omniscient``: knows each product's true demand distribution. Lead time 0: the
-  newsvendor level at the critical fractile (optimal for i.i.d. demand). Lead time > 0:
-  the best base-stock level, found by simulating the true distribution.
-- ``estimated``: base-stock at the empirical critical-fractile quantile of (L+1)-period
-  demand over the history the policy has seen before the rollout starts.
-- ``best_constant``: one base-stock level for the whole population, the best on the
-  training products.
-- ``dp``: the exact optimal policy from dynamic programming, for a population of identical
-  products (one demand law, one set of costs, one lead time).
+"""Baseline policies (omniscient, estimated, best_constant, dp), treated by the evaluator exactly like
+the network: docs/policy.md, Baselines.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def sample_demand(rng: np.random.Generator, dist: np.ndarray, mean: np.ndarray,
     poisson(mean); negbin with mean and shape k (variance mean + mean^2 / k);
     zip: zero-inflated Poisson with P(structural zero) = shape and overall mean ``mean``;
     gamma: gamma with this mean and coefficient of variation ``shape``, rounded to the
-    nearest integer, at most ``GAMMA_MAX`` (De Moor et al.'s discretisation, GUIDE 2.2);
+    nearest integer, at most ``GAMMA_MAX`` (De Moor et al.'s discretisation, docs/problems/perishable.md);
     uniform: uniform on the integers 0..2 * mean.
     """
     out = np.zeros((len(dist), periods), dtype=np.float32)

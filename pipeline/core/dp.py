@@ -1,18 +1,5 @@
-"""Exact dynamic programming for small instances, i.i.d. demand with a known pmf.
-
-Two solvers share ``DPSolution``:
-
-- ``solve``: any problem. The problem's own ``step`` function, run once on every (state,
-  action, demand) of its finite grid (``problem.dp_space``), gives the transition table;
-  then vectorised relative value iteration (average cost, ``discount=1``) or value
-  iteration (``discount < 1``). Next states outside the grid are clamped to it, and the
-  solution reports how much stationary probability that truncation touches.
-- ``lost_sales_rvi``: lost sales with lead time L >= 1 at full size (Zipkin's L = 4
-  grid), exploiting its structure instead of a transition table. The state is
-``(on_hand, pipeline_1, ..., pipeline_{L-1})``; on-hand is truncated at ``max_on_hand``
-(stock above it is treated as ``max_on_hand``) and orders at ``max_order``. The expectation
-over demand is a matrix product: next on-hand is ``(y0 - D)^+ + y1``, so for every fixed
-remainder of the next state it is ``P @ Hankel(V)`` with ``P[a, m] = P((a - D)^+ = m)``.
+"""Exact dynamic programming for small instances, i.i.d. demand with a known pmf: the generic ``solve``
+and the specialised ``lost_sales_rvi``. How they work: docs/dp.md.
 """
 from __future__ import annotations
 

@@ -1,32 +1,5 @@
-"""Predict, then optimise: a multi-horizon quantile forecaster and the order-up-to policies
-built on it.
-
-The forecaster is in the MQ-CNN family (Wen et al. 2017, "A Multi-Horizon Quantile
-Recurrent Forecaster"): one model for every series.
-
-- Encoder: a dilated causal CNN over the past of ``[demand / scale, features]``. Its output
-  at position ``t - 1`` is the context of a forecast created at period ``t`` (data up to
-  ``t - 1`` only).
-- Decoder: a global MLP maps the context and the known features of the target periods
-  ``t .. t + K - 1`` to one context per horizon plus a shared one; a local MLP, the same
-  for every horizon, maps each horizon's contexts and the features of its last period to
-  the quantiles.
-- Output, for horizon ``k = 1..K``: quantiles of the CUMULATIVE demand over periods
-  ``t .. t + k - 1``. Horizon ``L + 1`` is what an order-up-to policy with lead time ``L``
-  (review period 1) needs: demand from now until the order's arrival period inclusive.
-  Quantiles are monotone in the level by construction (a base plus cumulative softplus
-  increments), in units of ``k * scale`` (a per-period average), times ``k * scale``.
-- Scale: the mean demand over periods ``[0, t)`` (at least ``MIN_SCALE``), a different one
-  per creation time. The encoder's input at position ``i`` is ``demand_i / scale_{i+1}``
-  (the mean up to and including ``i``), so every creation time of a series is forecast in
-  one causal pass ("forking sequences") and a forecast made at ``t`` depends on demand
-  before ``t`` only, in training and in prediction alike.
-- Loss: the pinball (quantile) loss of the scaled target ``y / (k * scale)``, averaged over
-  levels, horizons, creation times and series.
-
-Features (``batch.features`` [B, N, F], covariates known in advance for every period) are
-optional; a batch without them has F = 0. They are standardised with the training
-periods' per-channel mean and standard deviation, and are zero past the last period.
+"""Predict, then optimise: a multi-horizon quantile forecaster (MQ-CNN family) and the order-up-to
+policies built on it. Model, scaling, loss and features: docs/forecast.md.
 """
 from __future__ import annotations
 

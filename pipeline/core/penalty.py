@@ -1,14 +1,5 @@
-"""The structure penalty: a policy's Jacobian with respect to the endogenous state, held
-to the properties of ``pipeline.structure`` (GUIDE 2.5), and the violation metrics.
-
-For a batch of states the Jacobian ``J[b, a, i] = d action_a / d state_i`` comes from
-autograd (one backward pass per action; products are independent, so the gradient of the
-batch sum is each product's own row). A bound ``lo <= J <= hi`` is violated by
-``relu(lo - J) + relu(J - hi)``, an ordering ``J_i <= J_j`` by ``relu(J_i - J_j)``. The
-penalty is the weighted mean violation; it is differentiable in the network's weights
-(``create_graph=True``), so it trains with the DirectBackprop loss. Sign and ordering
-conditions are penalised on the direction of the Jacobian row (``violations``), so that
-they keep a gradient where the order is nearly saturated at 0.
+"""The structure penalty: a policy's Jacobian with respect to the endogenous state held to the
+properties of ``pipeline.core.properties``, and the violation metrics. How: docs/sipn.md, The structure penalty.
 """
 from __future__ import annotations
 

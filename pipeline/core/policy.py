@@ -1,24 +1,5 @@
-"""The order policy network (docs/architecture.md) and the feature map it sees.
-
-A dilated causal 1-D CNN reads the last ``window`` periods of scaled demand, its embedding
-is concatenated with scale-free static features (cost ratios, lead time, log scale, the
-running mean and spread of the history so far) and the scaled endogenous state, and an MLP
-with ELU maps that to non-negative actions (softplus) times the product's demand scale: one
-output per entry of the problem's action (an order; or two orders; or an order and a removal).
-
-Demand is exogenous, so the CNN and the features are computed once for the whole window
-of a rollout (``prepare``); each period (``act``) runs the MLP on that period's exogenous
-inputs beside the scaled state. Three details keep that loop fast on CPU (see
-``benchmarks/step_speed.py``):
-
-- ``prepare`` hands out the exogenous inputs as one tensor per period: indexing a [B, T, ...]
-  tensor at every period makes the backward build and add a full-size zero gradient
-  per period (quadratic in T);
-- the first layer's two weights (``first_exo``, ``first_endo``) are joined once per rollout
-  and applied in one matmul per period. Precomputing the exogenous part for every period
-  costs more: MKL is slow on the huge narrow matmuls involved, and on the gradients of a
-  narrow state-only matmul every period;
-- the ELUs run in place: their backward then uses the output instead of recomputing exp.
+"""The order policy network and the feature map it sees: docs/policy.md (architecture, and the three
+details that keep the per-period loop fast).
 """
 from __future__ import annotations
 

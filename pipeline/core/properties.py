@@ -1,13 +1,5 @@
-"""Structural properties of policies as data (GUIDE 2.5), and their check on policy tables.
-
-A property is a bound on one entry of the Jacobian of an action with respect to the
-endogenous state, ``lo <= d action / d coord <= hi``, or an ordering between two entries,
-``d action / d first <= d action / d second``. Actions and coordinates are named as the
-problem names them (``problem.actions``, ``problem.state_names(width)``).
-
-On an exact DP policy the derivative is the forward difference of the integer table along
-a coordinate (one unit more of that coordinate); the check covers the states the optimal
-policy visits, away from the grid's upper edges.
+"""Structural properties of policies as data (bounds on and orderings between entries of an action's
+Jacobian in the state), and their check on policy tables by forward differences: docs/structure.md.
 """
 from __future__ import annotations
 

@@ -1,21 +1,5 @@
-"""Robustness: policies evaluated on the same held-out products under demand shocks and
-from starting states off the training distribution (pure torch).
-
-Scenarios, each scored over the same periods as the nominal evaluation (``eval.start +
-eval.warmup`` to the end of the history):
-
-- ``nominal``: the histories as they are;
-- ``up`` / ``down``: a sudden level shift, demand x ``up_factor`` (x ``down_factor``) from
-  scored period ``shock_at`` to the end;
-- ``spike``: demand x ``spike_factor`` in scored period ``shock_at`` only (one week of
-  weekly data);
-- ``start_Kx``: the rollout starts at the first scored period from a state whose every
-  entry is K x the product's mean demand, so the recovery from it is what is scored:
-  K = 0 is an empty system (training rollouts start empty too, but their warm-up periods
-  are left out of the loss), a large K stock and pipeline far above anything visited.
-
-Shocked demand is rounded to whole units where the problem is discrete. A policy sees the
-shocked history (its demand features include it), as it would in operation.
+"""Robustness: policies evaluated on the same held-out products under demand shocks and from starting
+states off the training distribution (pure torch). The scenarios: docs/sipn.md, Robustness scenarios.
 """
 from __future__ import annotations
 

@@ -1,58 +1,6 @@
-"""Corporacion Favorita demand into the series layout (``pipeline.series``).
-
-Two sources:
-
-- the raw Kaggle files (``train.csv``, ``items.csv``, ``stores.csv``,
-  ``holidays_events.csv``): ``convert_raw``, a two-stage Ray Data job whose memory does not
-  grow with the file (125 million rows for the real train.csv);
-- the weekly long table of ``shared/data/favorita_weekly`` (``series_id, store, item, week,
-  units``): ``convert_weekly_sales`` / ``long_sales_to_series``, plain pyarrow.
-
-``convert_raw``
----------------
-Stage 1 streams train.csv (``ray.data.read_csv``, explicit column types, 8 MiB read
-blocks) and, batch by batch (``map_batches``), parses ``unit_sales``, keys each row by its
-series (store, item) and writes it to ``bucket=<b>`` Parquet files of a staging folder, b
-a fixed hash of the series key. Each batch returns only its counts, its first and last date
-and its distinct series keys, so the driver learns the date range and the sorted list of
-series in the same pass, without holding any rows.
-
-Then ``start_date`` is known (default: the earliest date with a valid row, from stage 1),
-and so are the periods: whole days or 7-day weeks from ``start_date`` up to the last date
-in the file. Stage 2 runs one task per bucket (``map_batches`` over the bucket numbers):
-it reads the bucket's rows (about rows / buckets), repairs them, sums them into periods,
-pivots to series x periods (zero where a series has no row), adds the static columns and
-the ``promo`` and ``holiday`` features, and writes ``part-<bucket>.parquet`` with
-``pipeline.series.series_table``. ``product_id`` is the series' rank among all series
-sorted by (store, item), so it runs 0..S-1 over the whole output whatever the bucket count.
-
-Repair rules, applied in this order, each counted in the manifest:
-
-1. ``unit_sales`` that is empty or NaN (or infinite): the row is dropped
-   (``missing_sales_rows``); so is a row with an empty date, store_nbr or item_nbr
-   (``missing_key_rows``). Text that is not a number is an error naming the file, the
-   column, how many rows and the first such row (``DataError``, raised after stage 1 so the
-   count is exact); so is a value of another column that does not parse (the first one).
-2. Rows before an explicit ``start_date`` are dropped (``rows_before_start``); rows in a
-   trailing partial week after the last whole period are dropped (``rows_after_end``): a
-   week with one day of sales would read as a demand collapse.
-3. Duplicate (date, store, item) rows: the one with the largest ``id`` is kept
-   (``duplicate_rows`` removed).
-4. Negative ``unit_sales`` (returns): that row's demand counts as 0 (``negative_rows``,
-   ``negative_units`` = the units of returns ignored).
-5. Empty ``onpromotion`` (the early years) counts as not on promotion
-   (``promo_missing_rows``, over the rows kept).
-
-Days without a row are zero sales, also before an item's first sale: every series spans all
-periods. ``first_period`` (int32, extra column) is the first period with a row, so users
-may drop pre-launch zeros (equal to the number of periods when the series' only rows fell
-in a dropped trailing partial week). Other extra columns: ``family`` (string, from
-items.csv). Features: ``promo`` = share of the period's days on promotion; ``holiday`` =
-days of the period that are a holiday at the series' store (National, Regional whose
-locale_name is the store's state, Local whose locale_name is its city; type "Work Day" and
-rows with transferred=True left out; a day counts once). A store missing from stores.csv
-gets national holidays only and an item missing from items.csv perishable 0 and family ""
-(``series_unknown_store`` / ``series_unknown_item``).
+"""Corporacion Favorita demand into the series layout (``pipeline.data.series``): the raw Kaggle
+files (``convert_raw``, a two-stage Ray Data job) and the weekly long table (``convert_weekly_sales``,
+``long_sales_to_series``). The stages, repair rules and manifest counts: docs/favorita.md, Ingestion.
 """
 from __future__ import annotations
 

@@ -1,59 +1,6 @@
-"""Synthetic retail demand in the series layout (``pipeline.series``), weekly or daily.
+"""Synthetic retail demand in the series layout (``pipeline.data.series``), weekly or daily.
 
-A stand-in for Favorita-like sales: many product series with the effects real sales
-show, each effect set by one key of the ``retail`` config section (``conf/config.yaml``).
-Series ``i`` sells at store ``i % 50`` and is item ``i // 50``; its ``series_id`` is
-``r{i}``. Every series draws its own parameters; demand in period ``t`` is
-
-    mean[t] = level * trend[t] * yearly[t] * day_of_week[t] * (1 + christmas_lift * christmas[t])
-              * (1 + promo_lift * promo[t]) * (1 + shock_lift * shock[t])
-    demand[t] ~ NegativeBinomial(mean[t], shape=dispersion)        (regular series)
-    demand[t] = 0 with probability zero_prob, else 1 + Poisson(mean[t] / level)  (slow movers)
-
-Keys (``[low, high]`` ranges are drawn per series, uniformly unless said otherwise):
-
-- ``num_series``, ``periods``: the population (rows) and history length (periods).
-- ``frequency``: ``weekly`` (periods are 7-day weeks from ``start_date``) or ``daily``.
-- ``start_date``: the first day of period 0; the calendar places Christmas and seasons.
-- ``mean_range``: the base level (units per period), log-uniform; the grand mean with
-  every other effect off.
-- ``dispersion_range``: the negative binomial shape k, log-uniform; variance is
-  mean + mean^2 / k, so larger k is closer to Poisson.
-- ``slow_mover_share``: the share of series that are intermittent (slow movers).
-- ``slow_mover_zero_range``: a slow mover's probability of a zero period; when it sells,
-  it sells 1 + Poisson(mean[t] / level) units (about 2 in a plain period: the effects
-  below scale the extra units, the zero probability stays put).
-- ``trend_range``: relative change of the level per year, compounded: ``trend[t] =
-  (1 + trend) ** years_since_start``; must be > -1.
-- ``yearly_amplitude_range``: yearly seasonality ``1 + a * cos(2 pi (day_of_year / 365.25
-  - phase))`` with a random phase per series (summer and winter products alike); a in
-  [0, 1].
-- ``weekly_amplitude_range``: daily only: ``1 + a * shape[weekday]`` with a fixed retail
-  shape (Monday to Sunday -0.5, -0.6, -0.5, -0.4, 0.1, 0.9, 1.0: mean 0, weekends high);
-  a in [0, 1].
-- ``christmas_lift_range``: extra demand at Christmas: weekly, the week that holds 25
-  December sells ``1 + lift`` times; daily, a ramp over 18-24 December (1/7 of the lift
-  on the 18th up to the full lift on the 24th; 25 December itself is an ordinary day).
-- ``promo_prob``: the share of periods on promotion. Weekly: each week independently.
-  Daily: promotions run 3-7 days (uniform) and start so that this share of days is
-  covered. The ``promo`` feature is 1 in those periods, 0 otherwise.
-- ``promo_lift_range``: a series' demand is ``1 + lift`` times higher on promotion.
-- ``shock_share``: the share of stores (a region, like the 2016 Ecuador earthquake) whose
-  series are hit; stores are picked once per seed, so the share is rounded to 1/50.
-- ``shock_period``, ``shock_length``: the spike lasts periods [shock_period, shock_period +
-  shock_length); afterwards the extra demand halves each period (``SHOCK_RECOVERY``). A
-  shock_period at or beyond ``periods``, or a shock_length of 0, means no shock.
-- ``shock_lift_range``: a hit series sells ``1 + lift`` times during the spike.
-
-Lifts may be negative down to -1 (a closure). About 30% of series are ``perishable``
-(``PERISHABLE_SHARE``); the ``holiday`` feature is all zeros (no holiday calendar), so
-the schema matches the Favorita data; the calendar features come from ``series_table``.
-
-Random numbers: series are generated in fixed blocks of ``BLOCK`` series, each seeded by
-``SeedSequence([seed, 0, block])``, and sliced, so a series' values depend only on the seed
-and its index, never on how a range is chunked (generate a million series shard by shard).
-Within a block every series draws the same uniforms for its parameters whatever the
-config, so changing one range leaves the other parameters of each series as they were.
+The demand model, the ``retail`` config keys and the seeding: docs/retail.md.
 """
 from __future__ import annotations
 

@@ -1,17 +1,5 @@
-"""The series layout: real or retail-like product histories as Parquet, one series per row.
-
-What ``jobs.prepare_data`` writes for every source (raw Favorita, the weekly Favorita
-file, synthetic retail demand) and what ``jobs.favorita`` reads. Columns:
-
-- ``product_id`` (int64, 0..S-1), ``series_id`` (string), ``store``, ``item`` (int32, -1
-  when unknown), ``perishable`` (int8, 0/1), ``start_date`` (date32: the first day of
-  period 0, the same in every row), ``frequency`` (``weekly`` or ``daily``);
-- ``demand``: list<float32> of N periods (units; missing rows are zero sales);
-- ``feature_<name>``: list<float32> of N periods each, covariates known in advance:
-  ``promo`` (share of the period's days on promotion), ``holiday`` (holiday days at the
-  series' store), and the calendar features of ``pipeline.calendar``.
-
-Every ``feature_*`` column becomes a channel of ``ProductBatch.features``.
+"""The series layout: real or retail-like product histories as Parquet, one series per row. Its
+columns: docs/favorita.md, The series layout.
 """
 from __future__ import annotations
 

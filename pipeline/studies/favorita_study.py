@@ -1,25 +1,5 @@
-"""DirectBackprop against predict-then-optimize on retail demand (the paper's Section 3.3).
-
-Every series is in every split; the split is in time (``favorita.*``):
-
-- training: periods ``[0, train_end)``. DirectBackprop's rollouts and the forecaster's
-  fit only see these.
-- validation: periods ``[train_end, valid_end)`` are scored, to pick DirectBackprop's
-  checkpoint.
-- test: periods ``[valid_end, test_end)`` are scored and reported.
-
-A scored range is preceded in its split folder by ``history`` periods that the policies
-see but are not scored on (the CNN's window, the forecaster's encoder, the demand
-scale), then ``warmup`` periods run from an empty system and are not scored either, so
-that every policy is scored on exactly the same weeks.
-
-``run`` is the study itself (``jobs.favorita``): per lead time, the splits written, the
-DirectBackprop policies trained, the forecaster fitted, every policy scored; the tables,
-plots and the report.
-
-The economics are lost sales with the revenue objective: a unit sold earns ``price``,
-each unit ordered costs ``unit_cost``, each unit left at the end of a period costs
-``holding_cost``, and unmet demand is lost (no goodwill cost).
+"""DirectBackprop against predict-then-optimize on retail demand (the paper's Section 3.3); ``run`` is
+the study (``jobs.favorita``). Splits, scored ranges and economics: docs/favorita.md, The study.
 """
 from __future__ import annotations
 

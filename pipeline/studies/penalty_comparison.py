@@ -1,14 +1,5 @@
-"""Structure-informed against plain DirectBackprop on one problem: the paper's Figure 1,
-robustness under shocks and off-distribution starts, and the numbers (``jobs.sipn``).
-
-The configuration is trained twice with ``training_run.train``: once without the penalty
-(run ``<name>-plain``) and once with ``penalty.*`` as configured (run ``<name>-sipn``),
-both MLflow runs nested under the study's run ``<name>``; a run that already finished is
-reused. Then, on the held-out products and the same demand paths: the nominal evaluation
-with violation rates, the robustness table, and contours of the order over the first two
-state entries for four products (plain on top, penalized below). Results go to
-``<output_dir>/<name>/``, the study's MLflow run, and this problem's section of
-``docs/sipn.md`` (figure in ``docs/figures/``).
+"""Structure-informed against plain DirectBackprop on one problem (``jobs.sipn``): the paper's Figure 1,
+robustness under shocks and off-distribution starts, and the numbers. The study: docs/sipn.md, The study.
 """
 from __future__ import annotations
 
@@ -27,12 +18,12 @@ For each problem the same configuration is trained twice: without the structure 
 ("plain") and with it ("sipn": the problem's DP-confirmed properties, `docs/structure.md`,
 penalised at the visited states and at probe states from a box `penalty.probe_widen` times
 wider; sign and ordering conditions on the direction of the Jacobian row, so that they keep
-a gradient where the order is nearly saturated at 0, `pipeline/penalty.py`). Both are
+a gradient where the order is nearly saturated at 0, `pipeline/core/penalty.py`). Both are
 evaluated on the same held-out products and demand paths. Violation rates are the share of
 states in which the policy's autograd Jacobian breaks at least one property (tolerance
 1e-6), over 10 decision periods after the evaluation's warm-up: in the states the policy
 visits ("in") and in as many probes from the wider box ("out"). Robustness scenarios
-(`pipeline/robustness.py`): demand x2 (`up`) or x0.3 (`down`) from a scored period on, x4 in
+(`pipeline/core/robustness.py`): demand x2 (`up`) or x0.3 (`down`) from a scored period on, x4 in
 one period (`spike`), and starts scored from their first period, away from the states the
 training loss sees: an empty system (`start_0x`: every rollout starts empty, but the
 warm-up periods are left out of the loss) and every state entry at 6 x mean demand

@@ -1,32 +1,5 @@
-"""The classical dual-sourcing heuristics (docs/problems/dual_sourcing.md) as policy objects, and the searches
-that find their parameters on exact costs.
-
-Notation (``problem`` is a ``DualSourcing``, the state is read after this period's
-arrivals): ``IP`` = net inventory plus every order in transit (``problem.inventory_position``);
-``IP_e`` = net inventory plus what arrives within the expedited lead time ``l_e``
-(``problem.expedited_position``; with ``l_e = 0`` it is the net inventory). Every order is
-rounded to whole units by the evaluator where the problem is discrete.
-
-- Single index (Scheller-Wolf, Veeraraghavan & van Houtum 2007): one index, ``IP``, two
-  order-up-to levels ``S_e <= S_r``: ``q_e = (S_e - IP)^+``, ``q_r = (S_r - IP - q_e)^+``.
-  In steady state it expedites ``(D - (S_r - S_e))^+`` of each period's demand ``D``.
-- Dual index (Veeraraghavan & Scheller-Wolf 2008): ``q_e = (z_e - IP_e)^+`` raises the
-  expedited position to ``z_e``; then ``q_r = (z_r - IP - q_e)^+`` raises the full
-  position, counting the expedited order, to ``z_r``. With ``l_r - l_e = 1`` it is
-  Fukuda's (1964) dual base-stock policy, which is optimal.
-- Capped dual index (Sun & Van Mieghem 2019): the dual index with the regular order capped,
-  ``q_r = min((z_r - IP - q_e)^+, cap)``; ``q_e = (z_e - IP_e)^+``. An infinite cap is the
-  dual index. (Some implementations leave ``q_e`` out of the regular index; here the
-  cap is what distinguishes it from the dual index.)
-- Tailored base-surge (Allon & Van Mieghem 2010): a constant regular order ``Q`` every
-  period (the base) and an expedited order up to ``S`` on the expedited position (the
-  surge): ``q_r = Q``, ``q_e = (S - IP_e)^+``. Stable only with ``Q`` below the mean
-  demand; the exact evaluation rejects the others (their inventory drifts off the grid).
-
-Parameters are scalars shared by the batch, or tensors with one value per batch position.
-The searches (``search_*``) walk the integer parameters with ``heuristics.search.local_search``
-on an exact cost function, ``exact_cost`` (the stationary long-run average cost of the
-heuristic's table on the DP grid, ``dp.evaluate_policy``).
+"""The classical dual-sourcing heuristics as policy objects, and the searches (``search_*``) that find
+their parameters on exact costs (``exact_cost``). Rules, notation and searches: docs/problems/dual_sourcing.md.
 """
 from __future__ import annotations
 

@@ -1,41 +1,6 @@
-"""Classical heuristics for lost sales with lead time L >= 1 (docs/problems/lost_sales.md), and their exact
-long-run average cost on the DP grid.
-
-Conventions are those of ``pipeline/problems/lost_sales.py``: the state after arrivals is
-``x = [on_hand, pipeline_1, ..., pipeline_{L-1}]`` (``pipeline_j`` arrives in j periods),
-the order placed now arrives at the start of period t + L, unmet demand is lost, the period
-cost is ``h (x0 - D)^+ + p (D - x0)^+`` and the unit cost is zero (Zipkin's grid).
-With ``v_l = x_l + ... + x_{L-1}`` (``v_0`` the inventory position, ``v_L = 0``):
-
-- base-stock (``baselines.BaseStockPolicy``, table ``dp.base_stock_table``): order
-  ``(S - v_0)^+``.
-- capped base-stock (Xin 2021, "Understanding the performance of capped base-stock
-  policies in lost-sales inventory models", Oper. Res. 69(1)): order ``min((S - v_0)^+, r)``.
-- vector base-stock (Zipkin 2008, "Old and new methods for lost-sales inventory systems",
-  Oper. Res. 56(5), eq. (5)): order ``[min_{l=0..L} (s_l - v_l)]^+`` for levels
-  ``s_0 >= ... >= s_L``. Zipkin's *standard* vector base-stock takes Morton's (1971) levels
-  ``s_l`` = the smallest s with ``P(D_1 + ... + D_{L-l+1} <= s) >= p / (p + h)``: the stock
-  arriving from period l on (plus the new order) should not exceed the newsvendor quantile
-  of the demand of periods l..L. Morton showed that these levels bound the optimal order
-  from above.
-- myopic-1 (Zipkin 2008): the order z minimising ``C(x, z)``, the expected cost of period
-  t + L (when z arrives) given x and no other order: ``C(x, z) = E g(J(x) + z)`` with
-  ``g(y) = E[h (y - D)^+ + p (D - y)^+]`` and ``J(x)`` the stock left just before the
-  arrival, ``J = (a_{L-1} - D)^+``, ``a_0 = x_0``, ``a_k = (a_{k-1} - D)^+ + x_k``,
-  all demands i.i.d.
-- myopic-2 (Zipkin 2008): the order z minimising ``C(x, z) + E min_{z'} C(x', z')``, with
-  ``x' = ((x_0 - D)^+ + x_1, x_2, ..., x_{L-1}, z)`` next period's state: the cost of the
-  period the order arrives plus that of the next one, next period's order chosen by
-  myopic-1.
-
-Every policy object serves products of one lead time L (``prepare`` checks the batch),
-except capped base-stock, which works for any mix. Myopic policies are tables on the DP
-grid (``dp.lost_sales_grid``); in the simulator a state beyond the grid is clamped into it.
-Ties between orders of equal expected cost go to the smallest order.
-
-``policy_average_cost`` is the exact long-run average cost of any order table on the grid
-(the number ``dp.lost_sales_rvi(..., fixed=table)`` gives, much faster); ``best_*`` find a
-heuristic's parameters by ``local_search`` over those exact costs.
+"""Classical heuristics for lost sales with lead time L >= 1 as policy objects, their exact long-run
+average cost on the DP grid (``policy_average_cost``) and the searches for their parameters (``best_*``).
+Definitions, conventions and the evaluation: docs/problems/lost_sales.md.
 """
 from __future__ import annotations
 

@@ -1,30 +1,5 @@
-"""Classical heuristics for perishable inventory (docs/problems/perishable.md), and the searches that find their
-parameters on exact long-run average costs.
-
-Conventions are those of ``pipeline/problems/perishable.py``: the state is
-``[pipeline_{L-1}, ..., pipeline_1, stock_age_0, ..., stock_age_{m-1}]`` (youngest first),
-an order placed now first serves demand L periods from now, orders are whole units in
-``0..max_order``. With ``IP`` the inventory position (all stock plus all orders in transit):
-
-- base-stock (BSP): order ``min((S - IP)^+, max_order)``.
-- waste-aware base-stock, BSP-low-EW (Haijema & Minner 2016, "Stock-level dependent
-  ordering of perishables: a comparison of hybrid base-stock and constant order policies",
-  IJPE 181; the teacher policy of De Moor et al. 2022). ``EW`` is the expected number of
-  units that expire in this period and the next ``L - 1`` ones, i.e. before an order placed
-  now arrives, if nothing more is ordered; it is computed exactly from the state and the
-  product's demand pmf (i.i.d. periods, the simulator's own issuing rule), by
-  ``expected_waste``. With the waste-adjusted position ``y = IP - EW`` and integer
-  parameters ``(S1, S2, b)``, ``b >= 1``, ``alpha = 1 - (S2 - S1) / b``:
-  order ``S1 - alpha y`` when ``y < b`` (a damped order-up-to for low stock) and
-  ``S2 - y`` otherwise, rounded to the nearest unit and clamped to ``0..max_order``. The
-  two pieces meet at ``y = b``; ``S1 = S2`` is plain order-up-to on ``y`` (BSP-EW).
-  De Moor et al.'s code applies the threshold and the slope to ``IP`` rather than ``y`` and
-  estimates EW by letting mean demand deplete the stock; here both use the exact ``y``.
-
-The heuristics take the demand pmf from each product's true law (like the omniscient
-baseline), so they run on any batch in the simulator and, through ``dp.policy_choice``,
-on the DP grid. ``best_base_stock`` and ``best_bsp_low_ew`` search their parameters over
-exact long-run average costs on the grid of ``Perishable.dp_space``.
+"""Classical heuristics for perishable inventory (base-stock, BSP-low-EW) as policy objects, and the
+searches that find their parameters on exact long-run average costs. Definitions: docs/problems/perishable.md.
 """
 from __future__ import annotations
 

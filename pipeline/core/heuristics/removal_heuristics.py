@@ -1,14 +1,5 @@
-"""Heuristics for joint procurement and removal (docs/problems/removal.md).
-
-- ``IntervalStockPolicy`` (Maggiar and Sadighian 2017): a lower level ``a`` and an upper level
-  ``b >= a`` on the inventory position (on hand plus pipeline): below ``a`` order up to ``a``,
-  above ``b`` remove down to ``b`` (at most what is on hand), in between do nothing. With
-  lead time 0 the position is the on-hand stock, and the optimal policy has this form.
-- base-stock, which never removes: ``pipeline.baselines.BaseStockPolicy`` (order up to a level,
-  every other action zero).
-
-The levels are found by ``best_interval_stock`` / ``best_base_stock``: local searches over
-integer levels on an exact cost function (in the benchmark, the DP evaluation of the policy).
+"""Heuristics for joint procurement and removal: interval-stock (``IntervalStockPolicy``) and base-stock,
+with the searches for their levels. Definitions: docs/problems/removal.md, Heuristics.
 """
 from __future__ import annotations
 

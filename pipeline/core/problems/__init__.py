@@ -1,24 +1,5 @@
-"""Inventory problems: data plus a step function behind one small interface, the
-``pipeline.core.protocols.Problem`` protocol. ``PROBLEMS`` is the registry: the config,
-the benchmark suites, the performance and penalty benchmarks and the contract tests
-(``tests/test_contracts.py``) all take their problems from it.
-
-Adding a problem ``NAME``:
-
-1. a module here with a dataclass ``class Name(ProblemBase)`` (``pipeline.core.problems.base``;
-   its fields are the population-level parameters, each with a default) implementing every
-   member of ``Problem``, ``name = "NAME"``; override ``default_properties`` only when the
-   exact DP refutes some of its ``claimed_properties``;
-2. its line in ``PROBLEMS`` below;
-3. ``conf/problem/NAME.yaml``: ``problem.name``, its ``params`` and the ``data`` of its
-   products.
-
-Then ``tests/test_contracts.py`` and ``tests/test_problems.py`` check it, and the
-performance grid (``benchmarks/perf.py``) and the penalty benchmark
-(``benchmarks/penalty_step.py``) run it at its YAML's defaults. A benchmark suite is
-optional: a module ``pipeline/studies/suites/NAME_suite.py`` (what it provides: that
-package's docstring), found by its name, and ``conf/suite/NAME.yaml``; its heuristic
-policies go in ``pipeline/core/heuristics/NAME_heuristics.py``.
+"""Inventory problems behind the ``pipeline.core.protocols.Problem`` protocol; ``PROBLEMS`` is the
+registry. Adding a problem: docs/architecture.md, Seams.
 """
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""What every problem shares: the step record and the lead-time routing of orders.
-
-A problem is a small dataclass (its fields are the population-level parameters, set from
-``problem.params`` in the config) implementing ``pipeline.core.protocols.Problem``: its
-names, ``state_width``, ``initial_state``, ``setup``, ``step``, ``inventory_position``,
-``dp_space``, ``claimed_properties`` and ``default_properties`` (the latter inherited from
-``ProblemBase`` unless the exact DP refutes some claims).
-
-Per-product economics (holding, shortage, unit cost, price, lead time) come from the
-``ProductBatch``; the simulator, trainer, DP and heuristics use nothing else. A problem
-parameter is read through ``ProblemBase.param``: the batch's column of that name (one value per
-product) where it has one, the population constant (the field) otherwise.
+"""What every problem shares: the step record, the lead-time routing of orders and ``ProblemBase``
+(per-product parameters through ``param``). What a problem is: docs/architecture.md, Seams.
 """
 from __future__ import annotations
 

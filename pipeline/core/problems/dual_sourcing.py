@@ -1,34 +1,5 @@
-"""Dual sourcing with backlog (docs/problems/dual_sourcing.md), batched over products.
-
-Two suppliers: the regular one (lead time ``l_r``, the product's ``lead_time``; unit cost
-``c_r``, the product's ``unit_cost``) and the expedited one (lead time ``l_e < l_r`` and
-unit cost ``c_e``, both problem parameters; ``c_e`` may differ by product, ``l_e`` sets
-the state's layout and may not). Unmet demand is backlogged at ``b`` (the
-product's ``shortage_cost``) per unit per period; leftover stock costs ``h`` (its
-``holding_cost``).
-
-State at the start of a period, after that period's arrivals, one row per product:
-``[net_inventory, regular_1, ..., regular_P, expedited_1, ..., expedited_E]`` where
-``net_inventory`` is stock on hand minus backlog, ``regular_j`` / ``expedited_j`` the
-regular / expedited orders that arrive in ``j`` periods, ``E = max(l_e - 1, 0)`` and
-``P = W - 1 - E`` (``W`` the state width, from the largest regular lead time in the batch).
-A product with a shorter regular lead time puts its order into the slot of its own lead
-time and the slots above stay empty.
-
-Each period: order ``(q_r, q_e)``; with ``l_e = 0`` the expedited order arrives at once and
-serves this period's demand; demand is served or backlogged; cost
-``h (net)^+ + b (net)^- + c_r q_r + c_e q_e`` on the end-of-period net inventory; then
-the orders due next period arrive (the regular order placed in period t arrives at the
-start of period t + l_r, before that period's demand).
-
-Sales (revenue in the reward formulation is ``price * sales``) are the period's demand:
-with full backlogging every unit demanded is sold, the late ones when they ship, and the
-revenue is booked when the demand arrives (the wait is what ``b`` charges). So the reward
-objective is minus the cost plus a revenue that no policy changes, and ``sales <= demand``
-as for every problem; the service measure here is the backlog (``Step.lost``).
-
-Every operation is a min/max/add of the inputs, so integer inputs give integer
-trajectories and the cost is differentiable almost everywhere in the orders.
+"""Dual sourcing with backlog, batched over products. Suppliers, timing, state layout, cost and
+sales accounting: docs/problems/dual_sourcing.md.
 """
 from __future__ import annotations
 
@@ -138,13 +109,7 @@ class DualSourcing(ProblemBase):
         return net + regular[:, : self.expedited_lead_time].sum(dim=1) + expedited.sum(dim=1)
 
     def dp_space(self, product: ProductBatch, mean: float, std: float):
-        """The exact DP's grid, from the demand's support ``0..d`` (``d`` the largest demand
-        with P(D >= d) above 1e-9): regular orders ``0..d + 1`` (in steady state a regular
-        order replaces about one period's demand), expedited orders ``0..2d``, net inventory
-        ``-2d..max(l_r + 1, 5) d + 2`` (the optimal policy holds at most the demand of
-        ``l_r + 1`` periods; ``5d`` keeps the upward excursions of a tailored base-surge
-        policy on the grid), each pipeline entry within its order range (an entry is one
-        past order, so the pipeline is never truncated)."""
+        """The exact DP's grid from the demand's support (docs/problems/dual_sourcing.md, Exact DP)."""
         d = self.demand_support(product)
         L = int(product.lead_time[0])
         max_regular, max_expedited = d + 1, 2 * d
@@ -162,13 +127,8 @@ class DualSourcing(ProblemBase):
         return int((tail > eps).nonzero().max())
 
     def claimed_properties(self, width: int):
-        """docs/structure.md: both orders non-increasing in every state entry with slope at least -1.
-        Orderings measured on the exact DP (docs/problems/dual_sourcing.md; they hold in
-        every visited state for l_e = 0, 1, 2 on the instances there): the regular
-        order is more sensitive to later-arriving stock and the expedited order to
-        earlier-arriving stock, both within the regular pipeline and against net inventory:
-        dq_r/d regular_P <= ... <= dq_r/d regular_1 <= dq_r/d net_inventory and
-        dq_e/d net_inventory <= dq_e/d regular_1 <= ... <= dq_e/d regular_P."""
+        """Both orders non-increasing with slope at least -1 (docs/structure.md), and the two
+        orderings measured on the exact DP (docs/problems/dual_sourcing.md, Structural properties)."""
         names = self.state_names(width)
         chain = names[: width - self.expedited_slots]  # net, regular_1, ..., regular_P
         props = [Property(a, c, lo=-1.0, hi=0.0) for a in self.actions for c in names]

@@ -73,9 +73,8 @@ class LostSales(ProblemBase):
                           actions=torch.arange(max_order + 1, dtype=torch.float64)[:, None])
 
     def claimed_properties(self, width: int):
-        """docs/structure.md (Morton 1969; Zipkin 2008): the order is non-increasing in every state
-        entry with slope at least -1, more sensitive to later-arriving stock:
-        -1 <= dq/dy_{L-1} <= ... <= dq/dy_1 <= dq/dy_0 <= 0."""
+        """Order non-increasing with slope at least -1, more sensitive to later-arriving stock (Morton 1969;
+        Zipkin 2008): docs/problems/lost_sales.md, Structural properties of the DP policies."""
         names = self.state_names(width)
         props = [Property("order", c, lo=-1.0, hi=0.0) for c in names]
         props += [Property("order", names[j + 1], other=names[j]) for j in range(width - 1)]

@@ -1,23 +1,5 @@
-"""Perishable inventory with lead time L >= 1 (docs/problems/perishable.md, De Moor et al. 2022), batched over
-products.
-
-State at the start of a period, one row per product, read from the youngest units to the
-oldest: ``[pipeline_{W-m}, ..., pipeline_1, stock_age_0, ..., stock_age_{m-1}]`` where
-``pipeline_j`` is the order that arrives in ``j`` periods and ``stock_age_a`` the units on
-hand that arrived ``a`` periods ago (``stock_age_{m-1}`` expires at the end of this period
-if it is not sold). This is De Moor et al.'s layout. With ``W - m + 1`` the largest lead
-time in the batch, a product with a shorter lead time puts its order into the pipeline slot
-of its own lead time and the slots above stay empty.
-
-Each period: the order ``q`` goes into the pipeline; demand is served from the stock on
-hand, oldest first (FIFO) or freshest first (LIFO); what demand is left over is lost; the
-oldest units left after issuing expire (waste); the other leftovers are held. Cost
-``c q + p lost + w waste + h held``. Then the stock ages by one and the order placed
-``L - 1`` periods ago (this period's when ``L = 1``) arrives as the freshest stock.
-
-Every operation is a min/max/add of the inputs (a loop over the m ages, none over products),
-so integer inputs give integer trajectories and the cost is differentiable almost
-everywhere in the orders.
+"""Perishable inventory with lead time L >= 1 (De Moor et al. 2022), batched over products. Timing,
+state layout (youngest first), issuing and cost: docs/problems/perishable.md.
 """
 from __future__ import annotations
 
@@ -134,10 +116,8 @@ class Perishable(ProblemBase):
                           actions_are_bounded=True)
 
     def claimed_properties(self, width: int):
-        """docs/structure.md: the order is non-increasing in every state entry with slope at least -1,
-        and more sensitive to younger units: along the state (youngest first)
-        dq/dy_0 <= dq/dy_1 <= ... <= dq/dy_{W-1}, i.e. an order in transit weighs at least
-        as much as fresh stock, fresh stock at least as much as older stock."""
+        """Order non-increasing with slope at least -1 in every entry, and more sensitive to younger units
+        (docs/problems/perishable.md, Structural properties on DP policies)."""
         names = self.state_names(width)
         props = [Property("order", c, lo=-1.0, hi=0.0) for c in names]
         props += [Property("order", names[j], other=names[j + 1]) for j in range(width - 1)]

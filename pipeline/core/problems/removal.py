@@ -1,20 +1,5 @@
-"""Joint procurement and removal (docs/problems/removal.md), lost sales, batched over products.
-
-Each period the policy chooses an order ``q >= 0`` (lead time ``L >= 0`` per product, routed
-as in lost sales) and a removal ``r >= 0`` of on-hand units, returned to the vendor or
-liquidated at ``removal_value`` ``s`` per unit (``s < c``; a negative ``s`` is a disposal
-cost). Demand that on-hand stock cannot serve is lost.
-
-Timing of one period, state ``[on_hand, pipeline_1, ..., pipeline_{W-1}]`` after arrivals:
-
-1. remove ``min(r, on_hand)`` units and receive ``s`` for each;
-2. with ``L = 0`` the order arrives at once (after the removal, so it cannot be removed);
-3. demand is served from what is available, the rest is lost;
-4. cost ``c*q - s*removed + h*held + p*lost``; next on-hand is what is held plus what
-   arrives next period; the pipeline shifts by one.
-
-Actions below zero count as zero. Every operation is a min/max/add, so integer inputs give
-integer trajectories and the cost is differentiable almost everywhere in both actions.
+"""Joint procurement and removal, lost sales, batched over products: an order and a removal of on-hand
+units each period. Timing, state and cost: docs/problems/removal.md.
 """
 from __future__ import annotations
 

@@ -1,17 +1,5 @@
-"""Benchmark suites: every policy of a suite on each instance, against the exact optimum.
-
-Rows have the columns ``suite, problem, instance, policy, avg_cost, gap_pct``; ``instance``
-is ``key=value`` pairs joined by ``;`` in the suite's key order, ``policy`` ``dp`` is the
-exact optimum and ``gap_pct`` is relative to it. A suite is a list of instances and a
-function giving each policy's long-run average cost on one instance.
-
-A registered problem ``NAME`` (``pipeline.core.problems.PROBLEMS``) has the suite of the
-module ``NAME_suite`` here, found by that name; ``SUITES`` holds them in registry order.
-A suite module provides ``GRID`` (the instances), ``POLICIES`` (their names, ``dp``
-first), ``evaluate(instance, policies)``, ``NOTES``, ``dp_instance(instance)``,
-``POLICY_CLASSES`` (the heuristic policy classes its policies are played by: the contract
-test holds them to ``pipeline.core.protocols.Policy``) and ``TIMED`` (instances whose exact
-DP ``benchmarks/perf.py`` times; its quick mode the first).
+"""Benchmark suites: every policy of a suite on each instance, against the exact optimum. The rows'
+columns and what a suite module provides: docs/benchmarks.md, Suites and their CSVs.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dual sourcing (GUIDE 2.3): the Veeraraghavan & Scheller-Wolf (2008) family, demand uniform
+"""Dual sourcing (docs/problems/dual_sourcing.md): the Veeraraghavan & Scheller-Wolf (2008) family, demand uniform
 on {0..4}, h = 5, b = 495, l_e = 0, c_r = 0, l_r in {2, 3, 4}, c_e in {5, 10, 20}. Every
 cost is exact (no simulation noise): ``dp`` by relative value iteration on the problem's
 DP grid, each heuristic by exact evaluation of its order table on the same grid, with its

@@ -1,4 +1,4 @@
-"""Lost sales (GUIDE 2.1): Zipkin's grid, Poisson(5), h = 1, p in {4, 9, 19, 39}, L in 1..4,
+"""Lost sales (docs/problems/lost_sales.md): Zipkin's grid, Poisson(5), h = 1, p in {4, 9, 19, 39}, L in 1..4,
 plus L = 0. Every policy's cost is exact (no simulation noise): ``dp`` by relative value
 iteration, each heuristic by exact evaluation of its order table on the same state grid
 (``pipeline/heuristics/lost_sales.py``), with its parameters chosen by a search over those

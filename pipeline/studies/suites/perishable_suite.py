@@ -1,4 +1,4 @@
-"""Perishable inventory (GUIDE 2.2): De Moor et al. (2022) Scenario A. Demand gamma with mean 4
+"""Perishable inventory (docs/problems/perishable.md): De Moor et al. (2022) Scenario A. Demand gamma with mean 4
 and coefficient of variation 0.5 discretised to integers, c = 3, p = 5, h = 1, orders
 0..10; shelf life m, lead time L, waste cost w, FIFO or LIFO issuing.
 

@@ -1,14 +1,6 @@
-"""Joint procurement and removal (GUIDE 2.4): Poisson(5) demand, h = 1, c = 2, p in {4, 19},
-removal value s in {0, 1}, lead time L in {0, 1}.
-
-With i.i.d. demand and a long-run average criterion stock never climbs above the upper level
-in steady state, so removal would never matter. The suite's criterion is instead the
-discounted cost (discount ``gamma`` from the instance) from a spread of overstocked starts,
-normalised per period: ``(1 - gamma) * E[V(s0)]`` where ``V`` is the policy's discounted
-value and the start ``s0`` has an empty pipeline and on hand uniform on ``0..6 x mean``
-(``Removal.initial_stock_periods`` periods of mean demand). Every cost is exact: ``dp`` by
-discounted value iteration, each heuristic by exact evaluation of its policy on the same
-grid, its levels found by a local search over those exact costs.
+"""Joint procurement and removal: Poisson(5) demand, h = 1, c = 2, p in {4, 19}, removal value s in
+{0, 1}, lead time L in {0, 1}; discounted cost from overstocked starts (docs/problems/removal.md,
+Criterion of the benchmark).
 """
 from __future__ import annotations
 
@@ -38,7 +30,7 @@ NOTES = ("Joint procurement and removal, lost sales: Poisson(5) demand, h = 1, c
          "value s per unit. The avg_cost column holds the discounted cost per period "
          "(1 - gamma) * E[V(s0)] from a start with an empty pipeline and on hand uniform on "
          "0..30 (six periods of mean demand), so that removing overstock matters; a long-run "
-         "average would never reach the removal region. No published table exists (GUIDE 2.4): "
+         "average would never reach the removal region. No published table exists: "
          "dp is the exact optimum, interval_stock the best (a, b) levels by exact search.")
 MEAN, HOLDING, UNIT_COST = 5.0, 1.0, 2.0
 
