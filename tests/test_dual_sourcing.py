@@ -153,7 +153,7 @@ def test_dual_index_is_optimal_for_consecutive_lead_times(l_e, l_r):
     space = problem.dp_space(one, 2.0, math.sqrt(2.0))
     trans = dp.transitions(problem, one, space, dp.trimmed_pmf(true_pmf(one)[0]))
     optimum = dp.solve(trans)
-    _, cost = heuristics.search_dual_index(problem, heuristics.exact_cost(trans, one), space, 2.0, l_r)
+    _, cost = heuristics.search_dual_index(problem, heuristics.exact_cost(trans, one), space, 2.0, one)
     assert cost == pytest.approx(optimum.average_cost, abs=1e-6)
     assert optimum.average_cost == pytest.approx({1: 20.0, 2: 29.0}[l_r], abs=1e-6)
 
