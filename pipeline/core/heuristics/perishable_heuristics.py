@@ -86,9 +86,8 @@ def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: T
 
 def cap(order: Tensor, max_order: int | Tensor) -> Tensor:
     """``order`` within 0..max_order (``max_order`` [B]: each product's own)."""
-    if isinstance(max_order, Tensor):
-        return torch.minimum(torch.clamp(order, min=0.0), max_order.to(order))
-    return torch.clamp(order, min=0.0, max=float(max_order))
+    return (torch.clamp(order, torch.zeros_like(order), max_order.to(order)) if isinstance(max_order, Tensor)
+            else torch.clamp(order, min=0.0, max=float(max_order)))
 
 
 def base_stock_order(position: Tensor, level: Tensor | float, max_order: int | Tensor) -> Tensor:
@@ -175,15 +174,11 @@ class Instance:
         return float(pi @ self.trans.cost.gather(1, choice[:, None])[:, 0])
 
 
-def own(inst: Instance) -> tuple[int, int]:
-    """The product's max_order and shelf life."""
-    return tuple(int(inst.problem.param(inst.product, k)) for k in ("max_order", "shelf_life"))
-
-
 def best_base_stock(inst: Instance) -> tuple[tuple[int], float]:
     """The base-stock level with the lowest exact long-run average cost, by local search from
     L + 1 periods of mean demand."""
-    L, mean, (Q, m) = int(inst.product.lead_time[0]), float(inst.product.true_mean[0]), own(inst)
+    L, mean = int(inst.product.lead_time[0]), float(inst.product.true_mean[0])
+    Q, m = (int(inst.problem.param(inst.product, k)) for k in ("max_order", "shelf_life"))  # the product's
     top = Q * (L - 1 + m)
 
     def cost(p: tuple[int]) -> float:
@@ -195,7 +190,7 @@ def best_base_stock(inst: Instance) -> tuple[tuple[int], float]:
 def best_bsp_low_ew(inst: Instance, start: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int], float]:
     """BSP-low-EW parameters (S1, S2, b) with the lowest exact long-run average cost, by local
     search from the best base-stock level (S1 = S2 = S, b = S: order-up-to on IP - EW)."""
-    Q, m = own(inst)
+    Q, m = (int(inst.problem.param(inst.product, k)) for k in ("max_order", "shelf_life"))
     top = Q * (int(inst.product.lead_time[0]) - 1 + m)
     if start is None:
         (level,), _ = best_base_stock(inst)

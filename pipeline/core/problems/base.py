@@ -121,8 +121,7 @@ def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Te
 
 
 def check_lead_times(problem, batch: ProductBatch, width: int, minimum: int | Tensor | None = None) -> None:
-    """Refuse lead times below ``minimum`` (default ``problem.min_lead_time``; [B]: each
-    product's own) or too long for a state of ``width``."""
+    """Refuse lead times below ``minimum`` ([B]: each product's own) or too long for ``width``."""
     minimum = problem.min_lead_time if minimum is None else minimum
     lo, hi = int(batch.lead_time.min()), int(batch.lead_time.max())
     if bool((batch.lead_time < minimum).any()) or problem.state_width(hi) > width:
