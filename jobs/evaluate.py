@@ -40,7 +40,7 @@ def main(args: list[str]) -> int:
     out_dir = resolve_path(cfg.output_dir)
     run_dir = out_dir / cfg.name / "evaluate"
     log_data.info("preparing product histories ...")
-    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg), problem)
     log_data.info(f"{splits['test']}")
 
     run_id = tracker.start(cfg, kind="evaluate", data=splits["test"].parent, resume=False,

@@ -27,6 +27,7 @@ def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
     from pipeline.data.synthetic import materialize
     from pipeline.data.parquet import validate_products
+    from pipeline.core.problems import get_problem
     from pipeline.adapters.ray_session import init_ray
     from pipeline.adapters.batch_inference import recommend
     from pipeline.adapters.registry import load_model
@@ -42,7 +43,8 @@ def main(args: list[str]) -> int:
             raise FileNotFoundError(f"recommend.input {source} does not exist")
     else:
         source = materialize(cfg.data, cfg.seed, resolve_path(cfg.output_dir))["test"]
-    checked = validate_products(source, min_periods=cfg.policy.window + 1)
+    checked = validate_products(source, min_periods=cfg.policy.window + 1,
+                                problem=get_problem(cfg.problem.name, cfg.problem.params))
     total = checked["products"]
     output = resolve_path(r.output) if r.output else resolve_path(cfg.output_dir) / cfg.name / "recommendations"
     if output.exists():  # a fresh set: never a mix of two models' recommendations

@@ -71,6 +71,24 @@ def test_each_bad_case_names_file_column_and_rows(tmp_path, change, message):
         validate_products(tmp_path, min_periods=T)
 
 
+@pytest.mark.parametrize("params, column", [({"shelf_life": 3}, {"shelf_life": [2, 3, 4, 3, 2, 4]}),
+                                            ({"max_order": 10}, {"max_order": [10, 11, 1, 1, 1, 1]}),
+                                            ({"expedited_lead_time": 1}, {"expedited_lead_time": [0, 1, 2, 1, 1, 1]})])
+def test_a_structural_column_above_the_job_s_constant_is_refused(tmp_path, params, column):
+    """The population constant of a structural parameter is its largest value; without the
+    job's problem every value the problem accepts passes."""
+    from pipeline.core.problems import PROBLEMS, get_problem
+    (name, values), = column.items()
+    write(tmp_path, **{name: pa.array(values)})
+    problem = get_problem(next(k for k, cls in PROBLEMS.items() if name in cls.structural), params)
+    n, top = sum(v > params[name] for v in values), params[name]
+    with pytest.raises(DataError, match=rf"part-0.parquet: column {name}: {n} rows with values above "
+                                        rf"problem.params.{name} = {top}, the largest value"):
+        validate_products(tmp_path, min_periods=T, problem=problem)
+    validate_products(tmp_path, min_periods=T)
+    validate_products(tmp_path, min_periods=T, problem=get_problem(problem.name, {name: max(values)}))
+
+
 def test_problem_parameter_columns_pass_and_load_per_product(tmp_path):
     write(tmp_path, waste_cost=pa.array([7.0, 3.0] * 3), issuing=pa.array(["fifo", "lifo"] * 3))
     assert validate_products(tmp_path, min_periods=T)["products"] == N

@@ -153,7 +153,7 @@ def test_dual_index_is_optimal_for_consecutive_lead_times(l_e, l_r):
     space = problem.dp_space(one, 2.0, math.sqrt(2.0))
     trans = dp.transitions(problem, one, space, dp.trimmed_pmf(true_pmf(one)[0]))
     optimum = dp.solve(trans)
-    _, cost = heuristics.search_dual_index(problem, heuristics.exact_cost(trans, one), space, 2.0, l_r)
+    _, cost = heuristics.search_dual_index(problem, heuristics.exact_cost(trans, one), space, 2.0, one)
     assert cost == pytest.approx(optimum.average_cost, abs=1e-6)
     assert optimum.average_cost == pytest.approx({1: 20.0, 2: 29.0}[l_r], abs=1e-6)
 
@@ -161,7 +161,7 @@ def test_dual_index_is_optimal_for_consecutive_lead_times(l_e, l_r):
 def test_heuristics_cost_at_least_the_optimum(reference):
     problem, one, trans, solution = reference
     cost = heuristics.exact_cost(trans, one)
-    found = {name: search(problem, cost, trans.space, 2.0, 2)[1] for name, search in suite.SEARCHES.items()}
+    found = {name: search(problem, cost, trans.space, 2.0, one)[1] for name, search in suite.SEARCHES.items()}
     assert all(value >= solution.average_cost - 1e-9 for value in found.values())
     assert found == pytest.approx({"single_index": 26.0, "dual_index": 23.3377, "capped_dual_index": 23.1209,
                                    "tailored_base_surge": 31.9030}, abs=1e-4)
@@ -183,7 +183,7 @@ def test_parameter_searches_agree_with_a_full_grid(reference):
             lambda p: cost(heuristics.TailoredBaseSurgePolicy(problem, p[0], p[1])), [caps, levels]),
     }
     for name, search in suite.SEARCHES.items():
-        assert search(problem, cost, trans.space, 2.0, 2)[1] == pytest.approx(grids[name][1], abs=1e-9), name
+        assert search(problem, cost, trans.space, 2.0, one)[1] == pytest.approx(grids[name][1], abs=1e-9), name
     assert grids["capped_dual_index"][0] == (4, 5, 3)  # z_e = 4, z_r = 9, cap 3
 
 
@@ -287,3 +287,13 @@ def test_the_network_trains_through_the_simulator():
     assert traj.actions.shape == (4, 20, 2) and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
     assert float(net.head[-1].weight.grad.abs().sum(dim=1).min()) > 0  # both outputs get a gradient
+
+
+def test_the_expedited_position_reads_each_product_s_expedited_lead_time():
+    """Under the constant l_e = 2, products with l_e = 0, 1, 2 count the regular orders that
+    arrive within their own expedited lead time (and their expedited pipeline)."""
+    state = torch.tensor([[4.0, 1.0, 2.0, 3.0, 0.0], [4.0, 1.0, 2.0, 3.0, 0.0], [4.0, 1.0, 2.0, 3.0, 5.0]])
+    got = DualSourcing(expedited_lead_time=2).expedited_position(state, torch.tensor([0, 1, 2]))
+    alone = [DualSourcing(expedited_lead_time=l_e).expedited_position(s[None, : 4 + (l_e == 2)])
+             for l_e, s in enumerate(state)]
+    assert got.tolist() == [4.0, 5.0, 12.0] == [float(a) for a in alone]

@@ -182,6 +182,22 @@ def test_best_constant_base_stock_levels_are_de_moors_by_average_cost(de_moor, i
     assert min(costs, key=costs.get) == level
 
 
+def test_a_per_product_shelf_life_under_a_longer_constant_is_the_shorter_instance(de_moor):
+    """m_i = 2 and max_order 10 as columns under the constants m = 3 and 12: the exact DP's
+    grid keeps age 2 empty and orders 0..10, and the optimum, the expected waste, the best
+    base-stock level and the BSP-low-EW table are those of the m = 2 instance."""
+    inst = de_moor["fifo"]
+    one = suite.product(1)
+    one.params = {"shelf_life": torch.tensor([2.0]), "max_order": torch.tensor([10.0])}
+    wide = Instance.of(Perishable(3, "fifo", 7.0, max_order=12), one)
+    assert wide.trans.space.highs == inst.trans.space.highs + (0,)
+    assert torch.equal(wide.trans.space.actions, inst.trans.space.actions)
+    assert suite.optimum(wide).average_cost == pytest.approx(suite.optimum(inst).average_cost, abs=1e-12)
+    assert torch.equal(wide.waste, inst.waste) and best_base_stock(wide) == best_base_stock(inst)
+    assert torch.equal(dp.policy_choice(wide.trans.space, BspLowEw(wide.problem, 5, 6, 7), one),
+                       dp.policy_choice(inst.trans.space, BspLowEw(inst.problem, 5, 6, 7), inst.product))
+
+
 def test_discounted_cost_from_an_empty_start_prefers_six_for_fifo(de_moor):
     """The criterion matters: discounted from the empty state the best FIFO level is 6."""
     inst = de_moor["fifo"]

@@ -107,15 +107,22 @@ class FixedActions:
 MIXED = [(name, pair) for name in sorted(PROBLEMS) for pair in PROBLEMS[name].mixed_instances()]
 
 
+def widest(name, params_a, params_b):
+    """The problem whose constants are ``params_a``'s, the structural ones the pair's larger."""
+    return get_problem(name, {k: max(v, params_b[k]) if k in PROBLEMS[name].structural else v
+                              for k, v in params_a.items()})
+
+
 @pytest.mark.parametrize("name, pair", MIXED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MIXED)])
 def test_a_batch_mixing_two_instances_rolls_out_as_each_alone(name, pair):
-    """Products of two instances (other lead times, other parameters) in one batch, their
-    parameters given per product, roll out exactly as each instance's products alone with
-    its parameters as population constants; the state entries that only the longer lead
-    times use stay empty."""
+    """Products of two instances (other lead times, other parameters, the structural ones
+    included) in one batch, their parameters given per product under the pair's larger
+    structural constants, roll out exactly as each instance's products alone with its
+    parameters as population constants; the state entries that only the longer lead times,
+    shelf lives or expedited lead times use stay empty."""
     cls, (params_a, params_b) = PROBLEMS[name], pair
-    lo = get_problem(name, params_a).min_lead_time
-    leads = ([lo, lo + 2], [lo + 1])
+    lo, lo_b = (get_problem(name, params).min_lead_time for params in pair)
+    leads = ([lo, lo + 2], [max(lo + 1, lo_b)])
     gen = torch.Generator().manual_seed(len(MIXED))
     demand = torch.randint(0, 8, (3, 14), generator=gen).float()
     actions = torch.randint(0, 6, (3, 14, len(cls.actions)), generator=gen).float()
@@ -128,10 +135,10 @@ def test_a_batch_mixing_two_instances_rolls_out_as_each_alone(name, pair):
         starts.append((problem.initial_state(batch, width), problem.state_names(width)))
         alone.append((rollout(problem, FixedActions(actions[row]), batch, 0, 14, width,
                               initial_state=starts[-1][0], record_states=True), starts[-1][1]))
-    per_product = {k: [params_a[k]] * 2 + [params_b[k]] for k in params_a if k not in cls.structural}
-    mixed = get_problem(name, {k: v for k, v in params_a.items() if k in cls.structural})
+    per_product = {k: [params_a[k]] * 2 + [params_b[k]] for k in params_a}
+    mixed = widest(name, params_a, params_b)
     batch = make_batch(demand, lead_time=leads[0] + leads[1], h=2.0, p=9.0, c=3.0, mean=3.0, **per_product)
-    width = mixed.state_width(lo + 2)
+    width = mixed.state_width(max(lo + 2, lo_b))
     names = mixed.state_names(width)
     start = torch.zeros(3, width)
     for (state, own), row in zip(starts, rows):
@@ -149,19 +156,24 @@ def test_a_batch_mixing_two_instances_rolls_out_as_each_alone(name, pair):
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_the_dp_reads_a_parameter_column_as_the_constant(name):
-    """The exact DP's transitions of a product whose parameters come as columns are those of
-    the problem with them as population constants (the column wins over the constant)."""
+    """The exact DP of a product whose parameters come as columns (under the pair's larger
+    structural constants) is that of the problem with them as population constants: the
+    same grid but for always-empty entries last (the same flat indices), the same
+    transitions (the column wins over the constant)."""
     params_a, params_b = PROBLEMS[name].mixed_instances()[0]
-    alone = get_problem(name, params_b)
-    L = alone.min_lead_time
-    columns = {k: v for k, v in params_b.items() if k not in PROBLEMS[name].structural}
+    mixed = widest(name, params_a, params_b)
+    L = mixed.min_lead_time
     plain = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5)
-    given = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5, **columns)
-    space = alone.dp_space(plain, 1.5, 1.5 ** 0.5)
     pmf = _pmf(plain)
-    want = dp.transitions(alone, plain, space, pmf)
-    got = dp.transitions(get_problem(name, params_a), given, space, pmf)
-    assert torch.equal(got.cost, want.cost) and torch.equal(got.next, want.next)
+    for params in (params_a, params_b):
+        alone = get_problem(name, params)
+        given = make_batch([[0.0]], L, h=2.0, p=9.0, c=3.0, mean=1.5, **params)
+        space, own = alone.dp_space(plain, 1.5, 1.5 ** 0.5), mixed.dp_space(given, 1.5, 1.5 ** 0.5)
+        empty = (0,) * (len(own.highs) - len(space.highs))
+        assert (own.lows, own.highs) == (space.lows + empty, space.highs + empty)
+        assert torch.equal(own.actions, space.actions)
+        want, got = dp.transitions(alone, plain, space, pmf), dp.transitions(mixed, given, own, pmf)
+        assert torch.equal(got.cost, want.cost) and torch.equal(got.next, want.next)
 
 
 def test_a_heuristic_reads_a_parameter_column_as_the_constant():
@@ -181,15 +193,25 @@ def test_a_heuristic_reads_a_parameter_column_as_the_constant():
         assert torch.equal(mixed[i], own.act(own.prepare(one, 32, 1), 0, state[i:i + 1])[0])
 
 
-@pytest.mark.parametrize("name, column", [("perishable", {"shelf_life": [2, 3]}),
+@pytest.mark.parametrize("name, column", [("perishable", {"shelf_life": [2, 3]}), ("perishable", {"max_order": [4, 11]}),
                                           ("dual_sourcing", {"expedited_lead_time": [0, 1]})])
-def test_a_structural_parameter_cannot_differ_by_product(name, column):
-    problem = get_problem(name)
+def test_a_structural_column_above_the_constant_is_refused(name, column):
+    """The population constant of a structural parameter is its largest value: a column may
+    give a product any value up to it."""
+    (key, values), problem = next(iter(column.items())), get_problem(name)
     batch = make_batch(torch.zeros(2, 4), problem.min_lead_time + 1, **column)
-    with pytest.raises(ValueError, match=f"{next(iter(column))} cannot differ by product"):
+    with pytest.raises(ValueError, match=f"{name}: {key} {max(values)} in a column exceeds "
+                                         f"problem.params.{key} = {getattr(problem, key)}, the largest value"):
         problem.setup(batch, problem.state_width(problem.min_lead_time + 1))
-    same = make_batch(torch.zeros(2, 4), problem.min_lead_time + 1, **{k: [v[0]] * 2 for k, v in column.items()})
-    problem.setup(same, problem.state_width(problem.min_lead_time + 1))
+    wider = get_problem(name, {key: max(values)})
+    wider.setup(batch, wider.state_width(problem.min_lead_time + 1))
+
+
+def test_the_regular_lead_time_must_exceed_each_product_s_expedited_one():
+    problem = get_problem("dual_sourcing", {"expedited_lead_time": 2})
+    problem.setup(make_batch(torch.zeros(3, 4), [1, 2, 3], expedited_lead_time=[0, 1, 2]), 4)
+    with pytest.raises(ValueError, match="lead times 1..3 need lead_time >= the product's own minimum"):
+        problem.setup(make_batch(torch.zeros(3, 4), [1, 2, 3], expedited_lead_time=[0, 2, 2]), 4)
 
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
@@ -200,7 +222,7 @@ def test_the_network_sees_parameter_features_as_column_or_constant(name):
     from pipeline.core.policy import N_STATIC, OrderPolicy, static_features
     params_a, params_b = PROBLEMS[name].mixed_instances()[0]
     columns = {k: [params_a[k], params_b[k]] for k in params_a if k not in PROBLEMS[name].structural}
-    mixed = make_batch(torch.ones(2, 40), 1, **columns)
+    mixed = make_batch(torch.ones(2, 40), 1, **columns)  # the structural ones are not features
     scale = torch.ones(2)
     feats = static_features(mixed, scale, get_problem(name))
     n = PROBLEMS[name].n_param_features

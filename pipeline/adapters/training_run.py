@@ -59,7 +59,7 @@ def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str]
     if owned:
         tracker = Tracker(cfg)  # before the data: an unreachable tracking server fails at once
     if splits is None:
-        splits = prepare_data(cfg, out_dir)
+        splits = prepare_data(cfg, out_dir, problem)
     if owned:
         extra = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
         run_id = tracker.start(cfg, kind="train", data=splits["train"].parent, tags=extra)
@@ -82,13 +82,13 @@ def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str]
     return result
 
 
-def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Path]:
+def prepare_data(cfg: Config, out_dir: Path, problem=None) -> dict[str, Path]:
     """The train/valid/test Parquet folders of ``cfg.data``, written once and found again."""
     from pipeline.data.synthetic import materialize
 
     log = logs.get("data")
     log.info("preparing product histories ...")
-    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg), problem)
     log.info(f"{splits['train'].parent}")
     return splits
 

@@ -353,7 +353,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
 
     tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
     log_data.info("preparing product histories ...")
-    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
+    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg), problem)
     log_data.info(f"{splits['train'].parent}")
 
     run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)

@@ -78,12 +78,13 @@ def data_version(path: str | Path) -> str:
 REQUIRED_COLUMNS = ("product_id", "demand", "lead_time", *ECONOMICS)
 
 
-def validate_products(path: str | Path, min_periods: int = 1) -> dict[str, int]:
+def validate_products(path: str | Path, min_periods: int = 1, problem=None) -> dict[str, int]:
     """Check a Parquet file or folder of product rows before a job reads it; a problem is a
     ``DataError`` naming the file, the column and how many rows. Checked: files readable,
     the columns ``REQUIRED_COLUMNS`` present with numeric types (``demand`` a list), no
     NaN or infinite values, no negative demand, costs or lead times, a value every problem
-    parameter column (``PARAMETERS``) allows (``docs/problems/<problem>.md``), one row per
+    parameter column (``PARAMETERS``) allows (``docs/problems/<problem>.md``; with the job's
+    ``problem``, a structural one no larger than its population constant), one row per
     ``product_id``, every history ``min_periods`` long or more and all of the same length.
     Files with no rows are skipped and counted. Returns the counts: files, empty files,
     products, periods."""
@@ -106,7 +107,7 @@ def validate_products(path: str | Path, min_periods: int = 1) -> dict[str, int]:
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise DataError(f"{f}: no column {', '.join(missing)} (a product row has {', '.join(REQUIRED_COLUMNS)})")
-        lengths |= _check_columns(f, table, min_periods)
+        lengths |= _check_columns(f, table, min_periods, problem)
         ids.append(table.column("product_id").to_numpy(zero_copy_only=False))
         counts["products"] += table.num_rows
     if counts["products"] == 0:
@@ -123,7 +124,7 @@ def validate_products(path: str | Path, min_periods: int = 1) -> dict[str, int]:
     return counts
 
 
-def _check_columns(f: Path, table: pa.Table, min_periods: int) -> set[int]:
+def _check_columns(f: Path, table: pa.Table, min_periods: int, problem=None) -> set[int]:
     """The per-file checks of ``validate_products``; returns the history lengths seen."""
 
     demand = table.column("demand")
@@ -154,11 +155,11 @@ def _check_columns(f: Path, table: pa.Table, min_periods: int) -> set[int]:
     if fractional.any():
         raise DataError(f"{f}: column lead_time: {int(fractional.sum())} rows with a fractional lead time")
     for name in (c for c in table.column_names if c in PARAMETERS):
-        _check_parameter(f, name, table.column(name))
+        _check_parameter(f, name, table.column(name), problem)
     return set(np.unique(sizes).tolist())
 
 
-def _check_parameter(f: Path, name: str, column: pa.ChunkedArray) -> None:
+def _check_parameter(f: Path, name: str, column: pa.ChunkedArray, problem=None) -> None:
     """A problem parameter column: every value one its problem accepts as ``problem.params``."""
     if column.null_count:
         raise DataError(f"{f}: column {name}: {column.null_count} rows with no value (null)")
@@ -174,6 +175,9 @@ def _check_parameter(f: Path, name: str, column: pa.ChunkedArray) -> None:
             reason = reason or str(e)
     if bad.any():
         raise DataError(f"{f}: column {name}: {int(bad.sum())} rows with values the problem refuses ({reason})")
+    if problem is not None and name in problem.structural and (values > (top := getattr(problem, name))).any():
+        raise DataError(f"{f}: column {name}: {int((values > top).sum())} rows with values above "
+                        f"problem.params.{name} = {top}, the largest value (it sets the state's layout)")
 
 
 def _check_values(f: Path, name: str, values: np.ndarray, row: np.ndarray, what: str) -> None:

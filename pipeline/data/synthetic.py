@@ -57,11 +57,13 @@ def split_products(n: int, valid_fraction: float, test_fraction: float, seed: in
             "train": np.sort(order[n_test + n_valid:])}
 
 
-def materialize(cfg, seed: int, out_dir: Path, min_periods: dict[str, int] | None = None) -> dict[str, Path]:
+def materialize(cfg, seed: int, out_dir: Path, min_periods: dict[str, int] | None = None,
+                problem=None) -> dict[str, Path]:
     """The train / valid / test Parquet folders for a job.
 
     With ``data.path`` set they are its ``train``, ``valid`` and ``test`` subfolders, each
-    checked by ``validate_products`` (histories of ``min_periods[split]`` or more).
+    checked by ``validate_products`` (histories of ``min_periods[split]`` or more; the
+    parameter columns against ``problem``'s constants).
     Otherwise the synthetic population of ``cfg`` (a ``DataConfig``) is written once under
     ``out_dir/data/<hash of the data config and seed>`` and reused by later jobs.
     """
@@ -73,7 +75,7 @@ def materialize(cfg, seed: int, out_dir: Path, min_periods: dict[str, int] | Non
             raise FileNotFoundError(f"data.path {root} must hold train/, valid/ and test/ Parquet "
                                     f"folders; missing: {', '.join(missing)}")
         for name, folder in splits.items():
-            c = validate_products(folder, (min_periods or {}).get(name, 1))
+            c = validate_products(folder, (min_periods or {}).get(name, 1), problem)
             empty = f", {c['empty_files']} empty files skipped" if c["empty_files"] else ""
             log.info(f"{name}: {c['products']:,} products x {c['periods']} periods in {c['files']} files{empty}")
         return splits

@@ -58,11 +58,12 @@ class DualIndexPolicy:
     regular_cap: Level = math.inf
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int):
-        return _params(batch, self.expedited_level, self.regular_level, self.regular_cap)
+        return (*_params(batch, self.expedited_level, self.regular_level, self.regular_cap),
+                self.problem.param(batch, "expedited_lead_time"))
 
     def act(self, levels, t: int, state: Tensor) -> Tensor:
-        z_e, z_r, cap = levels
-        q_e = torch.relu(z_e - self.problem.expedited_position(state))
+        z_e, z_r, cap, l_e = levels
+        q_e = torch.relu(z_e - self.problem.expedited_position(state, l_e))
         q_r = torch.minimum(torch.relu(z_r - self.problem.inventory_position(state) - q_e), cap)
         return _orders(q_r, q_e)
 
@@ -77,11 +78,11 @@ class TailoredBaseSurgePolicy:
     surge_level: Level
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int):
-        return _params(batch, self.base_order, self.surge_level)
+        return (*_params(batch, self.base_order, self.surge_level), self.problem.param(batch, "expedited_lead_time"))
 
     def act(self, params, t: int, state: Tensor) -> Tensor:
-        Q, S = params
-        q_e = torch.relu(S - self.problem.expedited_position(state))
+        Q, S, l_e = params
+        q_e = torch.relu(S - self.problem.expedited_position(state, l_e))
         return _orders(Q.expand_as(q_e), q_e)
 
 
@@ -122,7 +123,7 @@ def _sweep(values, make: Callable, cost: Cost, start, lows, highs) -> tuple[obje
 
 
 def search_single_index(problem: DualSourcing, cost: Cost, space: dp.StateSpace, mean: float,
-                        lead_time: int) -> tuple[SingleIndexPolicy, float]:
+                        product: ProductBatch) -> tuple[SingleIndexPolicy, float]:
     """Best (S_e, S_r - S_e): for every spread S_r - S_e from 0 to the largest regular order
     of the grid (beyond the largest demand the expedited order is never used), the best
     S_e by local search, from the mean demand over the regular lead time plus one period.
@@ -130,41 +131,41 @@ def search_single_index(problem: DualSourcing, cost: Cost, space: dp.StateSpace,
     the best 19.0.)"""
     lo, hi, top = _bounds(space)
     return _sweep(range(top + 1), lambda spread, p: SingleIndexPolicy(problem, p[0], p[0] + spread),
-                  cost, (round(mean * (lead_time + 1)),), (lo,), (hi,))
+                  cost, (round(mean * (int(product.lead_time[0]) + 1)),), (lo,), (hi,))
 
 
 def search_dual_index(problem: DualSourcing, cost: Cost, space: dp.StateSpace, mean: float,
-                      lead_time: int) -> tuple[DualIndexPolicy, float]:
+                      product: ProductBatch) -> tuple[DualIndexPolicy, float]:
     """Best (z_e, z_r - z_e) by local search (unit and diagonal steps) from z_e = the mean
     demand over the expedited lead time plus one period, plus one, and z_r - z_e = the mean
     demand over the lead-time difference."""
     lo, hi, _ = _bounds(space)
-    l_e = problem.expedited_lead_time
-    start = (round(mean * (l_e + 1)) + 1, round(mean * (lead_time - l_e)))
+    l_e = int(problem.param(product, "expedited_lead_time"))
+    start = (round(mean * (l_e + 1)) + 1, round(mean * (int(product.lead_time[0]) - l_e)))
     best, value = local_search(lambda p: cost(DualIndexPolicy(problem, p[0], p[0] + p[1])), start,
                                (lo, 0), (hi, hi - lo))
     return DualIndexPolicy(problem, best[0], best[0] + best[1]), value
 
 
 def search_capped_dual_index(problem: DualSourcing, cost: Cost, space: dp.StateSpace, mean: float,
-                             lead_time: int) -> tuple[DualIndexPolicy, float]:
+                             product: ProductBatch) -> tuple[DualIndexPolicy, float]:
     """Best (z_e, z_r - z_e, cap): for every cap from the largest regular order of the grid
     (where it does not bind: the dual index) down to 0, the best levels by local search
     warm-started at the best dual index. (A local search over all three stops at once: a
     cap that does not bind leaves the cost flat.)"""
     lo, hi, top = _bounds(space)
-    di, _ = search_dual_index(problem, cost, space, mean, lead_time)
+    di, _ = search_dual_index(problem, cost, space, mean, product)
     z_e, z_r = int(di.expedited_level), int(di.regular_level)
     return _sweep(range(top, -1, -1), lambda cap, p: DualIndexPolicy(problem, p[0], p[0] + p[1], cap),
                   cost, (z_e, z_r - z_e), (lo, 0), (hi, hi - lo))
 
 
 def search_tailored_base_surge(problem: DualSourcing, cost: Cost, space: dp.StateSpace, mean: float,
-                               lead_time: int) -> tuple[TailoredBaseSurgePolicy, float]:
+                               product: ProductBatch) -> tuple[TailoredBaseSurgePolicy, float]:
     """Best (Q, S): for every base order Q below the mean demand (the stable ones), the
     best surge level S by local search from the mean demand over the expedited lead time
     plus one period, plus one."""
     lo, hi, _ = _bounds(space)
-    start = (round(mean * (problem.expedited_lead_time + 1)) + 1,)
+    start = (round(mean * (int(problem.param(product, "expedited_lead_time")) + 1)) + 1,)
     return _sweep(range(math.ceil(mean)), lambda Q, p: TailoredBaseSurgePolicy(problem, Q, p[0]),
                   cost, start, (lo,), (hi,))

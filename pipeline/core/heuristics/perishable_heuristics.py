@@ -22,14 +22,15 @@ def product_pmf(batch: ProductBatch, eps: float = 1e-12) -> Tensor:
 
 
 def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: Tensor,
-                   issuing: str | Tensor | None = None) -> Tensor:
+                   issuing: str | Tensor | None = None, life: int | Tensor | None = None) -> Tensor:
     """E[units that expire in periods t .. t + L - 1] if nothing more is ordered, for each
-    product's lead time L (and issuing rule, ``Perishable.issue``): the waste before an
+    product's lead time L (and issuing rule, ``Perishable.issue``, and shelf life
+    ``life``, ``Perishable.expire``; default the problem's): the waste before an
     order placed now arrives [B]. Exact for
     i.i.d. demand with pmf [B, D]: the last period is an expectation over its demand, every
     earlier one a sum over its demand values."""
-    m = problem.shelf_life
-    transit = state.shape[1] - m
+    transit = state.shape[1] - problem.shelf_life
+    life = problem.shelf_life if life is None else life
     values = torch.arange(pmf.shape[1], dtype=state.dtype, device=state.device)
     pmf = pmf.to(state.dtype)
     horizon = int(lead_time.max())
@@ -38,13 +39,14 @@ def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: T
         """Expected waste in periods ``period .. L-1`` from this stock [B, m] and what is
         still in transit [B, P'] (arrival order)."""
         B, D = stock.shape[0], len(values)
-        rule = issuing.repeat_interleave(D) if isinstance(issuing, Tensor) else issuing
+        rule, own = (x.repeat_interleave(D) if isinstance(x, Tensor) else x for x in (issuing, life))
         left, _ = problem.issue(stock.repeat_interleave(D, dim=0), values.repeat(B), rule)
-        now = (left[m - 1].reshape(B, D) * pmf).sum(dim=1) * (lead_time > period)
+        left, waste = problem.expire(left, own)
+        now = (waste.reshape(B, D) * pmf).sum(dim=1) * (lead_time > period)
         if period + 1 >= horizon:
             return now
         arriving = pipeline[:, 0] if pipeline.shape[1] else torch.zeros_like(now)
-        kept = [a.reshape(B, D) for a in left[: m - 1]]
+        kept = [a.reshape(B, D) for a in left]
         later = torch.zeros_like(now)
         for d in range(D):
             nxt = torch.stack([arriving, *(a[:, d] for a in kept)], dim=1)
@@ -57,16 +59,22 @@ def expected_waste(problem: Perishable, state: Tensor, pmf: Tensor, lead_time: T
 # ------------------------------------------------------------------------------ policies
 
 
-def base_stock_order(position: Tensor, level: Tensor | float, max_order: int) -> Tensor:
-    return torch.clamp(level - position, min=0.0, max=float(max_order))
+def cap(order: Tensor, max_order: int | Tensor) -> Tensor:
+    """``order`` within 0..max_order (``max_order`` [B]: each product's own)."""
+    return (torch.clamp(order, torch.zeros_like(order), max_order.to(order)) if isinstance(max_order, Tensor)
+            else torch.clamp(order, min=0.0, max=float(max_order)))
 
 
-def bsp_low_ew_order(position: Tensor, waste: Tensor, low_level, level, threshold, max_order: int) -> Tensor:
+def base_stock_order(position: Tensor, level: Tensor | float, max_order: int | Tensor) -> Tensor:
+    return cap(level - position, max_order)
+
+
+def bsp_low_ew_order(position: Tensor, waste: Tensor, low_level, level, threshold, max_order: int | Tensor) -> Tensor:
     """BSP-low-EW's order from the inventory position and the expected waste (module doc)."""
     y = position - waste
     alpha = 1.0 - (level - low_level) / threshold
     order = torch.where(y < threshold, low_level - alpha * y, level - y)
-    return torch.clamp(torch.round(order), min=0.0, max=float(max_order))
+    return cap(torch.round(order), max_order)
 
 
 @dataclass
@@ -76,12 +84,11 @@ class PerishableBaseStock:
     problem: Perishable
     level: float
 
-    def prepare(self, batch: ProductBatch, start: int, horizon: int) -> None:
-        return None
+    def prepare(self, batch: ProductBatch, start: int, horizon: int):
+        return self.problem.param(batch, "max_order")
 
-    def act(self, ctx, t: int, state: Tensor) -> Tensor:
-        return base_stock_order(self.problem.inventory_position(state), self.level,
-                                self.problem.max_order)[:, None]
+    def act(self, max_order, t: int, state: Tensor) -> Tensor:
+        return base_stock_order(self.problem.inventory_position(state), self.level, max_order)[:, None]
 
 
 @dataclass
@@ -98,13 +105,14 @@ class BspLowEw:
             raise ValueError(f"BSP-low-EW: threshold must be > 0, got {self.threshold}")
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> tuple:
-        return product_pmf(batch).to(batch.demand.device), batch.lead_time, self.problem.param(batch, "issuing")
+        return (product_pmf(batch).to(batch.demand.device), batch.lead_time,
+                *(self.problem.param(batch, k) for k in ("issuing", "shelf_life", "max_order")))
 
     def act(self, ctx: tuple, t: int, state: Tensor) -> Tensor:
-        pmf, lead_time, issuing = ctx
-        waste = expected_waste(self.problem, state, pmf, lead_time, issuing)
+        pmf, lead_time, issuing, life, max_order = ctx
+        waste = expected_waste(self.problem, state, pmf, lead_time, issuing, life)
         return bsp_low_ew_order(self.problem.inventory_position(state), waste, self.low_level,
-                                self.level, self.threshold, self.problem.max_order)[:, None]
+                                self.level, self.threshold, max_order)[:, None]
 
 
 # ------------------------------------------------------------------------------ searches
@@ -127,10 +135,10 @@ class Instance:
         space = problem.dp_space(product, float(product.true_mean[0]), 0.0)
         trans = dp.transitions(problem, product, space, pmf[0])
         states = space.states()
-        issuing = problem.param(product, "issuing")
-        issuing = issuing.expand(len(states)) if isinstance(issuing, Tensor) else issuing
+        issuing, life = (problem.param(product, k) for k in ("issuing", "shelf_life"))
+        issuing, life = (x.expand(len(states)) if isinstance(x, Tensor) else x for x in (issuing, life))
         waste = expected_waste(problem, states, pmf.expand(len(states), -1), product.lead_time.expand(len(states)),
-                               issuing)
+                               issuing, life)
         return cls(problem, product, trans, states.sum(dim=1), waste)
 
     def average_cost(self, orders: Tensor) -> float:
@@ -145,10 +153,11 @@ def best_base_stock(inst: Instance) -> tuple[tuple[int], float]:
     """The base-stock level with the lowest exact long-run average cost, by local search from
     L + 1 periods of mean demand."""
     L, mean = int(inst.product.lead_time[0]), float(inst.product.true_mean[0])
-    top = inst.problem.max_order * (L - 1 + inst.problem.shelf_life)
+    Q, m = (int(inst.problem.param(inst.product, k)) for k in ("max_order", "shelf_life"))  # the product's
+    top = Q * (L - 1 + m)
 
     def cost(p: tuple[int]) -> float:
-        return inst.average_cost(base_stock_order(inst.position, p[0], inst.problem.max_order))
+        return inst.average_cost(base_stock_order(inst.position, p[0], Q))
 
     return local_search(cost, (round(mean * (L + 1)),), lows=(0,), highs=(top,))
 
@@ -156,12 +165,13 @@ def best_base_stock(inst: Instance) -> tuple[tuple[int], float]:
 def best_bsp_low_ew(inst: Instance, start: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int], float]:
     """BSP-low-EW parameters (S1, S2, b) with the lowest exact long-run average cost, by local
     search from the best base-stock level (S1 = S2 = S, b = S: order-up-to on IP - EW)."""
-    top = inst.problem.max_order * (int(inst.product.lead_time[0]) - 1 + inst.problem.shelf_life)
+    Q, m = (int(inst.problem.param(inst.product, k)) for k in ("max_order", "shelf_life"))
+    top = Q * (int(inst.product.lead_time[0]) - 1 + m)
     if start is None:
         (level,), _ = best_base_stock(inst)
         start = (level, level, max(1, level))
 
     def cost(p: tuple[int, int, int]) -> float:
-        return inst.average_cost(bsp_low_ew_order(inst.position, inst.waste, *p, inst.problem.max_order))
+        return inst.average_cost(bsp_low_ew_order(inst.position, inst.waste, *p, Q))
 
     return local_search(cost, start, lows=(0, 0, 1), highs=(top, top, top))

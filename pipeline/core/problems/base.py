@@ -19,7 +19,8 @@ from pipeline.core.properties import Property
 class ProblemBase:
     """Per-product problem parameters. The dataclass fields are population constants; a
     ``ProductBatch.params`` column of the same name gives one value per product instead.
-    ``structural`` fields set the state's layout and must be one value per batch;
+    For a ``structural`` field (it sets the state's layout or the DP's grid) the constant is
+    the largest value and a column gives each product a value up to it;
     ``choices`` maps a field whose values are names to the names allowed."""
 
     structural: ClassVar[tuple[str, ...]] = ()
@@ -28,16 +29,17 @@ class ProblemBase:
 
     def param(self, batch: ProductBatch, name: str):
         """Parameter ``name``: the batch's column [B] (a choice as its index in
-        ``choices[name]``), or the population constant itself where there is no column."""
+        ``choices[name]``, a structural one as whole numbers), or the population constant
+        itself where there is no column."""
         column = batch.params.get(name)
         if column is None:
             return getattr(self, name)
         if name in self.structural:
-            if bool((torch.as_tensor(column) != getattr(self, name)).any()):
-                raise ValueError(f"{self.name}: {name} cannot differ by product (it sets the state's "
-                                 f"layout or the DP's grid); give one value in problem.params, got a column with "
-                                 f"{', '.join(map(str, np.unique(np.asarray(column))[:5]))}")
-            return getattr(self, name)
+            column, top = torch.as_tensor(column).round().long(), getattr(self, name)
+            if bool((column > top).any()):
+                raise ValueError(f"{self.name}: {name} {int(column.max())} in a column exceeds problem.params.{name} "
+                                 f"= {top}, the largest value (it sets the state's layout or the DP's grid)")
+            return column
         if name in self.choices:
             allowed = np.asarray(self.choices[name])
             match = np.asarray(column)[:, None] == allowed[None, :]
@@ -58,7 +60,7 @@ class ProblemBase:
                                device=batch.demand.device).expand(batch.size)
 
     def check_params(self, batch: ProductBatch) -> None:
-        """Refuse a batch whose structural parameters differ by product."""
+        """Refuse a batch whose structural parameters exceed the population constants."""
         for name in self.structural:
             self.param(batch, name)
 
@@ -69,9 +71,9 @@ class ProblemBase:
 
     @classmethod
     def mixed_instances(cls) -> list[tuple[dict, dict]]:
-        """Pairs of ``problem.params`` settings, each pair differing in every parameter that
-        may vary by product and agreeing on the structural ones (the contract test runs the
-        products of both in one batch, their parameters given per product)."""
+        """Pairs of ``problem.params`` settings, each pair differing in every parameter, the
+        structural ones no larger in the first (the contract test runs the products of both
+        in one batch, their parameters given per product, the constants the larger ones)."""
         return [({}, {})]
 
 
@@ -108,11 +110,14 @@ def advance_pipeline(pipeline: Tensor, order: Tensor, slots: Tensor) -> tuple[Te
     return shifted[:, 0], shifted[:, 1:]
 
 
-def check_lead_times(problem, batch: ProductBatch, width: int) -> None:
+def check_lead_times(problem, batch: ProductBatch, width: int, minimum: int | Tensor | None = None) -> None:
+    """Refuse lead times below ``minimum`` ([B]: each product's own) or too long for ``width``."""
+    minimum = problem.min_lead_time if minimum is None else minimum
     lo, hi = int(batch.lead_time.min()), int(batch.lead_time.max())
-    if lo < problem.min_lead_time or problem.state_width(hi) > width:
+    if bool((batch.lead_time < minimum).any()) or problem.state_width(hi) > width:
+        need = minimum if isinstance(minimum, int) else "the product's own minimum"
         raise ValueError(f"{problem.name}: lead times {lo}..{hi} need lead_time >= "
-                         f"{problem.min_lead_time} and a state of width >= {problem.state_width(hi)}, "
+                         f"{need} and a state of width >= {problem.state_width(hi)}, "
                          f"got width {width}")
 
 

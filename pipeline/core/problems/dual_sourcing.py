@@ -38,8 +38,8 @@ class DualSourcing(ProblemBase):
 
     @classmethod
     def mixed_instances(cls) -> list[tuple[dict, dict]]:
-        return [({"expedited_lead_time": l_e, "expedited_cost": 20.0},
-                 {"expedited_lead_time": l_e, "expedited_cost": 8.0}) for l_e in (0, 1, 2)]
+        return [({"expedited_lead_time": a, "expedited_cost": 20.0},
+                 {"expedited_lead_time": b, "expedited_cost": 8.0}) for a, b in ((0, 1), (1, 2), (0, 2))]
 
     def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
         """The expedited unit cost's share."""
@@ -70,11 +70,11 @@ class DualSourcing(ProblemBase):
     def setup(self, batch: ProductBatch, width: int) -> tuple[Tensor, Tensor]:
         """The one-hot slots of every product's regular order [B, P + 2] and of the
         expedited order [B, E + 2] (column 0: it arrives at once)."""
-        check_lead_times(self, batch, width)
-        self.check_params(batch)
+        l_e = self.param(batch, "expedited_lead_time")
+        check_lead_times(self, batch, width, l_e + 1)
         E = self.expedited_slots
         regular = lead_time_slots(batch.lead_time, width - E, batch.demand.dtype)
-        expedited = lead_time_slots(torch.full_like(batch.lead_time, self.expedited_lead_time),
+        expedited = lead_time_slots(torch.as_tensor(l_e, device=batch.lead_time.device).expand_as(batch.lead_time),
                                     E + 1, batch.demand.dtype)
         return regular, expedited
 
@@ -102,20 +102,27 @@ class DualSourcing(ProblemBase):
         """Net inventory plus every order in transit, regular and expedited."""
         return state.sum(dim=1)
 
-    def expedited_position(self, state: Tensor) -> Tensor:
+    def expedited_position(self, state: Tensor, l_e: int | Tensor | None = None) -> Tensor:
         """Net inventory plus what arrives within the expedited lead time (the orders that
-        an expedited order placed now cannot overtake): the dual-index expedited position."""
+        an expedited order placed now cannot overtake): the dual-index expedited position
+        (``l_e``: the expedited lead time, [B] each product's own; default the constant)."""
         net, regular, expedited = self.split(state)
-        return net + regular[:, : self.expedited_lead_time].sum(dim=1) + expedited.sum(dim=1)
+        l_e = self.expedited_lead_time if l_e is None else l_e
+        if isinstance(l_e, Tensor):
+            within = torch.arange(regular.shape[1], device=regular.device) < l_e.to(regular.device)[:, None]
+            return net + torch.where(within, regular, 0.0).sum(dim=1) + expedited.sum(dim=1)
+        return net + regular[:, :l_e].sum(dim=1) + expedited.sum(dim=1)
 
     def dp_space(self, product: ProductBatch, mean: float, std: float):
-        """The exact DP's grid from the demand's support (docs/problems/dual_sourcing.md, Exact DP)."""
+        """The exact DP's grid from the demand's support (docs/problems/dual_sourcing.md, Exact DP);
+        the slots beyond the product's own lead times stay empty."""
         d = self.demand_support(product)
-        L = int(product.lead_time[0])
+        L, l_e = int(product.lead_time[0]), int(self.param(product, "expedited_lead_time"))
         max_regular, max_expedited = d + 1, 2 * d
-        E = self.expedited_slots
-        lows = (-2 * d,) + (0,) * (L - 1 + E)
-        highs = (max(L + 1, 5) * d + 2,) + (max_regular,) * (L - 1) + (max_expedited,) * E
+        E, P = self.expedited_slots, self.state_width(L) - 1 - self.expedited_slots
+        lows = (-2 * d,) + (0,) * (P + E)
+        highs = ((max(L + 1, 5) * d + 2,) + (max_regular,) * (L - 1) + (0,) * (P - L + 1)
+                 + (max_expedited,) * max(l_e - 1, 0) + (0,) * (E - max(l_e - 1, 0)))
         q_r, q_e = torch.meshgrid(torch.arange(max_regular + 1.0, dtype=torch.float64),
                                   torch.arange(max_expedited + 1.0, dtype=torch.float64), indexing="ij")
         return StateSpace(lows, highs, torch.stack([q_r.reshape(-1), q_e.reshape(-1)], dim=1))

@@ -45,8 +45,8 @@ class Perishable(ProblemBase):
 
     @classmethod
     def mixed_instances(cls) -> list[tuple[dict, dict]]:
-        return [({"shelf_life": m, "issuing": "fifo", "waste_cost": 10.0},
-                 {"shelf_life": m, "issuing": "lifo", "waste_cost": 3.0}) for m in (2, 3)]
+        return [({"shelf_life": m, "issuing": "fifo", "waste_cost": 10.0, "max_order": 6},
+                 {"shelf_life": m + 1, "issuing": "lifo", "waste_cost": 3.0, "max_order": 8}) for m in (2, 3)]
 
     def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
         """The waste cost's share and whether the product issues LIFO."""
@@ -89,18 +89,27 @@ class Perishable(ProblemBase):
             wanted = torch.relu(wanted - stock[:, age])
         return left, wanted
 
+    def expire(self, left: list[Tensor], life: int | Tensor) -> tuple[list[Tensor], Tensor]:
+        """Split what is left of each age [m] after issuing into the ages kept (0..m-2) and
+        the units that expire [B]: age ``life - 1`` (``life`` [B]: each product's shelf life,
+        the ages from it on kept empty; the constant m: age m - 1)."""
+        if not isinstance(life, Tensor):
+            return left[: self.shelf_life - 1], left[self.shelf_life - 1]
+        return ([torch.where(life - 1 > a, x, 0.0) for a, x in enumerate(left[:-1])],
+                sum(torch.where(life - 1 == a, x, 0.0) for a, x in enumerate(left)))
+
     def step(self, state: Tensor, action: Tensor, demand: Tensor, batch: ProductBatch,
              slots: Tensor) -> Step:
         m = self.shelf_life
         transit = state.shape[1] - m
         order = action[:, 0]
         left, lost = self.issue(state[:, transit:], demand, self.param(batch, "issuing"))
-        waste = left[m - 1]
-        held = sum(left[: m - 1], torch.zeros_like(waste))
+        left, waste = self.expire(left, self.param(batch, "shelf_life"))
+        held = sum(left, torch.zeros_like(waste))
         cost = (batch.unit_cost * order + batch.shortage_cost * lost + self.param(batch, "waste_cost") * waste
                 + batch.holding_cost * held)
         arriving, pipeline = advance_pipeline(state[:, :transit].flip(1), order, slots)
-        next_state = torch.stack([*pipeline.flip(1).unbind(1), arriving, *left[: m - 1]], dim=1)
+        next_state = torch.stack([*pipeline.flip(1).unbind(1), arriving, *left], dim=1)
         return Step(next_state, cost, demand - lost, held, lost, waste)
 
     def inventory_position(self, state: Tensor) -> Tensor:
@@ -109,10 +118,12 @@ class Perishable(ProblemBase):
 
     def dp_space(self, product: ProductBatch, mean: float, std: float):
         """Every coordinate in 0..max_order (each age class and pipeline entry comes from one
-        order, so the grid is exact), orders 0..max_order."""
+        order, so the grid is exact; the ages from the product's shelf life on are empty),
+        orders 0..max_order (the product's own)."""
         width = self.state_width(int(product.lead_time[0]))
-        return StateSpace(lows=(0,) * width, highs=(self.max_order,) * width,
-                          actions=torch.arange(self.max_order + 1, dtype=torch.float64)[:, None],
+        top, empty = int(self.param(product, "max_order")), self.shelf_life - int(self.param(product, "shelf_life"))
+        return StateSpace(lows=(0,) * width, highs=(top,) * (width - empty) + (0,) * empty,
+                          actions=torch.arange(top + 1, dtype=torch.float64)[:, None],
                           actions_are_bounded=True)
 
     def claimed_properties(self, width: int):

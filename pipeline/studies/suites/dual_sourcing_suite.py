@@ -64,7 +64,7 @@ def _evaluate(instance: dict, policies) -> dict[str, float]:
     cost = exact_cost(trans, one)
     for name, search in SEARCHES.items():
         if name in policies:
-            out[name] = search(problem, cost, trans.space, MEAN, instance["l_r"])[1]
+            out[name] = search(problem, cost, trans.space, MEAN, one)[1]
     return out
 
 
