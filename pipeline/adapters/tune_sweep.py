@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import Config, ConfigError, from_yaml, required_periods, resolve_path, to_yaml
+from pipeline.config import Config, ConfigError, from_yaml, resolve_path, to_yaml
 from pipeline.core.penalty import penalty_properties
 from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
 
-log_sweep, log_data, log_mlflow = logs.get("sweep"), logs.get("data"), logs.get("mlflow")
+log_sweep, log_mlflow = logs.get("sweep"), logs.get("mlflow")
 
 FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
 SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
@@ -315,7 +315,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.data.synthetic import materialize
+    from pipeline.adapters.training_run import prepare_data
     from pipeline.reporting.plots import pareto_plot
     from pipeline.core.problems import get_problem
     from pipeline.adapters.ray_session import init_ray
@@ -351,9 +351,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
 
     tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
-    log_data.info("preparing product histories ...")
-    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg))
-    log_data.info(f"{splits['train'].parent}")
+    splits = prepare_data(cfg, out_dir)
 
     run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)
     log_mlflow.info(f"sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}")
