@@ -46,13 +46,9 @@ def instance_transitions(instance: dict) -> tuple[DualSourcing, ProductBatch, dp
     return case.problem, case.product, dp.transitions(case.problem, case.product, case.space, case.pmf)
 
 
+@dp.one_thread()  # on every call: many small tensor operations
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
     """Long-run average cost of each policy on one dual-sourcing instance."""
-    with dp.one_thread():
-        return _evaluate(instance, policies)
-
-
-def _evaluate(instance: dict, policies) -> dict[str, float]:
     problem, one, trans = instance_transitions(instance)
     out = {}
     if "dp" in policies:

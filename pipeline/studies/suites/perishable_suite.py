@@ -52,13 +52,9 @@ def optimum(inst: Instance, discount: float = 1.0) -> dp.Solution:
     return dp.solve(inst.trans, discount, aperiodic=dp.lazy(discount))
 
 
+@dp.one_thread()  # on every call: many small tensor operations
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
     """Long-run average cost of each policy on one Scenario-A instance."""
-    with dp.one_thread():
-        return _evaluate(instance, policies)
-
-
-def _evaluate(instance: dict, policies) -> dict[str, float]:
     inst = Instance.of(instance_problem(instance), product(instance["L"]))
     out = {}
     if "dp" in policies:
