@@ -5,12 +5,14 @@
 
 Writes ``<benchmark.results_dir>/<suite>.csv`` (columns suite, problem, instance, policy,
 avg_cost, gap_pct), regenerates the tables of ``docs/benchmarks.md`` (its block
-``benchmark:suites``; the prose around it is the file's own) from every suite's CSV, and
-logs each table to MLflow as the run ``benchmark-<suite>``.
+``benchmark:<suite>`` of every suite with a CSV; the prose around them, each suite's notes
+included, is the file's own), and logs each table to MLflow as the run ``benchmark-<suite>``.
 """
 from __future__ import annotations
 
 import time
+
+import pandas as pd
 
 from jobs import _cli
 from pipeline.config import PROJECT_ROOT, ConfigError, load_config, resolve_path
@@ -22,7 +24,7 @@ TEMPLATE = PROJECT_ROOT / "docs" / "benchmarks.md"  # its prose heads a report w
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)
-    from pipeline.studies.suites import SUITES, markdown, report_sections, run_suite, selected
+    from pipeline.studies.suites import SUITES, markdown, run_suite, selected, suite_table
     from pipeline.adapters.tracking import Tracker
 
     b = cfg.benchmark
@@ -52,8 +54,11 @@ def main(args: list[str]) -> int:
         plain.info(markdown(table, f"python -m jobs.benchmark suite={suite}"))
         plain.info(f"Results: {csv}   ({time.time() - started:.0f}s)\n")
     docs = resolve_path(b.docs)
-    write_block(docs, "benchmark:suites", report_sections(results, "", markdown, "benchmark").rstrip("\n"),
-                header=TEMPLATE.read_text())
+    for suite in SUITES:  # every suite with results
+        csv = results / f"{suite}.csv"
+        if csv.exists():
+            body = suite_table(pd.read_csv(csv), f"python -m jobs.benchmark suite={suite}").rstrip("\n")
+            write_block(docs, f"benchmark:{suite}", body, header=TEMPLATE.read_text())
     plain.info(f"Report:  {docs}")
     return 0
 

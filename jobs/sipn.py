@@ -10,13 +10,14 @@ and the same demand paths: the nominal evaluation with violation rates, the robu
 table, and contours of the order over the first two state entries for four products
 (plain on top, penalized below). Results go to ``<output_dir>/<name>/``, an MLflow run
 ``<name>`` with the two training runs nested under it, and this problem's section of
-``docs/sipn.md`` (figure in ``docs/figures/``). The study: ``pipeline/studies/penalty_comparison.py``.
+``docs/sipn.md`` (its block ``sipn:<name>``; the prose around the blocks is the file's
+own; figure in ``docs/figures/``). The study: ``pipeline/studies/penalty_comparison.py``.
 """
 from __future__ import annotations
 
 from jobs import _cli
 from pipeline.config import load_config
-from pipeline.studies.penalty_comparison import DOC_HEADER, run, write_section  # noqa: F401
+from pipeline.studies.penalty_comparison import run, write_section  # noqa: F401
 
 
 def main(args: list[str]) -> int:

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from conftest import make_batch
-from pipeline.config import load_config
+from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.core.problems import get_problem
 from pipeline.core.robustness import off_distribution_state, robustness_table, scenarios, shocked
 
@@ -80,16 +80,23 @@ def test_scenario_table_gives_violation_rates_for_networks():
 
 
 def test_docs_sections_are_replaced_in_place_and_the_header_kept_current(tmp_path):
-    from jobs.sipn import DOC_HEADER, write_section
+    from jobs.sipn import write_section
 
     doc = tmp_path / "sipn.md"
+    header = (PROJECT_ROOT / "docs" / "sipn.md").read_text().split("<!-- sipn:")[0]
+    notes = "## The study\n\nProse after the sections.\n"
+    doc.write_text(header + notes)
     write_section(doc, "a", "first A")
     write_section(doc, "b", "first B")
     write_section(doc, "a", "second A")
     text = doc.read_text()
-    assert text.startswith(DOC_HEADER)
+    assert header.startswith("# Structure-informed") and text.startswith(header)
     assert "second A" in text and "first A" not in text and "first B" in text
     assert text.index("second A") < text.index("first B")  # a section keeps its place
+    assert text.index(notes) < text.index("second A") and text.count(notes) == 1  # the prose is the file's own
+    new = tmp_path / "new.md"
+    write_section(new, "a", "first A")
+    assert new.read_text().startswith("# Structure-informed") and "first A" in new.read_text()
 
 
 def test_figure_one_shows_each_policy_over_the_probe_box_of_the_first_two_state_entries():

@@ -21,7 +21,7 @@ from torch import Tensor
 from pipeline.core.batch import ProductBatch, batch_from_columns
 from pipeline.errors import DataError
 from pipeline.reporting.progress import eta
-from pipeline.core.rollout import rollout
+from pipeline.core.rollout import action_matrix, rollout
 
 STATES = ("columns", "simulate")
 
@@ -31,8 +31,7 @@ def next_actions(problem, policy, batch: ProductBatch, width: int, state: Tensor
     """[B, A]: the actions for period ``batch.periods`` (the one after the history) in
     ``state`` [B, width]."""
     ctx = policy.prepare(batch, batch.periods, 1)
-    action = policy.act(ctx, 0, state)
-    action = action[:, None] if action.ndim == 1 else action
+    action = action_matrix(policy.act(ctx, 0, state))
     return torch.round(action) if round_actions else action
 
 

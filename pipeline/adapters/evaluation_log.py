@@ -10,19 +10,20 @@ import pandas as pd
 
 def evaluate_and_log(cfg, policy, problem, splits: dict[str, Path], width: int, tracker, run_dir: Path,
                      split: str = "test") -> tuple[pd.DataFrame, str]:
-    """``test_report`` on ``splits[split]`` (baselines fitted on ``splits["train"]``), logged
-    through ``tracker`` (a ``pipeline.tracking.Tracker``); returns the table and its printout."""
+    """``held_out_report`` of the learned policy (``learned``) on ``splits[split]``
+    (baselines fitted on ``splits["train"]``), logged through ``tracker`` (a
+    ``pipeline.tracking.Tracker``); returns the table and its printout."""
     from pipeline.data.parquet import read_products
-    from pipeline.core.evaluation import format_table, test_report
+    from pipeline.core.evaluation import format_table, held_out_report
     from pipeline.reporting.plots import order_vs_on_hand
 
     test, train = read_products(splits[split]), read_products(splits["train"])
-    table, baselines, violations = test_report(cfg, policy, problem, train, test, width)
+    table, baselines, measured = held_out_report(cfg, problem, {"learned": policy}, train, test, width)
     tracker.log_table(table, "evaluation")
     tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)  # NaN: not measured for it
                          for row in table.itertuples() for k in table.columns
                          if k != "policy" and getattr(row, k) == getattr(row, k)})
-    tracker.log_metrics({f"test/learned/{k}": v for k, v in violations.items()})  # per property, in and out
+    tracker.log_metrics({f"test/learned/{k}": v for k, v in measured["learned"].items()})  # per property, in and out
     shown = {k: v for k, v in baselines.items() if k in ("dp", "omniscient", "estimated")}
     tracker.log_figure(order_vs_on_hand(policy, shown, test, cfg.eval.start, width, cfg.eval.plot_products,
                                         problem.state_names(width)), "plots/order_vs_on_hand.png")

@@ -6,9 +6,11 @@ an absolute URI (Ray Tune and Ray workers change the working directory).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,12 +77,7 @@ def review_tags(cfg: Config, kind: str, data: Path | None) -> dict[str, str]:
 
 
 def tracking_uri(cfg: Config) -> str:
-    if cfg.mlflow.tracking_uri:
-        uri = cfg.mlflow.tracking_uri
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        uri = os.environ["MLFLOW_TRACKING_URI"]
-    else:
-        uri = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_absolute():
@@ -121,9 +118,8 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
         if exp is None:
-            location = None
-            if self.uri.startswith("sqlite:"):
-                location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            sqlite = self.uri.startswith("sqlite:")
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri() if sqlite else None
             self.experiment_id = self.client.create_experiment(cfg.mlflow.experiment,
                                                                artifact_location=location)
         else:
@@ -203,8 +199,6 @@ class Tracker:
 
     def footer(self, cfg: Config, results: Path, started: float) -> str:
         """The last lines a job prints: where its results and its MLflow run are."""
-        import time
-
         return (f"\nResults:    {results}\nMLflow run: {self.run_id} in experiment '{cfg.mlflow.experiment}' at "
                 f"{self.uri}\n            open with `make ui`, then http://127.0.0.1:5000/{self.run_url()}\n"
                 f"Wall time:  {time.time() - started:.0f}s")
@@ -218,7 +212,6 @@ class Tracker:
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int | None) -> None:
-    import time
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
     for i in range(0, len(batch), 500):
@@ -240,8 +233,6 @@ class EpochLogger:
              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
     def __init__(self, uri: str, run_id: str, spool: Path | None = None):
-        import json
-
         self.client, self.run_id, self.spool = MlflowClient(uri), run_id, spool
         self.pending: list[tuple[dict[str, float], int]] = []
         if spool is not None and spool.exists():  # left by a worker that died during an outage
@@ -257,8 +248,6 @@ class EpochLogger:
         return self.pending
 
     def _keep(self) -> None:
-        import json
-
         if self.spool is None:
             return
         if not self.pending:
@@ -269,8 +258,6 @@ class EpochLogger:
         os.replace(tmp, self.spool)
 
     def _send(self) -> None:
-        import time
-
         saved = {k: os.environ.get(k) for k in self.QUICK}
         os.environ.update(self.QUICK)
         try:

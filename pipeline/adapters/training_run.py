@@ -4,6 +4,7 @@ and the benchmarks. What one call does: docs/architecture.md, Training.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,17 +67,11 @@ def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str]
         logs.get("mlflow").info(f"run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}")
     result = TrainResult(run_dir, ckpt.best_path(run_dir), tracker.run_id, tracker)
 
-    def run() -> None:
+    with tracker.ending() if owned else nullcontext():
         init_ray(cfg)
         tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, tracker.run_id, width, callbacks=callbacks))
         if evaluate:
             evaluate_best(cfg, problem, splits, width, result, started)
-
-    if owned:
-        with tracker.ending():
-            run()
-    else:
-        run()
     if evaluate:
         result.footer = tracker.footer(cfg, run_dir / "evaluation.csv", started)
     return result

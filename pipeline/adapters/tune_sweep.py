@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import Config, ConfigError, from_yaml, required_periods, resolve_path, to_yaml
+from pipeline.config import Config, ConfigError, from_yaml, resolve_path, to_yaml
 from pipeline.core.penalty import penalty_properties
 from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
 
-log_sweep, log_data, log_mlflow = logs.get("sweep"), logs.get("data"), logs.get("mlflow")
+log_sweep, log_mlflow = logs.get("sweep"), logs.get("mlflow")
 
 FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
 SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
@@ -116,6 +116,12 @@ def error_summary(error: BaseException | None) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def epochs_reported(metrics: dict) -> int:
+    """The epochs a trial had done at its last report to Tune (a resumed trial reports to
+    Tune only the epochs after its checkpoint: counted from its ``epoch``)."""
+    return int(metrics["epoch"]) + 1 if "epoch" in metrics else int(metrics.get("training_iteration", 0) or 0)
+
+
 def trial_status(error: str, epochs_run: int, epochs: int) -> str:
     if error:
         return FAILED
@@ -133,26 +139,19 @@ def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -
     metric, mode = objective(cfg)
     value_col = metric.replace("/", "_")
     rows = []
-    for r in records:
+    for r in sorted(records, key=lambda r: _trial_sort_key(r["trial"])):
         m = r["metrics"] or {}
-        # the epoch of the last report (a resumed trial reports to Tune only the epochs after its checkpoint)
-        epochs_run = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
-        weights = trial_weights(r["params"])
-        row = {"trial": r["trial"], "status": trial_status(r["error"], epochs_run, cfg.train.epochs),
-               "epochs": epochs_run, "lr": float(r["params"]["lr"])}
-        row.update(dict(zip(weight_columns, weights)))
-        row[value_col] = float(m.get(metric, math.nan))
-        row["valid_out_violation_rate"] = float(m.get(OOD, math.nan))
-        row["valid_in_violation_rate"] = float(m.get(IN, math.nan))
-        row["run_id"] = r.get("run_id") or ""
-        row["error"] = r["error"]
-        rows.append(row)
+        epochs_run = epochs_reported(m)
+        rows.append({"trial": r["trial"], "status": trial_status(r["error"], epochs_run, cfg.train.epochs),
+                     "epochs": epochs_run, "lr": float(r["params"]["lr"]),
+                     **dict(zip(weight_columns, trial_weights(r["params"]))),
+                     value_col: float(m.get(metric, math.nan)),
+                     "valid_out_violation_rate": float(m.get(OOD, math.nan)),
+                     "valid_in_violation_rate": float(m.get(IN, math.nan)),
+                     "run_id": r.get("run_id") or "", "error": r["error"]})
     columns = ["trial", "status", "epochs", "lr", *weight_columns, value_col, "valid_out_violation_rate",
                "valid_in_violation_rate", "on_front", "run_id", "error"]
     table = pd.DataFrame(rows, columns=[c for c in columns if c != "on_front"])
-    if len(table):
-        table = table.iloc[sorted(range(len(table)), key=lambda i: _trial_sort_key(table.trial.iloc[i]))]
-        table = table.reset_index(drop=True)
     eligible = table.status == FINISHED
     sign = -1.0 if mode == "max" else 1.0
     xs = [sign * v if ok else math.nan for v, ok in zip(table[value_col], eligible)]
@@ -262,7 +261,7 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             m = trial.last_result or {}
-            epochs = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0) or 0)
+            epochs = epochs_reported(m)
             status = trial_status("", epochs, cfg.train.epochs)
             log_sweep.info(f"trial {self.done}/{cfg.sweep.num_samples} done: {trial} {status} after "
                            f"{epochs} epochs  {describe(m)}  "
@@ -316,7 +315,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.data.synthetic import materialize
+    from pipeline.adapters.training_run import prepare_data
     from pipeline.reporting.plots import pareto_plot
     from pipeline.core.problems import get_problem
     from pipeline.adapters.ray_session import init_ray
@@ -344,17 +343,15 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     done = sweep_dir / DONE_FILE
     restore = not done.exists() and (sweep_dir / "tune").exists() and tune.Tuner.can_restore(str(sweep_dir / "tune"))
     if not restore:
-        for stale in ("trials", "tune", DONE_FILE):
-            if (sweep_dir / stale).exists():
-                log_sweep.info(f"removing the previous sweep's {sweep_dir / stale}")
-                shutil.rmtree(sweep_dir / stale) if (sweep_dir / stale).is_dir() else (sweep_dir / stale).unlink()
+        for stale in (sweep_dir / "trials", sweep_dir / "tune", done):
+            if stale.exists():
+                log_sweep.info(f"removing the previous sweep's {stale}")
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
 
     tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
-    log_data.info("preparing product histories ...")
-    splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg), problem)
-    log_data.info(f"{splits['train'].parent}")
+    splits = prepare_data(cfg, out_dir, problem)
 
     run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)
     log_mlflow.info(f"sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}")

@@ -13,7 +13,7 @@ from pipeline.core.batch import ProductBatch
 from pipeline.core.demand import demand_std, trimmed_pmf, true_pmf
 from pipeline.core.problems.base import StateSpace
 from pipeline.core.problems.lost_sales import lost_sales_grid
-from pipeline.core.rollout import objective_loss
+from pipeline.core.rollout import action_matrix, objective_loss
 from pipeline.core.protocols import Policy, Problem
 
 
@@ -270,10 +270,7 @@ def policy_choice(space: StateSpace, policy: Policy, product: ProductBatch) -> T
     and clamped to the action set, matched to the nearest feasible action vector [S]."""
     states = space.states()
     rep = product.select([0] * len(states)).to("cpu", torch.float64)
-    action = policy.act(policy.prepare(rep, 0, 1), 0, states)
-    if action.ndim == 1:
-        action = action[:, None]
-    action = torch.round(action.double())
+    action = torch.round(action_matrix(policy.act(policy.prepare(rep, 0, 1), 0, states)).double())
     return torch.cdist(action, space.actions.double()).argmin(dim=1)
 
 

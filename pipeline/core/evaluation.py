@@ -76,22 +76,24 @@ def violation_summary(cfg, policy: Policy, problem: Problem, batch: ProductBatch
                              cfg.seed, skip=skip, initial_state=initial_state)
 
 
-def test_report(cfg, policy: Policy, problem: Problem, train: ProductBatch, test: ProductBatch, width: int):
-    """The learned policy and every configured baseline on the held-out test products,
-    same demand paths, integer orders where the problem is discrete; for the learned
-    policy also the share of states that violate a structural property, in the visited
-    states (``violation_rate_in``) and in probes outside them (``violation_rate_out``).
-    Returns the table, the baselines and the learned policy's violation metrics per
-    property (``violation_summary``)."""
+def held_out_report(cfg, problem: Problem, policies: dict[str, Policy], train: ProductBatch, test: ProductBatch,
+                    width: int):
+    """``policies`` and every configured baseline (fitted on ``train``) on the held-out test
+    products, same demand paths, integer orders where the problem is discrete; for each of
+    ``policies`` also the share of states that violate a structural property, in the
+    visited states (``violation_rate_in``) and in probes outside them
+    (``violation_rate_out``). Returns the table, the baselines and each of ``policies``'
+    violation metrics per property (``violation_summary``)."""
     e = cfg.eval
     horizon = test.periods - e.start
     baselines = baseline_policies(problem, train, test, width, e.start, horizon, e.warmup,
                                   cfg.problem.objective, cfg.seed + 1, which=e.baselines,
                                   sim_periods=e.omniscient_sim_periods)
-    policies = {"learned": policy, **baselines}
-    table = evaluation_table(problem, policies, test, e.start, horizon, e.warmup, width,
+    table = evaluation_table(problem, {**policies, **baselines}, test, e.start, horizon, e.warmup, width,
                              e.round_actions and problem.discrete, cfg.problem.objective)
-    v = violation_summary(cfg, policy, problem, test, width)
+    measured = {k: violation_summary(cfg, p, problem, test, width) for k, p in policies.items()}
     for region in ("in", "out"):
-        table[f"violation_rate_{region}"] = table.policy.map({"learned": v[f"{region}/violation_rate"]})
-    return table, baselines, v
+        table[f"violation_rate_{region}"] = table.policy.map(
+            {k: v[f"{region}/violation_rate"] for k, v in measured.items()})
+    return table, baselines, measured
+

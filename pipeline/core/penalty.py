@@ -9,15 +9,13 @@ from torch import Tensor
 from pipeline.core.batch import ProductBatch
 from pipeline.core.properties import Property, parse_property
 from pipeline.core.protocols import Policy, Problem
-from pipeline.core.rollout import Trajectory, rollout
+from pipeline.core.rollout import Trajectory, action_matrix, rollout
 
 
 def jacobian(policy: Policy, ctx, t: int, state: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
     """(actions [B, A], J [B, A, W]) of ``policy.act(ctx, t, state)`` at ``state``."""
     state = state.detach().requires_grad_(True)
-    actions = policy.act(ctx, t, state)
-    if actions.ndim == 1:
-        actions = actions[:, None]
+    actions = action_matrix(policy.act(ctx, t, state))
     rows = [torch.autograd.grad(actions[:, a].sum(), state, create_graph=create_graph, retain_graph=True)[0]
             for a in range(actions.shape[1])]
     return actions, torch.stack(rows, dim=1)

@@ -15,6 +15,11 @@ from pipeline.core.batch import ProductBatch
 from pipeline.core.protocols import Policy, Problem
 
 
+def action_matrix(action: Tensor) -> Tensor:
+    """A policy's actions as [B, A] (a single-action policy may return [B])."""
+    return action[:, None] if action.ndim == 1 else action
+
+
 @dataclass
 class Trajectory:
     cost: Tensor     # [B, T]
@@ -47,9 +52,7 @@ def rollout(problem: Problem, policy: Policy, batch: ProductBatch, start: int, h
     for t in range(horizon):
         if record_states:
             out["states"].append(state)
-        action = policy.act(ctx, t, state)
-        if action.ndim == 1:
-            action = action[:, None]
+        action = action_matrix(policy.act(ctx, t, state))
         if round_actions:
             action = torch.round(action)
         step = problem.step(state, action, demand[t], batch, setup)

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.core.batch import ProductBatch  # noqa: E402
-from pipeline.core.penalty import probe_box
+from pipeline.core.penalty import probe_box  # noqa: E402
+from pipeline.core.rollout import action_matrix  # noqa: E402
 
 
 def learning_curve(history: dict[str, list[tuple[int, float]]], reference: dict[str, float]):
@@ -49,10 +50,10 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
         state[:, 0] = on_hand
         state[:, 1:] = scale[j]
         rep = sub.select([j] * len(grid))
-        orders = as_matrix(policy.act(policy.prepare(rep, start, 1), 0, state))[:, 0]
+        orders = action_matrix(policy.act(policy.prepare(rep, start, 1), 0, state))[:, 0]
         ax.plot(on_hand, orders, lw=2, label="learned")
         for name, base in baselines.items():
-            base_orders = as_matrix(base.act(base.prepare(rep, start, 1), 0, state))[:, 0]
+            base_orders = action_matrix(base.act(base.prepare(rep, start, 1), 0, state))[:, 0]
             ax.plot(on_hand, base_orders, ls="--", lw=1, label=name)
         ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
                      f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f} "
@@ -87,7 +88,7 @@ def order_contours(policies: dict, batch: ProductBatch, start: int, width: int, 
                                 torch.linspace(float(low[1]), float(high[1]), grid), indexing="ij")
         state = torch.zeros(grid * grid, width)
         state[:, 0], state[:, 1] = y0.reshape(-1), y1.reshape(-1)
-        orders = {name: as_matrix(pol.act(pol.prepare(rep, start, 1), 0, state))[:, 0].reshape(grid, grid)
+        orders = {name: action_matrix(pol.act(pol.prepare(rep, start, 1), 0, state))[:, 0].reshape(grid, grid)
                   for name, pol in policies.items()}
         levels = torch.linspace(0, max(float(o.max()) for o in orders.values()) + 1e-6, 13).tolist()
         for i, (name, q) in enumerate(orders.items()):
@@ -106,10 +107,6 @@ def order_contours(policies: dict, batch: ProductBatch, start: int, width: int, 
             if i == 0:
                 fig.colorbar(filled, ax=axes[:, j].tolist(), shrink=0.8, label="order")
     return fig
-
-
-def as_matrix(action):
-    return action[:, None] if action.ndim == 1 else action
 
 
 def pareto_plot(table, x: str, y: str, xlabel: str, ylabel: str, higher_x_better: bool = False):

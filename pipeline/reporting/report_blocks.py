@@ -16,6 +16,12 @@ def replace_block(text: str, key: str, body: str) -> str:
     return text.rstrip() + "\n\n" + block + "\n"
 
 
+def read_block(text: str, key: str) -> str | None:
+    """The body of the block ``key`` in ``text`` (None when it has none)."""
+    found = re.search(re.escape(f"<!-- {key} -->\n") + r"(.*?)" + re.escape(f"\n<!-- /{key} -->"), text, re.S)
+    return found.group(1) if found else None
+
+
 def write_block(path: Path, key: str, body: str, header: str = "") -> None:
     """Replace (or append) the block ``key`` in the file at ``path``; a new file starts
     with ``header``."""

@@ -20,7 +20,7 @@ from pipeline.core.rollout import rollout
 from pipeline.data.parquet import parquet_files, write_shards
 from pipeline.data.series import list_column, matrix, read_series
 from pipeline.reporting import logs
-from pipeline.reporting.report_blocks import write_block
+from pipeline.reporting.report_blocks import markdown_table, write_block
 
 SHARED_WEEKLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "favorita_weekly" / "sales.parquet"
 SUMMARY_COLUMNS = ["policy", "lead_time", "reward", "avg_inventory", "fill_rate"]
@@ -267,14 +267,12 @@ def run(cfg, args: list[str]) -> int:
                 figures[file.stem] = target.relative_to(docs.parent)
         write_block(docs, f"favorita:{cfg.name}",
                     report(cfg, args, series.num_rows, periods, info, split, dates, fractile, summary,
-                           pd.DataFrame(forecasts), figures, time.time() - started), header=DOC_HEADER)
+                           pd.DataFrame(forecasts), figures, time.time() - started), header=TITLE)
         plain.info(f"Report:  {docs}")
     plain.info("\n" + summary.to_string(index=False, float_format=lambda v: f"{v:,.4f}"))
     plain.info(f"\nResults: {out}/summary.csv, weekly.csv, forecast.csv, plots/")
     plain.info(f"MLflow run: {run_id} at {tracker.uri}  ({time.time() - started:.0f}s)")
     return 0
-
-
 
 
 def compare(summary, lead_time: int, ours: str, theirs: str) -> str | None:
@@ -294,7 +292,7 @@ def compare(summary, lead_time: int, ours: str, theirs: str) -> str | None:
 def report(cfg, args, n_series, periods, info, split, dates, fractile, summary, forecast, figures,
            seconds) -> str:
     """This run's section of the markdown report: setup, results per lead time, forecast
-    accuracy, figures."""
+    accuracy, figures (what they measure: docs/favorita.md, The study)."""
     f = cfg.favorita
     lines = [f"## {cfg.name}",
              "",
@@ -303,58 +301,40 @@ def report(cfg, args, n_series, periods, info, split, dates, fractile, summary, 
              "",
              f"Time split: training periods 0-{split.train_end - 1} ({dates[0]} to {dates[split.train_end - 1]}), "
              f"validation {split.train_end}-{split.valid_end - 1}, test {split.valid_end}-{split.test_end - 1} "
-             f"({dates[split.valid_end]} to {dates[split.test_end - 1]}). Each scored range follows "
-             f"{split.history} periods of history and {split.warmup} unscored periods from an empty system. "
-             f"Economics of every series: price {f.price}, unit cost {f.unit_cost}, holding cost "
-             f"{f.holding_cost} per unit per period, lost sales without goodwill cost (critical fractile "
-             f"{fractile:.3f}). DirectBackprop: `policy.*`, `train.*` of the config "
-             f"({cfg.train.epochs} epochs; `directbackprop_sipn` with penalty weights {list(cfg.penalty.weights)}); "
-             f"predict-then-optimize: the MQ-CNN quantile forecaster (`pipeline/forecast.py`, "
-             f"{f.forecast_epochs} epochs) or a {f.moving_average_window}-period moving average with normal "
-             f"safety stock, ordering up to the critical-fractile quantile of demand over the lead time "
-             f"plus one period.",
+             f"({dates[split.valid_end]} to {dates[split.test_end - 1]}), each scored range after "
+             f"{split.history} periods of history and {split.warmup} of warm-up. Economics: price {f.price}, "
+             f"unit cost {f.unit_cost}, holding cost {f.holding_cost} (critical fractile {fractile:.3f}). "
+             f"DirectBackprop: {cfg.train.epochs} epochs (`directbackprop_sipn`: penalty weights "
+             f"{list(cfg.penalty.weights)}); MQ-CNN: {f.forecast_epochs} epochs; moving average: "
+             f"{f.moving_average_window} periods.",
              ""]
+    shown = {"policy": "policy", "reward": "total reward", "avg_inventory": "average inventory",
+             "fill_rate": "fill rate"}
     for lead_time, part in summary.groupby("lead_time", sort=True):
         lines += [f"### Lead time {lead_time}: test periods", "",
-                  "| policy | total reward | average inventory | fill rate |", "|---|---|---|---|"]
-        lines += [f"| {r.policy} | {r.reward:,.1f} | {r.avg_inventory:,.3f} | {r.fill_rate:.4f} |"
-                  for r in part.itertuples()]
-        lines.append("")
+                  markdown_table(part[list(shown)].rename(columns=shown),
+                                 {"total reward": ",.1f", "average inventory": ",.3f", "fill rate": ".4f"}), ""]
         lines += [c for c in (compare(summary, lead_time, ours, "pto_mqcnn")
                               for ours in ("directbackprop", "directbackprop_sipn")) if c]
-        for name in (f"aggregate_L{lead_time}", f"christmas_L{lead_time}"):
-            if name in figures:
-                lines += ["", f"![{name}]({figures[name]})"]
+        lines += [f"\n![{name}]({figures[name]})" for name in (f"aggregate_L{lead_time}", f"christmas_L{lead_time}")
+                  if name in figures]
         lines.append("")
     if len(forecast):
         keys = [c for c in forecast.columns if c.startswith(("wql_", "coverage_"))] + ["mean_wql"]
-        lines += ["### Forecast accuracy on the test periods",
-                  "",
-                  "Weighted quantile loss (2 x pinball / |demand|, lower is better) and coverage (share of "
-                  "outcomes at or below the quantile) of demand over the lead time plus one period.",
-                  "",
-                  "| model | lead time | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-        lines += [f"| {r['model']} | {r['lead_time']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |"
-                  for _, r in forecast.iterrows()]
+        lines += ["### Forecast accuracy on the test periods", "",
+                  markdown_table(forecast[["model", "lead_time", *keys]].rename(columns={"lead_time": "lead time"}),
+                                 dict.fromkeys(keys, ".3f"))]
     lines.append(f"\nResults: `{f.output_dir}/summary.csv`, `weekly.csv`, `forecast.csv`, `plots/`.")
     return "\n".join(lines)
 
 
-DOC_HEADER = """# Real retail demand: DirectBackprop against predict-then-optimize
-
-The paper's Section 3.3: on weekly Corporacion Favorita sales, one DirectBackprop policy
-trained end to end across every series, against a predict-then-optimize pipeline (a
-multi-horizon quantile forecaster feeding a newsvendor order-up-to at the critical
-fractile). Each section below is rewritten by the command it shows.
-"""
+TITLE = "# Real retail demand: DirectBackprop against predict-then-optimize\n"  # of a new report
 
 
 def plot_lead_time(weekly, trajectories, test, split, dates, frequency: str, lead_time: int,
                    n_series: int) -> dict:
     """The figures of one lead time: aggregates over the test periods, the periods around
     the first Christmas in them, and the largest series."""
-    import numpy as np
-
     from pipeline.data.calendar import calendar_features, period_days
     from pipeline.reporting.plots import series_sample, weekly_aggregates
 

@@ -91,10 +91,14 @@ def run_suite(name: str, policies=(), instances=None,
 
 
 def markdown(table: pd.DataFrame, command: str) -> str:
-    """Instances as rows, policies as columns (cost and gap to dp)."""
+    """The suite's section: its name, notes and ``suite_table``."""
     name = table.suite.iloc[0]
     notes = SUITES[name].notes if name in SUITES else ""
-    lines = [f"## {name}", "", *( [notes, ""] if notes else []), f"Command: `{command}`", ""]
+    return "\n".join([f"## {name}", "", *([notes, ""] if notes else []), suite_table(table, command)])
+
+
+def suite_table(table: pd.DataFrame, command: str) -> str:
+    """The command, then instances as rows, policies as columns (cost and gap to dp)."""
     policies = list(dict.fromkeys(table.policy))
 
     def cost(cells: pd.DataFrame, p: str) -> str:
@@ -106,4 +110,4 @@ def markdown(table: pd.DataFrame, command: str) -> str:
     wide = pd.DataFrame([[inst, *(cost(group.set_index("policy"), p) for p in policies)]
                          for inst, group in table.groupby("instance", sort=False)],
                         columns=["instance", *policies])
-    return "\n".join(lines) + "\n" + markdown_table(wide) + "\n"
+    return f"Command: `{command}`\n\n" + markdown_table(wide) + "\n"

@@ -22,15 +22,13 @@ from pipeline.core.heuristics.dual_sourcing_heuristics import (
     search_tailored_base_surge,
 )
 from pipeline.core.problems.dual_sourcing import DualSourcing
-from pipeline.studies.suites.instances import DPInstance
+from pipeline.studies.suites.instances import DPInstance, suite_notes
 
 GRID = tuple({"l_r": l_r, "c_e": c_e} for l_r in (2, 3, 4) for c_e in (5, 10, 20))
 POLICIES = ("dp", "single_index", "dual_index", "capped_dual_index", "tailored_base_surge")
 POLICY_CLASSES = (SingleIndexPolicy, DualIndexPolicy, TailoredBaseSurgePolicy)
 TIMED = tuple({"l_r": l_r, "c_e": 20} for l_r in (2, 3, 4))
-NOTES = ("Veeraraghavan & Scheller-Wolf (2008), as in Gijsbrechts et al. (2022) and Boettcher "
-         "et al. (2023): demand uniform on {0..4}, h = 5, b = 495, l_e = 0, c_r = 0, long-run "
-         "average cost per period; published optimum l_r=2, c_e=20: 23.07.")
+NOTES = suite_notes("dual_sourcing")  # docs/benchmarks.md
 SEARCHES = {"single_index": search_single_index, "dual_index": search_dual_index,
             "capped_dual_index": search_capped_dual_index, "tailored_base_surge": search_tailored_base_surge}
 MEAN = 2.0  # uniform on 0..2 * mean
@@ -48,13 +46,9 @@ def instance_transitions(instance: dict) -> tuple[DualSourcing, ProductBatch, dp
     return case.problem, case.product, dp.transitions(case.problem, case.product, case.space, case.pmf)
 
 
+@dp.one_thread()  # on every call: many small tensor operations
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
     """Long-run average cost of each policy on one dual-sourcing instance."""
-    with dp.one_thread():
-        return _evaluate(instance, policies)
-
-
-def _evaluate(instance: dict, policies) -> dict[str, float]:
     problem, one, trans = instance_transitions(instance)
     out = {}
     if "dp" in policies:

@@ -16,17 +16,13 @@ from pipeline.core.batch import ProductBatch, make_batch
 from pipeline.core.dp import lost_sales_optimum
 from pipeline.core.heuristics import lost_sales_heuristics as heuristics
 from pipeline.core.problems.lost_sales import LostSales
-from pipeline.studies.suites.instances import DPInstance
+from pipeline.studies.suites.instances import DPInstance, suite_notes
 
 GRID = tuple({"p": p, "L": L} for p in (4, 9, 19, 39) for L in (0, 1, 2, 3, 4))
 POLICIES = ("dp", "base_stock", "capped_base_stock", "myopic_1", "myopic_2", "vector_base_stock")
 POLICY_CLASSES = (heuristics.CappedBaseStockPolicy, heuristics.VectorBaseStockPolicy, heuristics.OrderTablePolicy)
 TIMED = ({"p": 4, "L": 2}, {"p": 19, "L": 3})
-NOTES = ("Zipkin (2008): Poisson(5) demand, h = 1, long-run average cost; published optima "
-         "p=4, L=2: 4.40 and p=19, L=4: 8.89, and for p=4, L=4 (his Table 3a): optimal 4.73, "
-         "myopic 5.06, myopic-2 4.82, standard vector base-stock 5.83. base_stock: best constant "
-         "level; capped_base_stock (Xin 2021): best (S, r); vector_base_stock: best levels "
-         "s_0..s_L by local search from Morton's standard levels.")
+NOTES = suite_notes("lost_sales")  # docs/benchmarks.md
 
 
 def product(p: float, L: int, mean: float = 5.0, h: float = 1.0) -> ProductBatch:

@@ -23,7 +23,7 @@ from pipeline.core.heuristics.perishable_heuristics import (
     product_pmf,
 )
 from pipeline.core.problems.perishable import Perishable
-from pipeline.studies.suites.instances import DPInstance
+from pipeline.studies.suites.instances import DPInstance, suite_notes
 
 MEAN, CV, UNIT_COST, SHORTAGE, HOLDING, MAX_ORDER = 4.0, 0.5, 3.0, 5.0, 1.0, 10
 SIZES = ((2, 1), (2, 2), (3, 1), (3, 2), (4, 1))  # (m, L) whose 11^(m+L-1) grid solves in seconds
@@ -33,18 +33,7 @@ GRID = tuple({"m": m, "L": L, "w": w, "issuing": issuing}
 POLICIES = ("dp", "base_stock", "waste_aware_base_stock")
 POLICY_CLASSES = (PerishableBaseStock, BspLowEw)
 TIMED = tuple({"m": m, "L": L, "w": 7, "issuing": "fifo"} for m, L in ((2, 1), (3, 1), (3, 2)))
-NOTES = ("De Moor et al. (2022) Scenario A: gamma demand (mean 4, CV 0.5) rounded to integers, "
-         "c = 3, p = 5, h = 1, orders 0..10; avg_cost is the exact long-run average cost per "
-         "period (dp: relative value iteration on the full 11^(m+L-1) grid). The published "
-         "values are discounted returns (gamma = 0.99) and the published m = 2, L = 1, w = 7 "
-         "optimal tables are the discounted-optimal ones: discounted value iteration reproduces "
-         "both exactly (the average-cost optimal FIFO table differs in one cell); the published "
-         "best base-stock levels S = 5 (LIFO) and S = 7 (FIFO) are the average-cost ones "
-         "(tests/test_perishable.py). waste_aware_base_stock is BSP-low-EW with the exact "
-         "expected waste. Instances up to 14,641 states (m = 3 with L = 2, m = 4 with L = 1) "
-         "take 15-40 s each; m = 5 with L = 1 (161,051 states, a 0.5 GB transition table) "
-         "4-7 minutes each with the heuristic searches, so only w = 7 is run there; m = 4 "
-         "with L = 2 and m = 5 with L = 2 are left out.")
+NOTES = suite_notes("perishable")  # docs/benchmarks.md
 
 
 def product(L: int, mean: float = MEAN, cv: float = CV) -> ProductBatch:
@@ -63,13 +52,9 @@ def optimum(inst: Instance, discount: float = 1.0) -> dp.Solution:
     return dp.solve(inst.trans, discount, aperiodic=dp.lazy(discount))
 
 
+@dp.one_thread()  # on every call: many small tensor operations
 def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
     """Long-run average cost of each policy on one Scenario-A instance."""
-    with dp.one_thread():
-        return _evaluate(instance, policies)
-
-
-def _evaluate(instance: dict, policies) -> dict[str, float]:
     inst = Instance.of(instance_problem(instance), product(instance["L"]))
     out = {}
     if "dp" in policies:

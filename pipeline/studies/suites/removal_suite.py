@@ -20,18 +20,13 @@ from pipeline.core.heuristics.removal_heuristics import (
     best_interval_stock,
 )
 from pipeline.core.problems.removal import Removal
-from pipeline.studies.suites.instances import DPInstance
+from pipeline.studies.suites.instances import DPInstance, suite_notes
 
 GRID = tuple({"p": p, "s": s, "L": L, "gamma": 0.95} for L in (0, 1) for p in (4, 19) for s in (0, 1))
 POLICIES = ("dp", "base_stock", "interval_stock")
 POLICY_CLASSES = (BaseStockPolicy, IntervalStockPolicy)
 TIMED = ({"p": 4, "s": 0, "L": 0, "gamma": 0.95}, {"p": 19, "s": 1, "L": 1, "gamma": 0.95})
-NOTES = ("Joint procurement and removal, lost sales: Poisson(5) demand, h = 1, c = 2, removal "
-         "value s per unit. The avg_cost column holds the discounted cost per period "
-         "(1 - gamma) * E[V(s0)] from a start with an empty pipeline and on hand uniform on "
-         "0..30 (six periods of mean demand), so that removing overstock matters; a long-run "
-         "average would never reach the removal region. No published table exists: "
-         "dp is the exact optimum, interval_stock the best (a, b) levels by exact search.")
+NOTES = suite_notes("removal")  # docs/benchmarks.md
 MEAN, HOLDING, UNIT_COST = 5.0, 1.0, 2.0
 
 
