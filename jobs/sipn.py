@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from jobs import _cli
 from pipeline.config import load_config
-from pipeline.studies.penalty_comparison import run, write_section  # noqa: F401
 
 
 def main(args: list[str]) -> int:
-    return run(load_config(args), args)
+    cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
+    from pipeline.studies.penalty_comparison import run
+
+    return run(cfg, args)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_scenario_table_gives_violation_rates_for_networks():
 
 
 def test_docs_sections_are_replaced_in_place_and_the_header_kept_current(tmp_path):
-    from jobs.sipn import write_section
+    from pipeline.studies.penalty_comparison import write_section
 
     doc = tmp_path / "sipn.md"
     header = (PROJECT_ROOT / "docs" / "sipn.md").read_text().split("<!-- sipn:")[0]

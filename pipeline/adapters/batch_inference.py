@@ -22,6 +22,8 @@ from pipeline.core.batch import ProductBatch, batch_from_columns
 from pipeline.errors import DataError
 from pipeline.reporting.progress import eta
 from pipeline.core.rollout import action_matrix, rollout
+from pipeline.adapters import checkpoint as ckpt
+from pipeline.core.problems import get_problem
 
 STATES = ("columns", "simulate")
 
@@ -68,9 +70,6 @@ class Recommender:
 
     def __init__(self, checkpoint: str, model_version: str, output: str, state: str, round_actions: bool,
                  source: str):
-        from pipeline.adapters import checkpoint as ckpt
-        from pipeline.core.problems import get_problem
-
         torch.set_num_threads(1)
         self.policy, cfg, saved = ckpt.load_policy(Path(checkpoint))
         self.problem = get_problem(cfg.problem.name, cfg.problem.params)

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from pipeline.core.evaluation import format_table, held_out_report
+from pipeline.data.parquet import read_products
+from pipeline.reporting.plots import order_vs_on_hand
 
 
 def evaluate_and_log(cfg, policy, problem, splits: dict[str, Path], width: int, tracker, run_dir: Path,
@@ -13,10 +16,6 @@ def evaluate_and_log(cfg, policy, problem, splits: dict[str, Path], width: int, 
     """``held_out_report`` of the learned policy (``learned``) on ``splits[split]``
     (baselines fitted on ``splits["train"]``), logged through ``tracker`` (a
     ``pipeline.tracking.Tracker``); returns the table and its printout."""
-    from pipeline.data.parquet import read_products
-    from pipeline.core.evaluation import format_table, held_out_report
-    from pipeline.reporting.plots import order_vs_on_hand
-
     test, train = read_products(splits[split]), read_products(splits["train"])
     table, baselines, measured = held_out_report(cfg, problem, {"learned": policy}, train, test, width)
     tracker.log_table(table, "evaluation")

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import PROJECT_ROOT, Config, flatten, to_yaml
 from pipeline.errors import TrackingUnavailable
 from pipeline.reporting import logs
+from pipeline.data.parquet import data_version
 
 # MLflow's notes on creating a new SQLite store's tables are not the job's output
 for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -57,8 +58,6 @@ def git_commit() -> str:
 
 def review_tags(cfg: Config, kind: str, data: Path | None) -> dict[str, str]:
     """The tags every run carries, and its description (``mlflow.note.content``)."""
-    from pipeline.data.parquet import data_version
-
     lo, hi = cfg.data.lead_time_range
     params = " ".join(f"{k}={v}" for k, v in sorted((cfg.problem.params or {}).items()))
     instance = " ".join(x for x in (cfg.problem.name, f"L={lo}" if lo == hi else f"L={lo}-{hi}", params) if x)

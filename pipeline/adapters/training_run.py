@@ -14,6 +14,12 @@ from pipeline.adapters import checkpoint as ckpt
 from pipeline.adapters.tracking import PARENT_TAG, Tracker
 from pipeline.config import Config, required_periods, resolve_path, to_yaml
 from pipeline.reporting import logs
+from pipeline.adapters.evaluation_log import evaluate_and_log
+from pipeline.adapters.ray_session import init_ray
+from pipeline.adapters.ray_train import fit
+from pipeline.core.problems import get_problem
+from pipeline.data.synthetic import materialize
+from pipeline.reporting.plots import learning_curve
 
 
 @dataclass
@@ -44,10 +50,6 @@ def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str]
     ends itself (a sweep's trial marks its own status); by default the run of ``cfg.name``
     is opened here and ended FINISHED, or FAILED when training raises. ``callbacks``: extra
     Ray Train callbacks (a Tune trial's report callback)."""
-    from pipeline.adapters.ray_session import init_ray
-    from pipeline.adapters.ray_train import fit
-    from pipeline.core.problems import get_problem
-
     started = time.time()
     out_dir = resolve_path(cfg.output_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir / cfg.name
@@ -79,8 +81,6 @@ def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str]
 
 def prepare_data(cfg: Config, out_dir: Path, problem=None) -> dict[str, Path]:
     """The train/valid/test Parquet folders of ``cfg.data``, written once and found again."""
-    from pipeline.data.synthetic import materialize
-
     log = logs.get("data")
     log.info("preparing product histories ...")
     splits = materialize(cfg.data, cfg.seed, out_dir, required_periods(cfg), problem)
@@ -92,9 +92,6 @@ def evaluate_best(cfg: Config, problem, splits: dict[str, Path], width: int, res
                   started: float) -> None:
     """The best checkpoint on the held-out products against the baselines, logged to the
     run with the checkpoint, the best epoch, the wall time and the learning curve."""
-    from pipeline.adapters.evaluation_log import evaluate_and_log
-    from pipeline.reporting.plots import learning_curve
-
     tracker = result.tracker
     logs.get("eval").info("evaluating the best checkpoint on held-out products ...")
     policy, _, state = ckpt.load_policy(result.best_checkpoint)

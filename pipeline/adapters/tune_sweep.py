@@ -17,6 +17,13 @@ from pipeline.config import Config, ConfigError, from_yaml, resolve_path, to_yam
 from pipeline.core.penalty import penalty_properties
 from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
+from pipeline.adapters.checkpoint import best_path
+from pipeline.adapters.ray_session import init_ray, local_cpus as per_runs, quiet_ray_logs
+from pipeline.adapters.registry import register_champion, registered_model_name
+from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker, tracking_uri
+from pipeline.adapters.training_run import prepare_data, train
+from pipeline.core.problems import get_problem
+from pipeline.reporting.plots import pareto_plot
 
 log_sweep, log_mlflow = logs.get("sweep"), logs.get("mlflow")
 
@@ -180,8 +187,6 @@ def format_results(table: pd.DataFrame) -> str:
 
 def local_cpus(cfg: Config) -> int:
     """Logical CPUs for a local Ray: enough for every concurrent trial's Ray Train run."""
-    from pipeline.adapters.ray_session import local_cpus as per_runs
-
     return per_runs(cfg, min(cfg.sweep.max_concurrent_trials, cfg.sweep.num_samples))
 
 
@@ -194,9 +199,6 @@ def run_trial(params: dict, ctx: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.adapters.ray_session import quiet_ray_logs
-    from pipeline.adapters.tracking import Tracker
-    from pipeline.adapters.training_run import train
 
     quiet_ray_logs()
     base = from_yaml(ctx["config"])
@@ -272,7 +274,6 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
         def mark_killed(self, name: str):
             from mlflow.tracking import MlflowClient
 
-            from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG
 
             client = MlflowClient(uri)  # made here: a callback is pickled with the Tuner's state
             for run in client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
@@ -315,11 +316,6 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.adapters.training_run import prepare_data
-    from pipeline.reporting.plots import pareto_plot
-    from pipeline.core.problems import get_problem
-    from pipeline.adapters.ray_session import init_ray
-    from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker, tracking_uri
 
     started = time.time()
     if cfg.train.num_workers < 1:
@@ -432,9 +428,6 @@ def run_sweep(cfg: Config) -> SweepOutcome:
 def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_dir: Path, sweep_run_id: str) -> None:
     """Log the best trial's best checkpoint to its run and register it as a new version of
     the registered model, with the alias ``champion``; tag the sweep's run with it."""
-    from pipeline.adapters.checkpoint import best_path
-    from pipeline.adapters.registry import register_champion, registered_model_name
-
     path = best_path(sweep_dir / "trials" / best.trial)
     if not best.run_id or not path.exists():
         log_mlflow.info(f"no champion registered: {best.trial} has no run or no {path}")

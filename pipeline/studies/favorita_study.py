@@ -17,10 +17,19 @@ import torch
 from pipeline.config import ConfigError, load_config, resolve_path
 from pipeline.core.batch import FEATURE_PREFIX, ProductBatch
 from pipeline.core.rollout import rollout
-from pipeline.data.parquet import parquet_files, write_shards
+from pipeline.data.parquet import parquet_files, read_products, write_shards
 from pipeline.data.series import list_column, matrix, read_series
 from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table, write_block
+from pipeline.adapters.tracking import Tracker
+from pipeline.adapters.training_run import train
+from pipeline.core.baselines import critical_fractile
+from pipeline.core.forecast import MovingAverageOrderUpTo, QuantileOrderUpTo, fit_forecaster, forecast_metrics, moving_average_metrics
+from pipeline.core.problems import get_problem
+from pipeline.data.calendar import calendar_features, period_dates, period_days
+from pipeline.data.favorita_sources import long_sales_to_series
+from pipeline.data.retail import synthetic_retail
+from pipeline.reporting.plots import series_sample, weekly_aggregates
 
 SHARED_WEEKLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "favorita_weekly" / "sales.parquet"
 SUMMARY_COLUMNS = ["policy", "lead_time", "reward", "avg_inventory", "fill_rate"]
@@ -54,8 +63,6 @@ def load_series(fcfg, retail_cfg, seed: int) -> tuple[pa.Table, dict]:
     """The series layout of ``data_path`` when set, else of the configured source, and
     what was repaired on the way."""
     if fcfg.source == "synthetic" and not fcfg.data_path:
-        from pipeline.data.retail import synthetic_retail
-
         return synthetic_retail(retail_cfg, seed), {"source": "synthetic retail (retail.*)"}
     path = Path(fcfg.data_path).expanduser() if fcfg.data_path else SHARED_WEEKLY
     if not path.exists():
@@ -66,7 +73,6 @@ def load_series(fcfg, retail_cfg, seed: int) -> tuple[pa.Table, dict]:
     names = pq.read_schema(files[0]).names
     if "demand" in names:
         return read_series(path), {"source": str(path)}
-    from pipeline.data.favorita_sources import long_sales_to_series
 
     table, counts = long_sales_to_series(pq.ParquetDataset([str(f) for f in files]).read())
     return table, {"source": str(path), **counts}
@@ -152,19 +158,6 @@ def run(cfg, args: list[str]) -> int:
         raise ConfigError(f"train.history + train.horizon = {t.history}+{t.horizon} must fit in the "
                           f"{f.train_end} training periods (favorita.train_end); see experiment=favorita")
 
-    from pipeline.adapters.training_run import train
-    from pipeline.core.baselines import critical_fractile
-    from pipeline.data.calendar import period_dates
-    from pipeline.data.parquet import read_products
-    from pipeline.core.forecast import (
-        MovingAverageOrderUpTo,
-        QuantileOrderUpTo,
-        fit_forecaster,
-        forecast_metrics,
-        moving_average_metrics,
-    )
-    from pipeline.core.problems import get_problem
-    from pipeline.adapters.tracking import Tracker
 
     torch.set_num_threads(cfg.train.cpus_per_worker)  # the forecaster's fit and the scoring, in this process
     started = time.time()
@@ -335,9 +328,6 @@ def plot_lead_time(weekly, trajectories, test, split, dates, frequency: str, lea
                    n_series: int) -> dict:
     """The figures of one lead time: aggregates over the test periods, the periods around
     the first Christmas in them, and the largest series."""
-    from pipeline.data.calendar import calendar_features, period_days
-    from pipeline.reporting.plots import series_sample, weekly_aggregates
-
     test_dates = dates[split.valid_end:split.test_end]
     title = f"all series, test periods, lead time {lead_time}"
     figs = {f"aggregate_L{lead_time}.png": weekly_aggregates(weekly, title)}

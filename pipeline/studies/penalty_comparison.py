@@ -10,6 +10,15 @@ import pandas as pd
 from pipeline.config import Config, ConfigError, load_config, resolve_path
 from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table, write_block
+from pipeline.adapters.tracking import Tracker
+from pipeline.adapters.training_run import train
+from pipeline.core.evaluation import format_table, held_out_report
+from pipeline.core.problems import get_problem
+from pipeline.core.robustness import robustness_table
+from pipeline.core.rollout import rollout
+from pipeline.data.parquet import read_products
+from pipeline.data.synthetic import materialize
+from pipeline.reporting.plots import order_contours
 
 log = logs.get("sipn")
 out = logs.get("")
@@ -22,15 +31,6 @@ def run(cfg: Config, args: list[str]) -> int:
     if max(cfg.penalty.weights) <= 0:
         raise ConfigError("penalty.weights must be > 0 for the penalized run of jobs.sipn")
 
-    from pipeline.adapters.tracking import Tracker
-    from pipeline.adapters.training_run import train
-    from pipeline.core.evaluation import format_table, held_out_report
-    from pipeline.core.problems import get_problem
-    from pipeline.core.robustness import robustness_table
-    from pipeline.core.rollout import rollout
-    from pipeline.data.parquet import read_products
-    from pipeline.data.synthetic import materialize
-    from pipeline.reporting.plots import order_contours
 
     started = time.time()
     problem = get_problem(cfg.problem.name, cfg.problem.params)
@@ -106,8 +106,6 @@ def summarize(nominal, robust, objective: str) -> dict:
 
 
 def section(cfg, problem, command, summary, nominal, robust, figure, seconds) -> str:
-    from pipeline.core.evaluation import format_table
-
     key = "avg_cost" if cfg.problem.objective == "cost" else "avg_reward"
     networks = ("plain", "sipn")
     headline = pd.DataFrame([
