@@ -1,4 +1,4 @@
-"""Throughput and peak memory of the raw Favorita ingestion (``pipeline.favorita.convert_raw``).
+"""Throughput and peak memory of the raw Favorita ingestion (``pipeline.data.favorita_sources.convert_raw``).
 
     python -m benchmarks.favorita_ingest [rows=20000000] [dir=/tmp/favorita-ingest]
         [frequency=weekly] [buckets=64] [keep=false]

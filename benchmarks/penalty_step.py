@@ -3,7 +3,7 @@
     python -m benchmarks.penalty_step [--steps 40] [--threads 1]
 
 For every problem (its conf/problem defaults; lost sales with L = 5 as in Figure 1) and
-both policy kinds, the median wall time of ``pipeline.engine.train_step`` (rollout, loss,
+both policy kinds, the median wall time of ``pipeline.core.training.train_step`` (rollout, loss,
 backward, Adam) on 256 products x 60 periods, without the penalty and with every default
 property weighted (Jacobian at one period, half of it at probe states), the two
 interleaved step by step. Writes

@@ -7,8 +7,8 @@ Groups (``only=`` picks some), each run in a process of its own, so that its pea
 memory is its own (forked from a fork server that imported torch and the pipeline once):
 
 - ``simulator`` (a): a policy rolled through a problem's simulator without gradients
-  (``pipeline.rollout.rollout`` under ``torch.no_grad``), product-periods per second.
-- ``step`` (b): one DirectBackprop step (``pipeline.engine.train_step``: rollout, loss,
+  (``pipeline.core.rollout.rollout`` under ``torch.no_grad``), product-periods per second.
+- ``step`` (b): one DirectBackprop step (``pipeline.core.training.train_step``: rollout, loss,
   backward through the whole rollout, gradient clipping, Adam), product-periods per second.
   Both (a) and (b): every problem (lost sales with L = 4, the other problems at their
   ``conf/problem`` defaults) with the MLP policy (hidden [32, 32, 32], ELU) and the CNN
@@ -22,11 +22,11 @@ memory is its own (forked from a fork server that imported torch and the pipelin
   Parquet shards, read back with ``ray.data.read_parquet(...).iter_batches`` on a local Ray
   and turned into ``ProductBatch``es with ``batch_from_columns``: rows and product-periods
   per second, the first pass and the median of the later ones.
-- ``ray_train`` (e): ``pipeline.ray_train.fit`` with 1 and 2 Ray Train workers (one CPU
+- ``ray_train`` (e): ``pipeline.adapters.ray_train.fit`` with 1 and 2 Ray Train workers (one CPU
   each; quick: 0 workers, in the driver process) on the default training config with fewer
   products: training seconds per epoch (median after the first epoch; validation not
   included), product-periods per second, and the whole ``fit`` (start-up included).
-- ``dp`` (f): the exact DP of benchmark instances of every problem (``pipeline.dp``: the
+- ``dp`` (f): the exact DP of benchmark instances of every problem (``pipeline.core.dp``: the
   transition table from the problem's step, then value iteration; for lost sales also the
   specialised solver that the lost-sales suite uses), one thread.
 
@@ -286,7 +286,7 @@ def ingest_group(s: dict, work: Path, log) -> list[Row]:
     log(f"[perf ingest] wrote {n:,} products x {periods} periods, {len(paths)} shards, {size / MB:.0f} MiB "
         f"in {time.time() - tic:.1f}s")
     init_ray(cfg, num_cpus=os.cpu_count())
-    ray.data.DataContext.get_current().use_datasource_v2 = False  # the reader pipeline.ray_train.fit uses
+    ray.data.DataContext.get_current().use_datasource_v2 = False  # the reader pipeline.adapters.ray_train.fit uses
     rates = []
     for k in range(s["ingest_passes"]):
         tic, rows = time.perf_counter(), 0

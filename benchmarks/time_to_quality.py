@@ -3,7 +3,7 @@
     python -m benchmarks.time_to_quality [threads=2] [kind=mlp] [max_seconds=1200] [target_pct=1.0]
 
 Lost sales, p = 9, L = 4, Poisson(5), h = 1 (Zipkin's grid; exact optimum 6.8359 from
-``pipeline/dp.py``, ``benchmarks/results/lost_sales.csv``), as a population of identical
+``pipeline/core/dp.py``, ``benchmarks/results/lost_sales.csv``), as a population of identical
 products. One process, no Ray: ``pipeline.core.training.train_epoch`` on batches of
 training products drawn at random, each step on a new random window, the learning rate
 decaying (cosine) over ``max_seconds``. Every ``eval_every`` steps the policy (orders rounded) is evaluated on

@@ -5,7 +5,7 @@
 
 One column per run (newest first), one row per review tag (problem, instance, policy kind,
 penalty weights, data version, git commit) and metric (by default those of
-``pipeline.compare.STANDARD_METRICS`` that any of the runs has). ``mlflow_experiment=`` is
+``pipeline.adapters.run_comparison.STANDARD_METRICS`` that any of the runs has). ``mlflow_experiment=`` is
 short for ``mlflow.experiment=``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Write product histories in the series layout (``pipeline/series.py``) as Parquet.
+"""Write product histories in the series layout (``pipeline/data/series.py``) as Parquet.
 
     python -m jobs.prepare_data source=favorita input=<raw folder> [frequency=weekly|daily] [buckets=64] [output=...]
     python -m jobs.prepare_data source=favorita_weekly input=<sales Parquet file or folder> [output=...]
@@ -11,11 +11,11 @@
 ``manifest.json`` with the counts printed at the end.
 
 - ``favorita``: the raw Kaggle files (train.csv, items.csv, stores.csv,
-  holidays_events.csv), converted by a Ray Data job (``pipeline.favorita.convert_raw``),
+  holidays_events.csv), converted by a Ray Data job (``pipeline.data.favorita_sources.convert_raw``),
   on ``ray.address`` / ``$RAY_ADDRESS`` or a local Ray with one CPU per core.
 - ``favorita_weekly``: ``series_id, store, item, week, units`` Parquet, such as
   ``shared/data/favorita_weekly/sales.parquet`` (weekly only).
-- ``synthetic_retail``: ``retail.num_series`` series of ``pipeline.retail`` at
+- ``synthetic_retail``: ``retail.num_series`` series of ``pipeline.data.retail`` at
   ``frequency`` (``retail.frequency`` is replaced by it), written 50,000 series a file.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@
         [out=docs/figures/mlflow] [chromium=/usr/bin/chromium] [GROUP=NAME ...] [key=value ...]
 
 Starts ``mlflow server`` on 127.0.0.1 and a free port over the configuration's tracking URI
-(``pipeline.tracking.tracking_uri``; an ``http(s)://`` URI is a server already, used as it is),
+(``pipeline.adapters.tracking.tracking_uri``; an ``http(s)://`` URI is a server already, used as it is),
 finds with ``MlflowClient`` the newest training run, evaluate run and sweep run (with its trials
 and the ``champion`` version of the registered model), and drives a headless Chromium through
 Playwright (``pip install -e '.[docs]'``; it uses the system's ``chromium``, no browser download)

@@ -1,5 +1,5 @@
 """The command-line interface of every job (help; a bad argument is one line on stderr
-and exit code 2), and batch inference (``pipeline.recommend``) against the simulator."""
+and exit code 2), and batch inference (``pipeline.adapters.batch_inference``) against the simulator."""
 import importlib
 import sys
 

@@ -1,4 +1,4 @@
-"""The fast rollout (pipeline.rollout, OrderPolicy.act, the problems' steps) against a
+"""The fast rollout (pipeline.core.rollout, OrderPolicy.act, the problems' steps) against a
 straightforward reference written here the way the code first read: the exogenous part of
 the first layer precomputed for every period and indexed per period, a separate state
 layer, out-of-place ELUs, lost sales with the pipeline shifted by concatenation, per-period

@@ -62,7 +62,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 def violation_summary(cfg, policy: Policy, problem: Problem, batch: ProductBatch, width: int, start: int | None = None,
                       skip: int | None = None, initial_state=None) -> dict[str, float]:
-    """The structure metrics of ``pipeline.penalty.structure_metrics`` for the run's
+    """The structure metrics of ``pipeline.core.penalty.structure_metrics`` for the run's
     properties (penalised or not) over ``STRUCTURE_PERIODS`` decision periods of a rollout
     from ``start`` after its first ``skip`` periods: ``in/...`` and ``out/...``. By default
     the first scored periods of the evaluation (from ``eval.start`` after ``eval.warmup``),

@@ -14,7 +14,7 @@ from pipeline.core.baselines import critical_fractile
 from pipeline.core.batch import ProductBatch
 from pipeline.core.protocols import Problem
 
-MIN_SCALE = 0.1  # units; as pipeline.policy: keeps scaled inputs finite for products that barely sell
+MIN_SCALE = 0.1  # units; as pipeline.core.policy: keeps scaled inputs finite for products that barely sell
 
 
 # ---------------------------------------------------------------- pieces
