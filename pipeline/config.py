@@ -17,13 +17,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from pipeline.core.penalty import penalty_properties
 from pipeline.core.problems import PROBLEMS, get_problem
+from pipeline.data.retail import validate_retail
+from pipeline.errors import ConfigError, check, check_at_least, check_range
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake; the message is one line naming the key."""
 
 
 @dataclass
@@ -246,6 +244,10 @@ RECOMMEND_STATES = ("columns", "simulate")
 RUN_KINDS = ("train", "evaluate", "sweep", "trial", "favorita", "benchmark", "sipn")
 DISTRIBUTIONS = ("poisson", "negbin", "zip", "gamma", "uniform")
 SHOCKS = ("up", "down", "spike")
+PREPARE_SOURCES = ("favorita", "favorita_weekly", "synthetic_retail")
+FAVORITA_SOURCES = ("synthetic", "favorita_weekly")
+FAVORITA_POLICIES = ("directbackprop", "directbackprop_sipn", "pto_mqcnn", "pto_moving_average")
+FREQUENCIES = ("weekly", "daily")
 
 
 def _load_yaml(path: Path):
@@ -297,16 +299,12 @@ def load_config(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> Con
                 overrides.append(f"problem.name={value}")
         else:
             overrides.append(arg)
+    layers += [(f"command line {item!r}", [item]) for item in overrides]  # dotlists, parsed in the merge
     for source, layer in layers:
         try:
-            cfg = OmegaConf.merge(cfg, layer)
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(layer) if isinstance(layer, list) else layer)
         except OmegaConfBaseException as e:
             raise _explain(e, source) from None
-    for item in overrides:
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
-            raise _explain(e, f"command line {item!r}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config key {missing[0]!r} has no value")
@@ -315,144 +313,112 @@ def load_config(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> Con
     return config
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {message}")
-
-
-def _range(values, key: str, low: float = 0.0, integer: bool = False) -> None:
-    _check(len(values) == 2, key, f"must be [low, high], got {list(values)}")
-    _check(values[0] <= values[1], key, f"must have low <= high, got {list(values)}")
-    _check(values[0] >= low, key, f"must be >= {low}, got {list(values)}")
-
-
 def validate(c: Config) -> None:
-    _check(c.name.strip() != "" and "/" not in c.name, "name", f"must be a plain non-empty name, got {c.name!r}")
+    check(c.name.strip() != "" and "/" not in c.name, "name", f"must be a plain non-empty name, got {c.name!r}")
 
-    _check(c.problem.name in PROBLEMS, "problem.name", f"must be one of {', '.join(PROBLEMS)}, got {c.problem.name!r}")
+    check(c.problem.name in PROBLEMS, "problem.name", f"must be one of {', '.join(PROBLEMS)}, got {c.problem.name!r}")
     try:
         problem = get_problem(c.problem.name, c.problem.params)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"problem.params: {e}") from None
-    _check(c.problem.objective in ("cost", "reward"), "problem.objective", f"must be cost or reward, got {c.problem.objective!r}")
-    _check(0 < c.problem.discount <= 1, "problem.discount", f"must be in (0, 1], got {c.problem.discount}")
+    check(c.problem.objective in ("cost", "reward"), "problem.objective", f"must be cost or reward, got {c.problem.objective!r}")
+    check(0 < c.problem.discount <= 1, "problem.discount", f"must be in (0, 1], got {c.problem.discount}")
     d = c.data
-    _check(d.num_products >= 3, "data.num_products", f"must be >= 3, got {d.num_products}")
-    _check(len(d.distributions) > 0 and set(d.distributions) <= set(DISTRIBUTIONS), "data.distributions",
-           f"must be a non-empty subset of {', '.join(DISTRIBUTIONS)}, got {list(d.distributions)}")
-    _range(d.mean_range, "data.mean_range", low=1e-6)
-    _range(d.negbin_shape_range, "data.negbin_shape_range", low=1e-6)
-    _range(d.zero_prob_range, "data.zero_prob_range")
-    _range(d.gamma_cv_range, "data.gamma_cv_range", low=1e-3)
-    _check(d.zero_prob_range[1] < 1, "data.zero_prob_range", f"must stay below 1, got {list(d.zero_prob_range)}")
+    check_at_least("data", d, ("num_products",), low=3)
+    check(len(d.distributions) > 0 and set(d.distributions) <= set(DISTRIBUTIONS), "data.distributions",
+          f"must be a non-empty subset of {', '.join(DISTRIBUTIONS)}, got {list(d.distributions)}")
+    check_range(d.mean_range, "data.mean_range", low=1e-6)
+    check_range(d.negbin_shape_range, "data.negbin_shape_range", low=1e-6)
+    check_range(d.zero_prob_range, "data.zero_prob_range")
+    check_range(d.gamma_cv_range, "data.gamma_cv_range", low=1e-3)
+    check(d.zero_prob_range[1] < 1, "data.zero_prob_range", f"must stay below 1, got {list(d.zero_prob_range)}")
     for name in ("holding_cost", "shortage_cost", "unit_cost", "price"):
-        _range(getattr(d, f"{name}_range"), f"data.{name}_range")
-    _range(d.lead_time_range, "data.lead_time_range")
-    _check(d.lead_time_range[0] >= problem.min_lead_time, "data.lead_time_range",
-           f"must start at >= {problem.min_lead_time} for problem {problem.name}, got {list(d.lead_time_range)}")
-    _check(0 <= d.valid_fraction < 1 and 0 < d.test_fraction < 1 and d.valid_fraction + d.test_fraction < 1,
-           "data.valid_fraction/test_fraction", "must be fractions that leave training products")
-    _check(d.shard_rows >= 1, "data.shard_rows", f"must be >= 1, got {d.shard_rows}")
+        check_range(getattr(d, f"{name}_range"), f"data.{name}_range")
+    check_range(d.lead_time_range, "data.lead_time_range")
+    check(d.lead_time_range[0] >= problem.min_lead_time, "data.lead_time_range",
+          f"must start at >= {problem.min_lead_time} for problem {problem.name}, got {list(d.lead_time_range)}")
+    check(0 <= d.valid_fraction < 1 and 0 < d.test_fraction < 1 and d.valid_fraction + d.test_fraction < 1,
+          "data.valid_fraction/test_fraction", "must be fractions that leave training products")
+    check_at_least("data", d, ("shard_rows",))
     p = c.policy
-    _check(p.kind in ("cnn", "mlp"), "policy.kind", f"must be cnn or mlp, got {p.kind!r}")
-    _check(len(p.hidden) >= 1 and min(p.hidden) >= 1, "policy.hidden", f"must list layer widths >= 1, got {list(p.hidden)}")
-    _check(p.feature_lookahead >= 1 or not p.features, "policy.feature_lookahead",
-           f"must be >= 1 when policy.features are set, got {p.feature_lookahead}")
+    check(p.kind in ("cnn", "mlp"), "policy.kind", f"must be cnn or mlp, got {p.kind!r}")
+    check(len(p.hidden) >= 1 and min(p.hidden) >= 1, "policy.hidden", f"must list layer widths >= 1, got {list(p.hidden)}")
+    check(p.feature_lookahead >= 1 or not p.features, "policy.feature_lookahead",
+          f"must be >= 1 when policy.features are set, got {p.feature_lookahead}")
     if p.kind == "cnn":
-        _check(1 + sum(p.dilations) == p.window, "policy.dilations",
-               f"must add up to policy.window - 1 = {p.window - 1} (kernel 2), got {list(p.dilations)}")
+        check(1 + sum(p.dilations) == p.window, "policy.dilations",
+              f"must add up to policy.window - 1 = {p.window - 1} (kernel 2), got {list(p.dilations)}")
     t = c.train
-    for key in ("epochs", "batch_size", "windows_per_batch", "horizon", "checkpoint_every", "cpus_per_worker"):
-        _check(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
-    _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
-    _check(0 < t.lr_final_fraction <= 1, "train.lr_final_fraction", f"must be in (0, 1], got {t.lr_final_fraction}")
-    _check(0 <= t.warmup < t.horizon, "train.warmup", f"must be in [0, train.horizon), got {t.warmup}")
-    _check(t.num_workers >= 0, "train.num_workers", f"must be >= 0, got {t.num_workers}")
-    _check(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {t.grad_clip}")
-    _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: no limit), got {t.max_failures}")
+    check_at_least("train", t, ("epochs", "batch_size", "windows_per_batch", "horizon", "checkpoint_every",
+                                "cpus_per_worker"))
+    check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    check(0 < t.lr_final_fraction <= 1, "train.lr_final_fraction", f"must be in (0, 1], got {t.lr_final_fraction}")
+    check(0 <= t.warmup < t.horizon, "train.warmup", f"must be in [0, train.horizon), got {t.warmup}")
+    check_at_least("train", t, ("num_workers", "grad_clip"), low=0)
+    check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: no limit), got {t.max_failures}")
     min_history = p.window if p.kind == "cnn" else 1
-    _check(t.history >= min_history, "train.history", f"must be >= the policy window {min_history}, got {t.history}")
-    _check(t.history + t.horizon <= d.periods, "train.horizon",
-           f"plus train.history must fit in data.periods={d.periods}, got {t.history}+{t.horizon}")
+    check(t.history >= min_history, "train.history", f"must be >= the policy window {min_history}, got {t.history}")
+    check(t.history + t.horizon <= d.periods, "train.horizon",
+          f"plus train.history must fit in data.periods={d.periods}, got {t.history}+{t.horizon}")
     pen = c.penalty
     try:
         props = penalty_properties(problem, problem.state_width(d.lead_time_range[1]), pen.properties)
     except ValueError as err:
         raise ConfigError(f"penalty.properties: {err}") from None
-    _check(len(pen.weights) in (1, len(props)) and min(pen.weights) >= 0, "penalty.weights",
-           f"must be one weight >= 0 or one per property ({len(props)}), got {list(pen.weights)}")
-    _check(0 <= pen.probe_share <= 1, "penalty.probe_share", f"must be in [0, 1], got {pen.probe_share}")
-    _check(pen.probe_widen >= 1, "penalty.probe_widen", f"must be >= 1, got {pen.probe_widen}")
-    _check(pen.ramp_epochs >= 0, "penalty.ramp_epochs", f"must be >= 0, got {pen.ramp_epochs}")
+    check(len(pen.weights) in (1, len(props)) and min(pen.weights) >= 0, "penalty.weights",
+          f"must be one weight >= 0 or one per property ({len(props)}), got {list(pen.weights)}")
+    check(0 <= pen.probe_share <= 1, "penalty.probe_share", f"must be in [0, 1], got {pen.probe_share}")
+    check_at_least("penalty", pen, ("probe_widen",))
+    check_at_least("penalty", pen, ("ramp_epochs",), low=0)
     e = c.eval
-    _check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
-    _check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
-    _check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
-    _check(c.benchmark.suite in (*PROBLEMS, "all"), "benchmark.suite",
-           f"must be one of {', '.join(PROBLEMS)} or all, got {c.benchmark.suite!r}")
-    _check(c.benchmark.suite != "all" or not c.benchmark.policies, "benchmark.policies",
-           "must be empty (every policy) with benchmark.suite=all")
-    _check(e.omniscient_sim_periods >= 100, "eval.omniscient_sim_periods", f"must be >= 100, got {e.omniscient_sim_periods}")
+    check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
+    check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
+    check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
+    check(c.benchmark.suite in (*PROBLEMS, "all"), "benchmark.suite",
+          f"must be one of {', '.join(PROBLEMS)} or all, got {c.benchmark.suite!r}")
+    check(c.benchmark.suite != "all" or not c.benchmark.policies, "benchmark.policies",
+          "must be empty (every policy) with benchmark.suite=all")
+    check_at_least("eval", e, ("omniscient_sim_periods",), low=100)
     r = c.robustness
-    _check(set(r.shocks) <= set(SHOCKS), "robustness.shocks", f"must be a subset of {', '.join(SHOCKS)}, got {list(r.shocks)}")
-    _check(0 <= r.shock_at < d.periods - e.start - e.warmup, "robustness.shock_at",
-           f"must be a scored period in [0, {d.periods - e.start - e.warmup}), got {r.shock_at}")
-    for key in ("up_factor", "down_factor", "spike_factor"):
-        _check(getattr(r, key) >= 0, f"robustness.{key}", f"must be >= 0, got {getattr(r, key)}")
-    _check(all(k >= 0 for k in r.initial_multiples), "robustness.initial_multiples",
-           f"must be >= 0, got {list(r.initial_multiples)}")
+    check(set(r.shocks) <= set(SHOCKS), "robustness.shocks", f"must be a subset of {', '.join(SHOCKS)}, got {list(r.shocks)}")
+    check(0 <= r.shock_at < d.periods - e.start - e.warmup, "robustness.shock_at",
+          f"must be a scored period in [0, {d.periods - e.start - e.warmup}), got {r.shock_at}")
+    check_at_least("robustness", r, ("up_factor", "down_factor", "spike_factor"), low=0)
+    check(all(k >= 0 for k in r.initial_multiples), "robustness.initial_multiples",
+          f"must be >= 0, got {list(r.initial_multiples)}")
     s = c.sweep
-    _check(s.num_samples >= 1, "sweep.num_samples", f"must be >= 1, got {s.num_samples}")
-    _check(s.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", f"must be >= 1, got {s.max_concurrent_trials}")
-    _range(s.weight_range, "sweep.weight_range", low=1e-12)
-    _range(s.lr_range, "sweep.lr_range", low=1e-12)
-    _check(s.grace_period >= 1, "sweep.grace_period", f"must be >= 1, got {s.grace_period}")
-    _check(s.reduction_factor >= 2, "sweep.reduction_factor", f"must be >= 2, got {s.reduction_factor}")
-    validate_retail(c)
-    rec = c.recommend
-    _check(rec.state in RECOMMEND_STATES, "recommend.state", f"must be one of {', '.join(RECOMMEND_STATES)}, got {rec.state!r}")
-    for key in ("batch_size", "concurrency"):
-        _check(getattr(rec, key) >= 1, f"recommend.{key}", f"must be >= 1, got {getattr(rec, key)}")
-    _check(c.compare.runs >= 1, "compare.runs", f"must be >= 1, got {c.compare.runs}")
-    _check(c.compare.kind in (None, *RUN_KINDS), "compare.kind",
-           f"must be one of {', '.join(RUN_KINDS)} or null, got {c.compare.kind!r}")
-    _check(c.model.uri is None or c.model.uri.strip() != "", "model.uri", "must be null or a checkpoint path or URI")
-
-
-PREPARE_SOURCES = ("favorita", "favorita_weekly", "synthetic_retail")
-FAVORITA_SOURCES = ("synthetic", "favorita_weekly")
-FAVORITA_POLICIES = ("directbackprop", "directbackprop_sipn", "pto_mqcnn", "pto_moving_average")
-FREQUENCIES = ("weekly", "daily")
-
-
-def validate_retail(c: Config) -> None:
-    """The sections of the real-demand jobs: prepare, retail, favorita."""
+    check_at_least("sweep", s, ("num_samples", "max_concurrent_trials"))
+    check_range(s.weight_range, "sweep.weight_range", low=1e-12)
+    check_range(s.lr_range, "sweep.lr_range", low=1e-12)
+    check_at_least("sweep", s, ("grace_period",))
+    check_at_least("sweep", s, ("reduction_factor",), low=2)
+    # the sections of the real-demand jobs: prepare, retail, favorita
     pr = c.prepare
-    _check(pr.source in PREPARE_SOURCES, "prepare.source", f"must be one of {', '.join(PREPARE_SOURCES)}, got {pr.source!r}")
-    _check(pr.frequency in FREQUENCIES, "prepare.frequency", f"must be weekly or daily, got {pr.frequency!r}")
-    _check(pr.buckets >= 1, "prepare.buckets", f"must be >= 1, got {pr.buckets}")
-    from pipeline.data.retail import validate_retail as check_retail
-
-    try:
-        check_retail(c.retail)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check(pr.source in PREPARE_SOURCES, "prepare.source", f"must be one of {', '.join(PREPARE_SOURCES)}, got {pr.source!r}")
+    check(pr.frequency in FREQUENCIES, "prepare.frequency", f"must be weekly or daily, got {pr.frequency!r}")
+    check_at_least("prepare", pr, ("buckets",))
+    validate_retail(c.retail)
     f = c.favorita
-    _check(f.source in FAVORITA_SOURCES, "favorita.source", f"must be one of {', '.join(FAVORITA_SOURCES)}, got {f.source!r}")
-    _check(len(f.lead_times) >= 1 and min(f.lead_times) >= 0, "favorita.lead_times", f"must list lead times >= 0, got {list(f.lead_times)}")
-    _check(0 < f.train_end < f.valid_end, "favorita.train_end/valid_end",
-           f"must satisfy 0 < train_end < valid_end, got {f.train_end}/{f.valid_end}")
-    _check(f.test_end is None or f.test_end > f.valid_end, "favorita.test_end",
-           f"must be after favorita.valid_end={f.valid_end} (or null), got {f.test_end}")
-    for key in ("price", "unit_cost", "holding_cost"):
-        _check(getattr(f, key) >= 0, f"favorita.{key}", f"must be >= 0, got {getattr(f, key)}")
-    _check(f.price > f.unit_cost, "favorita.price", f"must exceed favorita.unit_cost={f.unit_cost}, got {f.price}")
-    _check(len(f.policies) >= 1 and set(f.policies) <= set(FAVORITA_POLICIES), "favorita.policies",
-           f"must be a non-empty subset of {', '.join(FAVORITA_POLICIES)}, got {list(f.policies)}")
-    _check(all(0 < q < 1 for q in f.quantiles), "favorita.quantiles", f"must be levels in (0, 1), got {list(f.quantiles)}")
-    for key in ("forecast_epochs", "moving_average_window", "plot_series"):
-        _check(getattr(f, key) >= 1, f"favorita.{key}", f"must be >= 1, got {getattr(f, key)}")
-    _check(f.forecast_lr > 0, "favorita.forecast_lr", f"must be > 0, got {f.forecast_lr}")
+    check(f.source in FAVORITA_SOURCES, "favorita.source", f"must be one of {', '.join(FAVORITA_SOURCES)}, got {f.source!r}")
+    check(len(f.lead_times) >= 1 and min(f.lead_times) >= 0, "favorita.lead_times", f"must list lead times >= 0, got {list(f.lead_times)}")
+    check(0 < f.train_end < f.valid_end, "favorita.train_end/valid_end",
+          f"must satisfy 0 < train_end < valid_end, got {f.train_end}/{f.valid_end}")
+    check(f.test_end is None or f.test_end > f.valid_end, "favorita.test_end",
+          f"must be after favorita.valid_end={f.valid_end} (or null), got {f.test_end}")
+    check_at_least("favorita", f, ("price", "unit_cost", "holding_cost"), low=0)
+    check(f.price > f.unit_cost, "favorita.price", f"must exceed favorita.unit_cost={f.unit_cost}, got {f.price}")
+    check(len(f.policies) >= 1 and set(f.policies) <= set(FAVORITA_POLICIES), "favorita.policies",
+          f"must be a non-empty subset of {', '.join(FAVORITA_POLICIES)}, got {list(f.policies)}")
+    check(all(0 < q < 1 for q in f.quantiles), "favorita.quantiles", f"must be levels in (0, 1), got {list(f.quantiles)}")
+    check_at_least("favorita", f, ("forecast_epochs", "moving_average_window", "plot_series"))
+    check(f.forecast_lr > 0, "favorita.forecast_lr", f"must be > 0, got {f.forecast_lr}")
+    rec = c.recommend
+    check(rec.state in RECOMMEND_STATES, "recommend.state", f"must be one of {', '.join(RECOMMEND_STATES)}, got {rec.state!r}")
+    check_at_least("recommend", rec, ("batch_size", "concurrency"))
+    check_at_least("compare", c.compare, ("runs",))
+    check(c.compare.kind in (None, *RUN_KINDS), "compare.kind",
+          f"must be one of {', '.join(RUN_KINDS)} or null, got {c.compare.kind!r}")
+    check(c.model.uri is None or c.model.uri.strip() != "", "model.uri", "must be null or a checkpoint path or URI")
 
 
 def from_yaml(text: str, conf_dir: Path = CONF_DIR) -> Config:

@@ -36,7 +36,6 @@ NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 Progress = Callable[[str], None]
 
 
-
 # ---------------------------------------------------------------------------------- inputs
 
 def header(path: Path) -> list[str]:
@@ -54,10 +53,10 @@ def check_raw(raw_dir) -> Path:
         if not (raw / name).is_file():
             raise FileNotFoundError(f"{raw / name} is missing (the raw Favorita folder needs {', '.join(needed)})")
     for name, columns in needed.items():
-        path = raw / name
-        missing = [c for c in columns if c not in header(path)]
+        found = header(raw / name)
+        missing = [c for c in columns if c not in found]
         if missing:
-            raise DataError(f"{path}: no column {', '.join(missing)} (header: {','.join(header(path))})")
+            raise DataError(f"{raw / name}: no column {', '.join(missing)} (header: {','.join(found)})")
     return raw
 
 
@@ -90,10 +89,6 @@ def csv_problem(path: Path) -> str:
 def series_key(store: np.ndarray, item: np.ndarray) -> np.ndarray:
     """One int64 per (store, item), ordered by store then item."""
     return (store.astype(np.int64) << 32) | item.astype(np.int64).astype(np.uint32)
-
-
-def split_key(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (key >> 32).astype(np.int32), (key & 0xFFFFFFFF).astype(np.int32)
 
 
 def bucket_of(key: np.ndarray, buckets: int) -> np.ndarray:
@@ -130,11 +125,9 @@ def bucket_rows(batch: pa.Table, staging: str, buckets: int, start_day: int | No
     no_key = int((valid & ~keyed).sum())
     valid &= keyed
     day = pc.fill_null(batch["date"].combine_chunks().cast(pa.int32()), 0).to_numpy()
-    before = 0
-    if start_day is not None:
-        early = valid & (day < start_day)
-        before = int(early.sum())
-        valid &= ~early
+    early = valid & (day < start_day) if start_day is not None else np.zeros(len(valid), bool)
+    before = int(early.sum())
+    valid &= ~early
     rows = batch.set_column(batch.schema.get_field_index("unit_sales"), "unit_sales", sales).filter(pa.array(valid))
     day = day[valid]
     key = series_key(rows["store_nbr"].to_numpy(), rows["item_nbr"].to_numpy())
@@ -149,8 +142,7 @@ def bucket_rows(batch: pa.Table, staging: str, buckets: int, start_day: int | No
         pq.write_table(rows.slice(lo, hi - lo), folder / name)
     return pa.table({
         "rows": [batch.num_rows], "missing_sales_rows": [missing], "missing_key_rows": [no_key],
-        "rows_before_start": [before],
-        "bad_sales_rows": [bad],
+        "rows_before_start": [before], "bad_sales_rows": [bad],
         "bad_sales_example": [f"id {batch['id'][first_bad]}: {batch['unit_sales'][first_bad].as_py()!r}" if bad else ""],
         "first_day": [int(day.min()) if len(day) else np.iinfo(np.int32).max],
         "last_day": [int(day.max()) if len(day) else np.iinfo(np.int32).min],
@@ -218,7 +210,7 @@ def bucket_series(rows: pa.Table, layout: Layout, bucket: int) -> tuple[pa.Table
     starts = np.r_[0, np.flatnonzero(key[1:] != key[:-1]) + 1] if len(key) else np.zeros(0, np.int64)
     first_period[row_series[starts]] = period[starts]
 
-    store, item = split_key(keys)
+    store, item = (keys >> 32).astype(np.int32), (keys & 0xFFFFFFFF).astype(np.int32)  # series_key undone
     item_pos, item_known = lookup(layout.item_nbr, item)
     store_pos, store_known = lookup(layout.store_nbr, store)
     table = series_table(

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from pipeline.data.calendar import FREQUENCIES, calendar_features, period_dates
 from pipeline.data.series import series_table
+from pipeline.errors import check, check_at_least, check_range
 
 BLOCK = 4096              # series per random-number block
 STORES = 50               # store = index % STORES, item = index // STORES
@@ -21,51 +22,26 @@ _PARAMETERS = ("level", "dispersion", "slow", "zero_prob", "trend", "yearly_ampl
                "weekly_amplitude", "christmas_lift", "promo_lift", "shock_lift", "perishable")
 
 
-def _fail(key: str, message: str) -> None:
-    raise ValueError(f"retail.{key} {message}")
-
-
-def _range(cfg, key: str, low: float, high: float = np.inf, positive: bool = False) -> None:
-    values = list(getattr(cfg, key))
-    if len(values) != 2:
-        _fail(key, f"must be [low, high], got {values}")
-    a, b = float(values[0]), float(values[1])
-    if not a <= b:
-        _fail(key, f"must have low <= high, got {values}")
-    if positive and not a > 0:
-        _fail(key, f"must be > 0, got {values}")
-    if not (a >= low and b <= high):
-        _fail(key, f"must lie in [{low}, {high}], got {values}")
-
-
 def validate_retail(cfg) -> None:
-    """Raise ValueError naming the ``retail.*`` key for a nonsense value."""
-    if int(cfg.num_series) < 1:
-        _fail("num_series", f"must be >= 1, got {cfg.num_series}")
-    if int(cfg.periods) < 1:
-        _fail("periods", f"must be >= 1, got {cfg.periods}")
-    if cfg.frequency not in FREQUENCIES:
-        _fail("frequency", f"must be {' or '.join(FREQUENCIES)}, got {cfg.frequency!r}")
+    """Raise ConfigError (a ValueError) naming the ``retail.*`` key for a nonsense value."""
+    check_at_least("retail", cfg, ("num_series", "periods"))
+    check(cfg.frequency in FREQUENCIES, "retail.frequency", f"must be {' or '.join(FREQUENCIES)}, got {cfg.frequency!r}")
     try:
         np.datetime64(str(cfg.start_date), "D")
     except ValueError:
-        _fail("start_date", f"must be an ISO date (YYYY-MM-DD), got {cfg.start_date!r}")
-    _range(cfg, "mean_range", 0.0, positive=True)
-    _range(cfg, "dispersion_range", 0.0, positive=True)
-    _range(cfg, "slow_mover_zero_range", 0.0, 1.0)
-    _range(cfg, "trend_range", -1.0)
-    if not float(cfg.trend_range[0]) > -1:
-        _fail("trend_range", f"must be > -1 (a level that vanishes), got {list(cfg.trend_range)}")
-    _range(cfg, "yearly_amplitude_range", 0.0, 1.0)
-    _range(cfg, "weekly_amplitude_range", 0.0, 1.0)
+        check(False, "retail.start_date", f"must be an ISO date (YYYY-MM-DD), got {cfg.start_date!r}")
+    check_range(cfg.mean_range, "retail.mean_range", 0.0, np.inf, positive=True)
+    check_range(cfg.dispersion_range, "retail.dispersion_range", 0.0, np.inf, positive=True)
+    check_range(cfg.slow_mover_zero_range, "retail.slow_mover_zero_range", 0.0, 1.0)
+    check_range(cfg.trend_range, "retail.trend_range", -1.0, np.inf)
+    check(cfg.trend_range[0] > -1, "retail.trend_range", f"must be > -1 (a level that vanishes), got {list(cfg.trend_range)}")
+    check_range(cfg.yearly_amplitude_range, "retail.yearly_amplitude_range", 0.0, 1.0)
+    check_range(cfg.weekly_amplitude_range, "retail.weekly_amplitude_range", 0.0, 1.0)
     for key in ("christmas_lift_range", "promo_lift_range", "shock_lift_range"):
-        _range(cfg, key, -1.0)
+        check_range(getattr(cfg, key), f"retail.{key}", -1.0, np.inf)
     for key in ("slow_mover_share", "promo_prob", "shock_share"):
-        if not 0 <= float(getattr(cfg, key)) <= 1:
-            _fail(key, f"must be in [0, 1], got {getattr(cfg, key)}")
-    for key in ("shock_period", "shock_length"):
-        if int(getattr(cfg, key)) < 0:
-            _fail(key, f"must be >= 0, got {getattr(cfg, key)}")
+        check(0 <= getattr(cfg, key) <= 1, f"retail.{key}", f"must be in [0, 1], got {getattr(cfg, key)}")
+    check_at_least("retail", cfg, ("shock_period", "shock_length"), low=0)
 
 
 def _rows(cfg, seed: int, first: int, count: int | None) -> range:

@@ -29,12 +29,9 @@ def synthetic_population(cfg, seed: int) -> dict[str, np.ndarray]:
     lo, hi = cfg.mean_range
     mean = np.exp(rng.uniform(math.log(lo), math.log(hi), size=n)) if hi > lo else np.full(n, lo)
     shape = np.zeros(n)
-    nb = dist == "negbin"
-    shape[nb] = rng.uniform(*cfg.negbin_shape_range, size=nb.sum())
-    zp = dist == "zip"
-    shape[zp] = rng.uniform(*cfg.zero_prob_range, size=zp.sum())
-    gm = dist == "gamma"
-    shape[gm] = rng.uniform(*cfg.gamma_cv_range, size=gm.sum())
+    for name, bounds in (("negbin", cfg.negbin_shape_range), ("zip", cfg.zero_prob_range), ("gamma", cfg.gamma_cv_range)):
+        chosen = dist == name
+        shape[chosen] = rng.uniform(*bounds, size=chosen.sum())
     cols = {
         "product_id": np.arange(n, dtype=np.int64),
         "true_dist": dist.astype(str),

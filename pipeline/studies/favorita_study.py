@@ -158,7 +158,6 @@ def run(cfg, args: list[str]) -> int:
         raise ConfigError(f"train.history + train.horizon = {t.history}+{t.horizon} must fit in the "
                           f"{f.train_end} training periods (favorita.train_end); see experiment=favorita")
 
-
     torch.set_num_threads(cfg.train.cpus_per_worker)  # the forecaster's fit and the scoring, in this process
     started = time.time()
     out = resolve_path(f.output_dir)

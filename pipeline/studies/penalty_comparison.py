@@ -31,7 +31,6 @@ def run(cfg: Config, args: list[str]) -> int:
     if max(cfg.penalty.weights) <= 0:
         raise ConfigError("penalty.weights must be > 0 for the penalized run of jobs.sipn")
 
-
     started = time.time()
     problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = problem.state_width(cfg.data.lead_time_range[1])
