@@ -29,6 +29,17 @@ def learning_curve(history: dict[str, list[tuple[int, float]]], reference: dict[
     return fig
 
 
+def spread_sample(batch: ProductBatch, products: int) -> tuple[torch.Tensor, ProductBatch]:
+    """Up to ``products`` products spread evenly over the batch: their rows and their batch."""
+    idx = torch.linspace(0, batch.size - 1, min(products, batch.size)).round().long()
+    return idx, batch.select(idx)
+
+
+def first_action(policy, batch: ProductBatch, start: int, state: torch.Tensor) -> torch.Tensor:
+    """The policy's first action (the order) in each row of ``state``, for the rows of ``batch``."""
+    return action_matrix(policy.act(policy.prepare(batch, start, 1), 0, state))[:, 0]
+
+
 @torch.no_grad()
 def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, width: int,
                      products: int, state_names: list[str] | None = None):
@@ -36,9 +47,8 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
     (on hand, for lost sales) varies, every other state entry holding one period's mean
     demand (a typical state), for a few products: learned policy against the baselines."""
     state_names = state_names or ["on_hand"]
-    n = min(products, batch.size)
-    idx = torch.linspace(0, batch.size - 1, n).round().long()
-    sub = batch.select(idx)
+    idx, sub = spread_sample(batch, products)
+    n = len(idx)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
     ctx = policy.prepare(sub, start, 1)
     scale = ctx.scale
@@ -50,11 +60,9 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
         state[:, 0] = on_hand
         state[:, 1:] = scale[j]
         rep = sub.select([j] * len(grid))
-        orders = action_matrix(policy.act(policy.prepare(rep, start, 1), 0, state))[:, 0]
-        ax.plot(on_hand, orders, lw=2, label="learned")
+        ax.plot(on_hand, first_action(policy, rep, start, state), lw=2, label="learned")
         for name, base in baselines.items():
-            base_orders = action_matrix(base.act(base.prepare(rep, start, 1), 0, state))[:, 0]
-            ax.plot(on_hand, base_orders, ls="--", lw=1, label=name)
+            ax.plot(on_hand, first_action(base, rep, start, state), ls="--", lw=1, label=name)
         ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
                      f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f} "
                      f"mean~{float(scale[j]):.1f}", fontsize=9)
@@ -75,9 +83,8 @@ def order_contours(policies: dict, batch: ProductBatch, start: int, width: int, 
     top, penalized below). The box is the penalty's probe box for that product
     (``pipeline.penalty.probe_box``: 0 .. ``widen`` x the largest visited value of each entry);
     dots mark the states the policy visits (their other entries are not 0)."""
-    n = min(products, batch.size)
-    idx = torch.linspace(0, batch.size - 1, n).round().long()
-    sub = batch.select(idx)
+    idx, sub = spread_sample(batch, products)
+    n = len(idx)
     fig, axes = plt.subplots(len(policies), n, figsize=(3.4 * n, 3.0 * len(policies)), squeeze=False,
                              layout="constrained")
     for j in range(n):
@@ -88,8 +95,7 @@ def order_contours(policies: dict, batch: ProductBatch, start: int, width: int, 
                                 torch.linspace(float(low[1]), float(high[1]), grid), indexing="ij")
         state = torch.zeros(grid * grid, width)
         state[:, 0], state[:, 1] = y0.reshape(-1), y1.reshape(-1)
-        orders = {name: action_matrix(pol.act(pol.prepare(rep, start, 1), 0, state))[:, 0].reshape(grid, grid)
-                  for name, pol in policies.items()}
+        orders = {name: first_action(pol, rep, start, state).reshape(grid, grid) for name, pol in policies.items()}
         levels = torch.linspace(0, max(float(o.max()) for o in orders.values()) + 1e-6, 13).tolist()
         for i, (name, q) in enumerate(orders.items()):
             ax = axes[i][j]
