@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import torch
 from torch import Tensor
 
@@ -93,11 +94,11 @@ class Recommender:
             state = simulated_state(self.problem, self.policy, batch, self.width, self.round)
         actions = next_actions(self.problem, self.policy, batch, self.width, state, self.round)
         table = {"product_id": pa.array(batch.product_id), "period": pa.array(np.full(batch.size, batch.periods)),
-                 "lead_time": pa.array(batch.lead_time.numpy())}
-        table |= {n: pa.array(state[:, i].numpy()) for i, n in enumerate(self.names)}
-        table |= {a: pa.array(actions[:, i].numpy()) for i, a in enumerate(self.problem.actions)}
-        table |= {"state_source": pa.array([self.state] * batch.size),
-                  "model_version": pa.array([self.version] * batch.size)}
+                 "lead_time": pa.array(batch.lead_time.numpy()),
+                 **{n: pa.array(state[:, i].numpy()) for i, n in enumerate(self.names)},
+                 **{a: pa.array(actions[:, i].numpy()) for i, a in enumerate(self.problem.actions)},
+                 "state_source": pa.array([self.state] * batch.size),
+                 "model_version": pa.array([self.version] * batch.size)}
         self.output.mkdir(parents=True, exist_ok=True)
         path = self.output / f"part-{uuid.uuid4().hex}.parquet"
         pq.write_table(pa.table(table), path.with_suffix(".tmp"))
@@ -109,14 +110,10 @@ def recommend(source: Path, output: Path, checkpoint: Path, model_version: str, 
               round_actions: bool, batch_size: int, concurrency: int, total: int, progress=print) -> int:
     """Run ``Recommender`` over the Parquet ``source`` with Ray Data (``concurrency`` actors),
     printing products done, the rate and the time left; returns the products written."""
-    import ray
-
-    ds = ray.data.read_parquet(str(source))
-    counts = ds.map_batches(Recommender, batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=concurrency),
-                            fn_constructor_kwargs={"checkpoint": str(checkpoint), "model_version": model_version,
-                                                   "output": str(output), "state": state,
-                                                   "round_actions": round_actions, "source": str(source)})
+    counts = ray.data.read_parquet(str(source)).map_batches(
+        Recommender, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
+        fn_constructor_kwargs={"checkpoint": str(checkpoint), "model_version": model_version, "output": str(output),
+                               "state": state, "round_actions": round_actions, "source": str(source)})
     done, started, shown = 0, time.time(), 0.0
     for part in counts.iter_batches(batch_size=None, batch_format="numpy"):
         done += int(part["rows"].sum())

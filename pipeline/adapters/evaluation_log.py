@@ -28,6 +28,5 @@ def evaluate_and_log(cfg, policy, problem, splits: dict[str, Path], width: int, 
                                         problem.state_names(width)), "plots/order_vs_on_hand.png")
     run_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(run_dir / "evaluation.csv", index=False)
-    text = (f"{split.capitalize()} products: {test.size}, periods {cfg.eval.start}..{test.periods - 1} "
-            f"(first {cfg.eval.warmup} not scored), {cfg.problem.objective} objective\n{format_table(table)}")
-    return table, text
+    return table, (f"{split.capitalize()} products: {test.size}, periods {cfg.eval.start}..{test.periods - 1} "
+                   f"(first {cfg.eval.warmup} not scored), {cfg.problem.objective} objective\n{format_table(table)}")

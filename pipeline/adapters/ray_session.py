@@ -17,23 +17,19 @@ def quiet_ray_logs() -> None:
     Ray can ship it by value as the workers' setup hook."""
     import logging
 
-    for name in ("ray.data", "ray.train", "ray.tune"):
+    import ray.train.v2._internal.execution.context as train_context
+
+    # Ray Train names the logger of its context after its file: "Reporting training result ..." each epoch
+    for name in ("ray.data", "ray.train", "ray.tune", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-    try:  # Ray Train names this logger after its file: "Reporting training result ..." each epoch
-        import ray.train.v2._internal.execution.context as train_context
-
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
 
 
 def local_cpus(cfg: Config, runs: int = 1) -> int:
     """Logical CPUs for a local Ray: the workers of ``runs`` concurrent training runs plus
     one spare each (Ray Data's read tasks and the run's driver; without it ingest hangs),
     plus one; at least one per core."""
-    t = cfg.train
-    return max(os.cpu_count() or 1, runs * (max(1, t.num_workers) * t.cpus_per_worker + 1) + 1)
+    return max(os.cpu_count() or 1, runs * (max(1, cfg.train.num_workers) * cfg.train.cpus_per_worker + 1) + 1)
 
 
 def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
@@ -48,10 +44,7 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_config=logs)
     else:
+        # a copy of quiet_ray_logs that cloudpickle ships by value (workers need not import us)
+        hook = types.FunctionType(quiet_ray_logs.__code__, {"__builtins__": __builtins__}, quiet_ray_logs.__name__)
         ray.init(num_cpus=cfg.ray.num_cpus or num_cpus or local_cpus(cfg), include_dashboard=False,
-                 logging_config=logs, runtime_env={"worker_process_setup_hook": _by_value(quiet_ray_logs)})
-
-
-def _by_value(fn):
-    """A copy of ``fn`` that cloudpickle ships by value (workers need not import us)."""
-    return types.FunctionType(fn.__code__, {"__builtins__": __builtins__}, fn.__name__)
+                 logging_config=logs, runtime_env={"worker_process_setup_hook": hook})

@@ -51,15 +51,6 @@ UNSENT_FILE = "unsent_metrics.json"  # in the run folder: epochs' metrics not ye
 log = logs.get("train")
 
 
-def collect(shard, batch_size: int = 4096) -> ProductBatch | None:
-    """Read a whole (small) dataset shard into one batch."""
-    parts = [batch_from_columns(b) for b in shard.iter_batches(batch_size=batch_size,
-                                                                 batch_format="numpy")]
-    if not parts:
-        return None
-    return concat_batches(parts)
-
-
 @dataclass(frozen=True)
 class WorkerArgs:
     """What the driver (``fit``) hands every worker, as Ray Train's loop config."""
@@ -86,11 +77,8 @@ class Worker:
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
     run_dir: Path
+    latest: Path                  # the run's latest checkpoint
     tracking: EpochLogger | None  # rank 0 only
-
-    @property
-    def latest(self) -> Path:
-        return ckpt.latest_path(self.run_dir)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -102,9 +90,11 @@ def train_loop_per_worker(config: dict) -> None:
     best = state["metrics"].get("best_valid", math.inf) if state is not None else math.inf
     generator = torch.Generator()
     shard = ray.train.get_dataset_shard("train")
-    valid = collect(ray.train.get_dataset_shard("valid")) if w.rank == 0 else None
-    if valid is not None:
-        valid = valid.to(w.device)
+    valid = None
+    if w.rank == 0:  # the whole (small) validation set, in one batch
+        columns = ray.train.get_dataset_shard("valid").iter_batches(batch_size=4096, batch_format="numpy")
+        parts = [batch_from_columns(b) for b in columns]
+        valid = concat_batches(parts).to(w.device) if parts else None
     sync, seed, t = gradient_averager(w.world), w.cfg.seed, w.cfg.train
     started = time.time()
     for epoch in range(first_epoch, t.epochs):
@@ -122,7 +112,13 @@ def train_loop_per_worker(config: dict) -> None:
                                 prepare=lambda columns: batch_from_columns(columns).to(w.device))
         except StepFault as e:  # every worker sees it: the gradients are averaged first
             if w.rank == 0:
-                report_fault(w.run_dir, w.latest, epoch, e.step, e, t.grad_clip)
+                kept = (f"the last good checkpoint (epoch {ckpt.load(w.latest)['epoch'] + 1}) is kept at {w.latest}"
+                        if w.latest.exists() else "no epoch had finished, so there is no checkpoint")
+                message = (f"training stopped at epoch {epoch + 1}, step {e.step + 1}: {e}; {kept}. Lower train.lr "
+                           f"or set train.grad_clip (now {t.grad_clip}), then run again with the same name to "
+                           "resume from that checkpoint")
+                (w.run_dir / FAULT_FILE).write_text(message)
+                log.info(message)
             return  # no weights were changed by the bad step; the last checkpoint stays
         best = end_epoch(w, epoch, stats, time.time() - t0, best, valid,
                          lambda: eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started))
@@ -146,17 +142,16 @@ def start_worker(args: WorkerArgs) -> Worker:
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     problem = get_problem(cfg.problem.name, cfg.problem.params)
-    width = args.state_width
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    policy = build_policy(cfg.policy, width, problem).to(device)
+    policy = build_policy(cfg.policy, args.state_width, problem).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.train.lr)
     run_dir = Path(args.run_dir)
     tracking = EpochLogger(args.tracking_uri, args.run_id, run_dir / UNSENT_FILE) if rank == 0 else None
     workers = run_dir / "workers"
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"rank-{rank}.pid").write_text(str(os.getpid()))
-    return Worker(args, cfg, rank, world, device, problem, TrainSpec.from_config(cfg, problem, width), policy,
-                  optimizer, run_dir, tracking)
+    return Worker(args, cfg, rank, world, device, problem, TrainSpec.from_config(cfg, problem, args.state_width),
+                  policy, optimizer, run_dir, ckpt.latest_path(run_dir), tracking)
 
 
 def restore(w: Worker) -> dict | None:
@@ -217,21 +212,11 @@ def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: fl
     return best
 
 
-def report_fault(run_dir: Path, latest: Path, epoch: int, step: int, error: Exception, grad_clip: float) -> None:
-    kept = (f"the last good checkpoint (epoch {ckpt.load(latest)['epoch'] + 1}) is kept at {latest}"
-            if latest.exists() else "no epoch had finished, so there is no checkpoint")
-    message = (f"training stopped at epoch {epoch + 1}, step {step + 1}: {error}; {kept}. "
-               f"Lower train.lr or set train.grad_clip (now {grad_clip}), then run again with the same name "
-               f"to resume from that checkpoint")
-    (run_dir / FAULT_FILE).write_text(message)
-    log.info(message)
-
-
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
         state_width: int, callbacks: list | None = None, storage_path: Path | None = None) -> list:
     """Build the TorchTrainer over Ray Data datasets and run it to the last epoch. Returns
     the epochs' metrics that rank 0 could not send to the tracking server (it was down at
-    the end): ``[(metrics, step), ...]`` for ``Tracker.send_buffered``.
+    the end): ``[(metrics, step), ...]``.
 
     ``callbacks``: extra Ray Train callbacks (a Tune trial passes ``TuneReportCallback``);
     ``storage_path``: Ray Train's storage folder, by default ``run_dir.parent / "ray"``."""
@@ -278,8 +263,6 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
     if (run_dir / FAULT_FILE).exists():
         raise NumericalFault((run_dir / FAULT_FILE).read_text())
     unsent = run_dir / UNSENT_FILE
-    if not unsent.exists():
-        return []
-    pending = [(m, step) for m, step in json.loads(unsent.read_text())]
-    unsent.unlink()
+    pending = [(m, step) for m, step in json.loads(unsent.read_text())] if unsent.exists() else []
+    unsent.unlink(missing_ok=True)
     return pending

@@ -25,19 +25,26 @@ def registered_model_name(cfg: Config) -> str:
     return cfg.mlflow.registered_model or f"sidbp-{cfg.problem.name}"
 
 
-def register_champion(client: MlflowClient, name: str, run_id: str, description: str,
-                      tags: dict[str, str]) -> str:
-    """A new version of the registered model ``name`` from the ``checkpoint`` artifact of
-    ``run_id``, given the alias ``champion``; returns the version."""
+def register_champion(client: MlflowClient, cfg: Config, best, value_col: str, checkpoint: Path,
+                      sweep_run_id: str) -> None:
+    """Log ``checkpoint``, the best checkpoint of a sweep's best trial (``best``: its row of the
+    results table), to the trial's run and register it as a new version of the registered
+    model, with the alias ``champion``; tag the sweep's run with it."""
+    client.log_artifact(best.run_id, str(checkpoint), "checkpoint")
+    name = registered_model_name(cfg)
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Order policies trained with structure-informed "
                                        "DirectBackprop; @champion: the best trial of the latest sweep.")
-    version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id,
-                                          tags={k: str(v) for k, v in tags.items()}, description=description)
-    client.set_registered_model_alias(name, CHAMPION, version.version)
-    return version.version
+    tags = {"sweep": cfg.name, "trial": best.trial, value_col: best[value_col], "sweep_run_id": sweep_run_id}
+    version = client.create_model_version(
+        name, source=f"runs:/{best.run_id}/checkpoint", run_id=best.run_id, tags={k: str(v) for k, v in tags.items()},
+        description=f"Best finished trial {best.trial} of sweep {cfg.name}: {value_col} {best[value_col]:.4f}, "
+                    f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.").version
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_tag(sweep_run_id, "champion", f"models:/{name}/{version}")
+    logs.get("mlflow").info(f"registered {best.trial} as models:/{name}/{version}, alias @champion")
 
 
 @dataclass

@@ -23,11 +23,10 @@ def compare_table(runs, metrics: list[str] | tuple[str, ...] = ()) -> pd.DataFra
         name = r.info.run_name or r.info.run_id[:8]
         if name in columns:
             name = f"{name}@{r.info.run_id[:6]}"
-        col = {"run_id": r.info.run_id[:12], "kind": r.data.tags.get(KIND_TAG, ""), "status": r.info.status,
-               "started": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")}
-        col |= {t: r.data.tags.get(t, "") for t in REVIEW_TAGS}
-        col |= {m: _number(r.data.metrics.get(m)) for m in metrics}
-        columns[name] = col
+        columns[name] = {"run_id": r.info.run_id[:12], "kind": r.data.tags.get(KIND_TAG, ""), "status": r.info.status,
+                         "started": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+                         **{t: r.data.tags.get(t, "") for t in REVIEW_TAGS},
+                         **{m: _number(r.data.metrics.get(m)) for m in metrics}}
     return pd.DataFrame(columns, index=["run_id", "kind", "status", "started", *REVIEW_TAGS, *metrics])
 
 

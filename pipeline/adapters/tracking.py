@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,16 +36,13 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 NOTE_TAG = "mlflow.note.content"   # the run's description in the MLflow UI
 # on every run (docs/mlflow.md): what a reviewer filters and groups by
 REVIEW_TAGS = ("problem", "instance", "policy_kind", "penalty_weights", "data_version", "git_commit")
-PARAMS_PER_BATCH = 100  # the most params one MLflow log_batch request may carry
-PARAM_LENGTH = 6000     # the longest param value MLflow keeps
+PARAM_LENGTH = 6000  # the longest param value MLflow keeps
 
 
 def git_commit() -> str:
     """The project's commit (``-dirty`` with uncommitted changes to tracked files);
     ``$SIDBP_GIT_COMMIT`` where the project was shipped without ``.git`` (a Ray job's
     working directory, a container image); else ``unknown``."""
-    import subprocess
-
     if os.environ.get("SIDBP_GIT_COMMIT"):
         return os.environ["SIDBP_GIT_COMMIT"]
     try:
@@ -77,10 +76,8 @@ def review_tags(cfg: Config, kind: str, data: Path | None) -> dict[str, str]:
 
 def tracking_uri(cfg: Config) -> str:
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_absolute():
-            uri = f"sqlite:///{(PROJECT_ROOT / path).resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # a path relative to the project
+        uri = f"sqlite:///{(PROJECT_ROOT / uri[len('sqlite:///'):]).resolve()}"
     return uri
 
 
@@ -89,9 +86,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     check (MLflow's own client would retry for minutes), or a SQLite store's folder cannot
     be written."""
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
                 if answer.status == 200:
@@ -116,13 +110,10 @@ class Tracker:
         self.client = MlflowClient(self.uri)
         mlflow.set_tracking_uri(self.uri)
         exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
-        if exp is None:
-            sqlite = self.uri.startswith("sqlite:")
-            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri() if sqlite else None
-            self.experiment_id = self.client.create_experiment(cfg.mlflow.experiment,
-                                                               artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id
+        sqlite = self.uri.startswith("sqlite:")
+        location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri() if sqlite else None
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(cfg.mlflow.experiment,
+                                                                                          artifact_location=location)
         self.run_id: str | None = None
         self.resumed = False
 
@@ -145,41 +136,28 @@ class Tracker:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in extra.items()])
         else:
-            run_tags = {RUN_NAME_TAG: cfg.name, **extra}
-            if parent_run_id:
-                run_tags[PARENT_TAG] = parent_run_id
-            run = self.client.create_run(self.experiment_id, run_name=cfg.name, tags=run_tags)
+            parent = {PARENT_TAG: parent_run_id} if parent_run_id else {}
+            run = self.client.create_run(self.experiment_id, run_name=cfg.name,
+                                         tags={RUN_NAME_TAG: cfg.name, **extra, **parent})
             self.run_id = run.info.run_id
-            params = [Param(k, v[:PARAM_LENGTH]) for k, v in flatten(cfg).items()]
-            for i in range(0, len(params), PARAMS_PER_BATCH):  # two requests for the ~125 of a config
-                self.client.log_batch(self.run_id, params=params[i:i + PARAMS_PER_BATCH])
-        self.log_text(to_yaml(cfg), "config.yaml")
+            # MLflow sends them in requests of 100: two for the ~125 of a config
+            self.client.log_batch(self.run_id, params=[Param(k, v[:PARAM_LENGTH]) for k, v in flatten(cfg).items()])
+        self.client.log_text(self.run_id, to_yaml(cfg), "config.yaml")
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         log_metrics(self.client, self.run_id, metrics, step)
-
-    def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_table(self, table: pd.DataFrame, name: str) -> None:
         """As a CSV artifact and as an MLflow table (shown in the run's Evaluation view)."""
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / f"{name}.csv"
-            table.to_csv(path, index=False)
-            self.log_artifact(path)
+        self.client.log_text(self.run_id, table.to_csv(index=False), f"{name}.csv")
         self.client.log_table(self.run_id, table, f"{name}.json")
 
     def log_figure(self, fig, name: str) -> None:
         self.client.log_figure(self.run_id, fig, name)
-
-    def send_buffered(self, pending: list[tuple[dict[str, float], int]]) -> None:
-        """Metrics a worker could not send during an outage (``EpochLogger.close``)."""
-        for metrics, step in pending:
-            self.log_metrics(metrics, step)
 
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
@@ -212,9 +190,7 @@ class Tracker:
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int | None) -> None:
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    for i in range(0, len(batch), 500):
-        client.log_batch(run_id, metrics=batch[i:i + 500])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
 class EpochLogger:
@@ -226,16 +202,15 @@ class EpochLogger:
     call that reaches it again, which also records the gap (tag ``sidbp.tracking_gap`` and
     metric ``tracking/buffered_epochs``). The buffer is also kept in the file ``spool``, so
     that it survives the worker: a restarted worker sends it first, and whatever is left
-    when training ends the driver sends (``Tracker.send_buffered``)."""
+    when training ends the driver sends (``training_run.train``)."""
 
     QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
-    def __init__(self, uri: str, run_id: str, spool: Path | None = None):
+    def __init__(self, uri: str, run_id: str, spool: Path):
         self.client, self.run_id, self.spool = MlflowClient(uri), run_id, spool
-        self.pending: list[tuple[dict[str, float], int]] = []
-        if spool is not None and spool.exists():  # left by a worker that died during an outage
-            self.pending = [(m, step) for m, step in json.loads(spool.read_text())]
+        # a spool left by a worker that died during an outage is sent first
+        self.pending = [(m, step) for m, step in json.loads(spool.read_text())] if spool.exists() else []
         self.down_since: float | None = None
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
@@ -247,14 +222,12 @@ class EpochLogger:
         return self.pending
 
     def _keep(self) -> None:
-        if self.spool is None:
-            return
         if not self.pending:
             self.spool.unlink(missing_ok=True)
-            return
-        tmp = self.spool.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.pending))
-        os.replace(tmp, self.spool)
+        else:
+            tmp = self.spool.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.pending))
+            os.replace(tmp, self.spool)
 
     def _send(self) -> None:
         saved = {k: os.environ.get(k) for k in self.QUICK}
@@ -280,8 +253,6 @@ class EpochLogger:
             self.buffered = len(self.pending)
         finally:
             self._keep()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            os.environ.update({k: v for k, v in saved.items() if v is not None})
+            for k in [k for k, v in saved.items() if v is None]:
+                os.environ.pop(k, None)

@@ -71,7 +71,8 @@ def train(cfg: Config, *, parent_run_id: str | None = None, tags: dict[str, str]
 
     with tracker.ending() if owned else nullcontext():
         init_ray(cfg)
-        tracker.send_buffered(fit(cfg, splits, run_dir, tracker.uri, tracker.run_id, width, callbacks=callbacks))
+        for metrics, step in fit(cfg, splits, run_dir, tracker.uri, tracker.run_id, width, callbacks=callbacks):
+            tracker.log_metrics(metrics, step)  # what rank 0 could not send during an outage
         if evaluate:
             evaluate_best(cfg, problem, splits, width, result, started)
     if evaluate:

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import ray
+from mlflow.tracking import MlflowClient
+from ray import cloudpickle, tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from pipeline.config import Config, ConfigError, from_yaml, resolve_path, to_yaml
 from pipeline.core.penalty import penalty_properties
@@ -19,7 +25,7 @@ from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
 from pipeline.adapters.checkpoint import best_path
 from pipeline.adapters.ray_session import init_ray, local_cpus as per_runs, quiet_ray_logs
-from pipeline.adapters.registry import register_champion, registered_model_name
+from pipeline.adapters.registry import register_champion
 from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker, tracking_uri
 from pipeline.adapters.training_run import prepare_data, train
 from pipeline.core.problems import get_problem
@@ -53,12 +59,8 @@ def weight_keys(cfg: Config, n_properties: int) -> list[str]:
 
 def search_space(cfg: Config, n_properties: int) -> dict:
     """Log-uniform learning rate and penalty weight(s)."""
-    from ray import tune
-
-    s = cfg.sweep
-    space = {"lr": tune.loguniform(*s.lr_range)}
-    space.update({k: tune.loguniform(*s.weight_range) for k in weight_keys(cfg, n_properties)})
-    return space
+    return {"lr": tune.loguniform(*cfg.sweep.lr_range),
+            **{k: tune.loguniform(*cfg.sweep.weight_range) for k in weight_keys(cfg, n_properties)}}
 
 
 def trial_weights(params: dict) -> list[float]:
@@ -93,11 +95,9 @@ def pareto_front(xs, ys) -> list[bool]:
     the front; equal points are both on it."""
     pts = [(float(x), float(y)) for x, y in zip(xs, ys)]
     ok = [not (math.isnan(x) or math.isnan(y)) for x, y in pts]
-    front = []
-    for i, (x, y) in enumerate(pts):
-        front.append(ok[i] and not any(ok[j] and x2 <= x and y2 <= y and (x2 < x or y2 < y)
-                                       for j, (x2, y2) in enumerate(pts) if j != i))
-    return front
+    return [ok[i] and not any(ok[j] and x2 <= x and y2 <= y and (x2 < x or y2 < y)
+                              for j, (x2, y2) in enumerate(pts) if j != i)
+            for i, (x, y) in enumerate(pts)]
 
 
 def error_summary(error: BaseException | None) -> str:
@@ -108,14 +108,11 @@ def error_summary(error: BaseException | None) -> str:
     seen, exc = set(), error
     while id(exc) not in seen:
         seen.add(id(exc))
-        inner = None
         failures = getattr(exc, "worker_failures", None)  # ray.train.WorkerGroupError
         if isinstance(failures, dict) and failures:
             inner = next(iter(failures.values()))
-        elif isinstance(getattr(exc, "cause", None), BaseException):  # RayTaskError
-            inner = exc.cause
-        elif exc.__cause__ is not None:
-            inner = exc.__cause__
+        else:  # a RayTaskError's cause, or the chained exception
+            inner = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc.__cause__
         if inner is None:
             break
         exc = inner
@@ -130,9 +127,7 @@ def epochs_reported(metrics: dict) -> int:
 
 
 def trial_status(error: str, epochs_run: int, epochs: int) -> str:
-    if error:
-        return FAILED
-    return FINISHED if epochs_run >= epochs else STOPPED
+    return FAILED if error else FINISHED if epochs_run >= epochs else STOPPED
 
 
 def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -> pd.DataFrame:
@@ -154,25 +149,16 @@ def results_table(records: list[dict], cfg: Config, weight_columns: list[str]) -
                      **dict(zip(weight_columns, trial_weights(r["params"]))),
                      value_col: float(m.get(metric, math.nan)),
                      "valid_out_violation_rate": float(m.get(OOD, math.nan)),
-                     "valid_in_violation_rate": float(m.get(IN, math.nan)),
+                     "valid_in_violation_rate": float(m.get(IN, math.nan)), "on_front": False,
                      "run_id": r.get("run_id") or "", "error": r["error"]})
-    columns = ["trial", "status", "epochs", "lr", *weight_columns, value_col, "valid_out_violation_rate",
-               "valid_in_violation_rate", "on_front", "run_id", "error"]
-    table = pd.DataFrame(rows, columns=[c for c in columns if c != "on_front"])
-    eligible = table.status == FINISHED
+    table = pd.DataFrame(rows, columns=["trial", "status", "epochs", "lr", *weight_columns, value_col,
+                                        "valid_out_violation_rate", "valid_in_violation_rate", "on_front",
+                                        "run_id", "error"])
+    finished = table.status == FINISHED
     sign = -1.0 if mode == "max" else 1.0
-    xs = [sign * v if ok else math.nan for v, ok in zip(table[value_col], eligible)]
-    ys = [v if ok else math.nan for v, ok in zip(table["valid_out_violation_rate"], eligible)]
-    table.insert(columns.index("on_front"), "on_front", pareto_front(xs, ys))
+    table["on_front"] = pareto_front((sign * table[value_col]).where(finished),
+                                     table.valid_out_violation_rate.where(finished))
     return table
-
-
-def champion_trial(table: pd.DataFrame, value_col: str, mode: str) -> pd.Series | None:
-    """The finished trial with the best validation objective (``None`` if none finished)."""
-    done = table[(table.status == FINISHED) & table[value_col].notna()]
-    if done.empty:
-        return None
-    return done.loc[done[value_col].idxmax() if mode == "max" else done[value_col].idxmin()]
 
 
 def _trial_sort_key(name: str):
@@ -181,8 +167,7 @@ def _trial_sort_key(name: str):
 
 
 def format_results(table: pd.DataFrame) -> str:
-    shown = table.assign(run_id=table.run_id.str[:12])
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return table.assign(run_id=table.run_id.str[:12]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def local_cpus(cfg: Config) -> int:
@@ -196,51 +181,41 @@ def run_trial(params: dict, ctx: dict) -> None:
     """A Tune trial: this trial's config, its MLflow run under the sweep's, one training
     run (``training_run.train``, not evaluated) reporting every epoch to Tune. Marks its run
     FINISHED or FAILED; a trial stopped by ASHA is killed first, and the driver marks its run."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-
     quiet_ray_logs()
     base = from_yaml(ctx["config"])
     name = tune.get_context().get_trial_name()
     k = int(name.rsplit("-", 1)[-1])
     cfg = trial_config(base, name, params)
-    run_dir = Path(ctx["trials_dir"]) / name
     tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="trial", data=Path(ctx["splits"]["train"]).parent,
                            parent_run_id=ctx["parent_run_id"], tags={SWEEP_TAG: base.name, "sidbp.trial": k})
+    error = None
     try:
         if k in ctx["fail_trials"]:
             raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
-        splits = {s: Path(p) for s, p in ctx["splits"].items()}
-        train(cfg, splits=splits, run_dir=run_dir, tracker=tracker, callbacks=[TuneReportCallback()],
-              evaluate=False)
+        train(cfg, splits={s: Path(p) for s, p in ctx["splits"].items()}, run_dir=Path(ctx["trials_dir"]) / name,
+              tracker=tracker, callbacks=[TuneReportCallback()], evaluate=False)
     except BaseException as e:
-        if len(tracker.metric_history("valid/avg_cost")) >= cfg.train.epochs:
-            # ended while tearing down after its last epoch was logged (Tune ends a trial at
-            # max_t as soon as it reports it): the trial finished; marking it failed here
-            # would race the driver's final marks (settle_runs)
-            tracker.client.set_tag(run_id, STATUS_TAG, FINISHED)
-            tracker.finish()
-            raise
-        tracker.client.set_tag(run_id, STATUS_TAG, FAILED)
-        tracker.client.set_tag(run_id, ERROR_TAG, error_summary(e)[:5000])
-        tracker.finish("FAILED")
+        # one that ended while tearing down after its last epoch was logged (Tune ends a trial
+        # at max_t as soon as it reports it) finished; marking it failed here would race the
+        # driver's final marks (settle_runs)
+        if len(tracker.metric_history("valid/avg_cost")) < cfg.train.epochs:
+            error = e
         raise
-    tracker.client.set_tag(run_id, STATUS_TAG, FINISHED)
-    tracker.finish()
+    finally:
+        tracker.client.set_tag(run_id, STATUS_TAG, FINISHED if error is None else FAILED)
+        if error is not None:
+            tracker.client.set_tag(run_id, ERROR_TAG, error_summary(error)[:5000])
+        tracker.finish("FINISHED" if error is None else "FAILED")
 
 
 # ---------------------------------------------------------------- the driver
 
 def _progress_callback(cfg: Config, started: float, weight_columns: list[str], uri: str, experiment_id: str,
                        parent_run_id: str):
-    import pickle
-
-    from ray import cloudpickle, tune
-
     metric, _ = objective(cfg)
     label = metric.split("/")[-1].replace("avg_", "")
+    total = cfg.sweep.num_samples
 
     def describe(m: dict) -> str:
         return (f"valid {label} {m.get(metric, math.nan):.4f}  OOD violation rate {m.get(OOD, math.nan):.3f}  "
@@ -248,51 +223,41 @@ def _progress_callback(cfg: Config, started: float, weight_columns: list[str], u
 
     class Progress(tune.Callback):
         """Prints each trial's start, epochs and end (i of N, metrics, time elapsed)."""
+        done = 0
 
-        def __init__(self):
-            self.done = 0
+        def ended(self, trial, outcome: str) -> None:
+            self.done += 1
+            log_sweep.info(f"trial {self.done}/{total} done: {trial} {outcome}  "
+                           f"{eta(self.done, total, started, 'trials')}")
 
         def on_trial_start(self, iteration, trials, trial, **info):
             w = "  ".join(f"{c} {v:.4g}" for c, v in zip(weight_columns, trial_weights(trial.config)))
             log_sweep.info(f"{trial} started: lr {trial.config['lr']:.4g}  {w}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            log_sweep.info(f"{trial} epoch {result.get('training_iteration')}/{cfg.train.epochs}: "
-                           f"{describe(result)}")
+            log_sweep.info(f"{trial} epoch {result.get('training_iteration')}/{cfg.train.epochs}: {describe(result)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
             m = trial.last_result or {}
             epochs = epochs_reported(m)
             status = trial_status("", epochs, cfg.train.epochs)
-            log_sweep.info(f"trial {self.done}/{cfg.sweep.num_samples} done: {trial} {status} after "
-                           f"{epochs} epochs  {describe(m)}  "
-                           f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}")
+            self.ended(trial, f"{status} after {epochs} epochs  {describe(m)}")
             if status == STOPPED:  # its actor is being ended: mark its run now (settle_runs checks again)
-                self.mark_killed(str(trial))
-
-        def mark_killed(self, name: str):
-            from mlflow.tracking import MlflowClient
-
-
-            client = MlflowClient(uri)  # made here: a callback is pickled with the Tuner's state
-            for run in client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
-                                                          f"tags.`{RUN_NAME_TAG}` = '{name}'"):
-                client.set_tag(run.info.run_id, STATUS_TAG, STOPPED)
-                client.set_terminated(run.info.run_id, status="KILLED")
+                client = MlflowClient(uri)  # made here: a callback is pickled with the Tuner's state
+                for run in client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                              f"tags.`{RUN_NAME_TAG}` = '{trial}'"):
+                    client.set_tag(run.info.run_id, STATUS_TAG, STOPPED)
+                    client.set_terminated(run.info.run_id, status="KILLED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
             error = "(see the results table)"
             path = trial.pickled_error_file  # Tune has just written it to the trial's local folder
             if path and Path(path).exists():
                 try:
-                    with open(path, "rb") as f:
-                        error = error_summary(cloudpickle.load(f))
+                    error = error_summary(cloudpickle.loads(Path(path).read_bytes()))
                 except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as e:
                     error = f"(error not readable here: {type(e).__name__}; see the results table)"
-            log_sweep.info(f"trial {self.done}/{cfg.sweep.num_samples} done: {trial} FAILED: {error}  "
-                           f"{eta(self.done, cfg.sweep.num_samples, started, 'trials')}")
+            self.ended(trial, f"FAILED: {error}")
 
     return Progress()
 
@@ -313,10 +278,6 @@ class SweepOutcome:
 def run_sweep(cfg: Config) -> SweepOutcome:
     """Write the data once, open the sweep's MLflow run, run the Tune sweep on Ray, settle
     the trials' MLflow runs, log the results table and the Pareto plot."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-
     started = time.time()
     if cfg.train.num_workers < 1:
         raise ConfigError("train.num_workers must be >= 1 in a sweep (Ray Train's in-process mode, "
@@ -327,8 +288,7 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     problem = get_problem(cfg.problem.name, cfg.problem.params)
     width = problem.state_width(cfg.data.lead_time_range[1])
     props = penalty_properties(problem, width, list(cfg.penalty.properties))
-    keys = weight_keys(cfg, len(props))
-    weight_columns = ["weight"] if keys == ["weight"] else [f"weight/{p.slug}" for p in props]
+    weight_columns = [f"weight/{p.slug}" for p in props] if s.weights_per_property else ["weight"]
     metric, mode = objective(cfg)
     grace = min(s.grace_period, cfg.train.epochs)
 
@@ -355,19 +315,17 @@ def run_sweep(cfg: Config) -> SweepOutcome:
         log_sweep.info(f"resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
                        "unfinished ones continue from their last checkpoints")
     with tracker.ending():
-        init_ray(cfg, num_cpus=local_cpus(cfg))
-        import ray
-
+        wanted = local_cpus(cfg)
+        init_ray(cfg, num_cpus=wanted)
         cpus = ray.cluster_resources().get("CPU", 0)
-        if cpus < local_cpus(cfg):
-            log_sweep.info(f"note: Ray has {cpus:g} CPUs; {local_cpus(cfg)} would run "
+        if cpus < wanted:
+            log_sweep.info(f"note: Ray has {cpus:g} CPUs; {wanted} would run "
                            f"{s.max_concurrent_trials} trials at once with CPUs to spare for Ray Data")
         log_sweep.info(f"{s.num_samples} trials, {s.max_concurrent_trials} at a time, ASHA on {metric} ({mode}), "
                        f"grace {grace} of {cfg.train.epochs} epochs, reduction factor {s.reduction_factor}; "
                        f"lr in {list(s.lr_range)}, {' '.join(weight_columns)} in {list(s.weight_range)} (log-uniform)")
         ctx = {"config": to_yaml(cfg), "splits": {k: str(v) for k, v in splits.items()},
-               "trials_dir": str(sweep_dir / "trials"), "parent_run_id": run_id, "state_width": width,
-               "fail_trials": set(FAIL_TRIALS)}
+               "trials_dir": str(sweep_dir / "trials"), "parent_run_id": run_id, "fail_trials": set(FAIL_TRIALS)}
         # the trial itself only waits on its Ray Train run: a token share of a CPU (Tune
         # refuses none), so the logical CPUs go to the workers and Ray Data
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
@@ -397,12 +355,9 @@ def run_sweep(cfg: Config) -> SweepOutcome:
 
         children = {r.data.tags.get(RUN_NAME_TAG): r for r in tracker.client.search_runs(
             [tracker.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=10000)}
-        records = []
-        for result in grid:
-            trial = Path(result.path).name
-            child = children.get(trial)
-            records.append({"trial": trial, "params": result.config, "metrics": result.metrics or {},
-                            "error": error_summary(result.error), "run_id": child.info.run_id if child else ""})
+        run_ids = {trial: run.info.run_id for trial, run in children.items()}
+        records = [{"trial": Path(r.path).name, "params": r.config, "metrics": r.metrics or {},
+                    "error": error_summary(r.error), "run_id": run_ids.get(Path(r.path).name, "")} for r in grid]
         table = results_table(records, cfg, weight_columns)
         settle_runs(tracker.client, table, children)
 
@@ -417,30 +372,17 @@ def run_sweep(cfg: Config) -> SweepOutcome:
         summary = {"sweep/trials_finished": counts.get(FINISHED, 0), "sweep/trials_stopped": counts.get(STOPPED, 0),
                    "sweep/trials_failed": counts.get(FAILED, 0), "sweep/trials_on_front": int(table.on_front.sum()),
                    "wall_seconds": time.time() - started}
-        best = champion_trial(table, value_col, mode)
-        if best is not None:
+        finished = table[(table.status == FINISHED) & table[value_col].notna()]
+        if not finished.empty:  # the champion: the finished trial with the best validation objective
+            best = finished.loc[finished[value_col].idxmax() if mode == "max" else finished[value_col].idxmin()]
             summary[f"sweep/best_{value_col}"] = best[value_col]
-            register_best(cfg, tracker, best, value_col, sweep_dir, run_id)
+            path = best_path(sweep_dir / "trials" / best.trial)
+            if best.run_id and path.exists():
+                register_champion(tracker.client, cfg, best, value_col, path, run_id)
+            else:
+                log_mlflow.info(f"no champion registered: {best.trial} has no run or no {path}")
         tracker.log_metrics(summary)
     return SweepOutcome(table, run_id, tracker, sweep_dir, time.time() - started)
-
-
-def register_best(cfg: Config, tracker, best: pd.Series, value_col: str, sweep_dir: Path, sweep_run_id: str) -> None:
-    """Log the best trial's best checkpoint to its run and register it as a new version of
-    the registered model, with the alias ``champion``; tag the sweep's run with it."""
-    path = best_path(sweep_dir / "trials" / best.trial)
-    if not best.run_id or not path.exists():
-        log_mlflow.info(f"no champion registered: {best.trial} has no run or no {path}")
-        return
-    tracker.client.log_artifact(best.run_id, str(path), "checkpoint")
-    name = registered_model_name(cfg)
-    version = register_champion(
-        tracker.client, name, best.run_id,
-        description=f"Best finished trial {best.trial} of sweep {cfg.name}: {value_col} {best[value_col]:.4f}, "
-                    f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.",
-        tags={"sweep": cfg.name, "trial": best.trial, value_col: best[value_col], "sweep_run_id": sweep_run_id})
-    tracker.client.set_tag(sweep_run_id, "champion", f"models:/{name}/{version}")
-    log_mlflow.info(f"registered {best.trial} as models:/{name}/{version}, alias @champion")
 
 
 def settle_runs(client, table: pd.DataFrame, children: dict) -> None:
@@ -448,15 +390,13 @@ def settle_runs(client, table: pd.DataFrame, children: dict) -> None:
     trial ASHA stopped (its actor is ended mid-run and cannot mark it), with the trial's
     status (and error) as tags."""
     final = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
-    for row in table.itertuples():
-        run = children.get(row.trial)
-        if run is None:
-            continue
-        client.set_tag(run.info.run_id, STATUS_TAG, row.status)
-        current = client.get_run(run.info.run_id)
+    for row in table[table.trial.isin(list(children))].itertuples():
+        run_id = children[row.trial].info.run_id
+        client.set_tag(run_id, STATUS_TAG, row.status)
+        current = client.get_run(run_id)
         if row.error:
-            client.set_tag(run.info.run_id, ERROR_TAG, row.error[:5000])
+            client.set_tag(run_id, ERROR_TAG, row.error[:5000])
         elif ERROR_TAG in current.data.tags:  # a stopped trial whose Train run failed as it was ended
-            client.delete_tag(run.info.run_id, ERROR_TAG)
+            client.delete_tag(run_id, ERROR_TAG)
         if current.info.status != final[row.status]:
-            client.set_terminated(run.info.run_id, status=final[row.status])
+            client.set_terminated(run_id, status=final[row.status])
