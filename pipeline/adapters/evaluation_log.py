@@ -15,7 +15,7 @@ def evaluate_and_log(cfg, policy, problem, splits: dict[str, Path], width: int, 
                      split: str = "test") -> tuple[pd.DataFrame, str]:
     """``held_out_report`` of the learned policy (``learned``) on ``splits[split]``
     (baselines fitted on ``splits["train"]``), logged through ``tracker`` (a
-    ``pipeline.tracking.Tracker``); returns the table and its printout."""
+    ``pipeline.adapters.tracking.Tracker``); returns the table and its printout."""
     test, train = read_products(splits[split]), read_products(splits["train"])
     table, baselines, measured = held_out_report(cfg, problem, {"learned": policy}, train, test, width)
     tracker.log_table(table, "evaluation")

@@ -192,7 +192,7 @@ def run_trial(params: dict, ctx: dict) -> None:
     error = None
     try:
         if k in ctx["fail_trials"]:
-            raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.sweep.FAIL_TRIALS)")
+            raise RuntimeError(f"failure injected on purpose in trial {k} (pipeline.adapters.tune_sweep.FAIL_TRIALS)")
         train(cfg, splits={s: Path(p) for s, p in ctx["splits"].items()}, run_dir=Path(ctx["trials_dir"]) / name,
               tracker=tracker, callbacks=[TuneReportCallback()], evaluate=False)
     except BaseException as e:

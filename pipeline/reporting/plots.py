@@ -81,7 +81,7 @@ def order_contours(policies: dict, batch: ProductBatch, start: int, width: int, 
     (on hand y0 and the order arriving next period y1, for lost sales), every other entry 0,
     at the first evaluated period, for a few products; one row per policy (unpenalized on
     top, penalized below). The box is the penalty's probe box for that product
-    (``pipeline.penalty.probe_box``: 0 .. ``widen`` x the largest visited value of each entry);
+    (``pipeline.core.penalty.probe_box``: 0 .. ``widen`` x the largest visited value of each entry);
     dots mark the states the policy visits (their other entries are not 0)."""
     idx, sub = spread_sample(batch, products)
     n = len(idx)

@@ -63,7 +63,7 @@ def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
 
 
 def dp_instance(instance: dict):
-    """The instance's exact DP inputs, for the structural checks (pipeline/benchmarks/structure.py)."""
+    """The instance's exact DP inputs, for the structural checks (pipeline/studies/suites/dp_structure.py)."""
 
     problem, one = DualSourcing(expedited_cost=float(instance["c_e"])), product(instance["l_r"])
     return DPInstance(problem, one, problem.dp_space(one, MEAN, float(np.sqrt(2.0))),

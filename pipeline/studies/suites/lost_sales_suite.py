@@ -1,7 +1,7 @@
 """Lost sales (docs/problems/lost_sales.md): Zipkin's grid, Poisson(5), h = 1, p in {4, 9, 19, 39}, L in 1..4,
 plus L = 0. Every policy's cost is exact (no simulation noise): ``dp`` by relative value
 iteration, each heuristic by exact evaluation of its order table on the same state grid
-(``pipeline/heuristics/lost_sales.py``), with its parameters chosen by a search over those
+(``pipeline/core/heuristics/lost_sales_heuristics.py``), with its parameters chosen by a search over those
 exact costs. With L = 0 every policy is the newsvendor, which is optimal.
 """
 from __future__ import annotations
@@ -58,6 +58,6 @@ def evaluate(instance: dict, policies=POLICIES, mean: float = 5.0, h: float = 1.
 
 def dp_instance(instance: dict, mean: float = 5.0, h: float = 1.0):
     """The instance's inputs to the generic exact DP, for the structural checks (lead times
-    up to 3 fit a transition table; pipeline/benchmarks/structure.py skips the rest)."""
+    up to 3 fit a transition table; pipeline/studies/suites/dp_structure.py skips the rest)."""
     one, problem = product(instance["p"], instance["L"], mean, h), LostSales()
     return DPInstance(problem, one, problem.dp_space(one, mean, math.sqrt(mean)), trimmed_pmf(true_pmf(one)[0]))

@@ -6,7 +6,7 @@ Every cost is exact (no simulation noise) and is the long-run average cost per p
 ``dp`` by relative value iteration on the full grid of ``Perishable.dp_space`` (every
 coordinate 0..10, so 11^(m + L - 1) states), each heuristic by the stationary law of the
 chain its order table induces on the same grid, its parameters found by a local search
-over those exact costs (``pipeline/heuristics/perishable.py``).
+over those exact costs (``pipeline/core/heuristics/perishable_heuristics.py``).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def evaluate(instance: dict, policies=POLICIES) -> dict[str, float]:
 
 
 def dp_instance(instance: dict):
-    """The instance's exact DP inputs, for the structural checks (pipeline/benchmarks/structure.py)."""
+    """The instance's exact DP inputs, for the structural checks (pipeline/studies/suites/dp_structure.py)."""
 
     problem, one = instance_problem(instance), product(instance["L"])
     return DPInstance(problem, one, problem.dp_space(one, MEAN, 0.0), product_pmf(one)[0])
