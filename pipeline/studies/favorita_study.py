@@ -14,24 +14,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import ConfigError, load_config, resolve_path
+from pipeline.config import PROJECT_ROOT, ConfigError, load_config, resolve_path
+from pipeline.core.baselines import critical_fractile
 from pipeline.core.batch import FEATURE_PREFIX, ProductBatch
+from pipeline.core.forecast import (MovingAverageOrderUpTo, QuantileOrderUpTo, fit_forecaster, forecast_metrics,
+                                    moving_average_metrics)
+from pipeline.core.problems import get_problem
 from pipeline.core.rollout import rollout
+from pipeline.data.calendar import calendar_features, period_dates, period_days
+from pipeline.data.favorita_sources import long_sales_to_series
 from pipeline.data.parquet import parquet_files, read_products, write_shards
+from pipeline.data.retail import synthetic_retail
 from pipeline.data.series import list_column, matrix, read_series
 from pipeline.reporting import logs
+from pipeline.reporting.plots import series_sample, weekly_aggregates
 from pipeline.reporting.report_blocks import markdown_table, write_block
 from pipeline.adapters.tracking import Tracker
 from pipeline.adapters.training_run import train
-from pipeline.core.baselines import critical_fractile
-from pipeline.core.forecast import MovingAverageOrderUpTo, QuantileOrderUpTo, fit_forecaster, forecast_metrics, moving_average_metrics
-from pipeline.core.problems import get_problem
-from pipeline.data.calendar import calendar_features, period_dates, period_days
-from pipeline.data.favorita_sources import long_sales_to_series
-from pipeline.data.retail import synthetic_retail
-from pipeline.reporting.plots import series_sample, weekly_aggregates
 
-SHARED_WEEKLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "favorita_weekly" / "sales.parquet"
+SHARED_WEEKLY = PROJECT_ROOT.parent / "shared" / "data" / "favorita_weekly" / "sales.parquet"
 SUMMARY_COLUMNS = ["policy", "lead_time", "reward", "avg_inventory", "fill_rate"]
 
 
