@@ -39,10 +39,14 @@ class BaseStockPolicy:
         return per_product(self.levels, self.product_ids, batch, "base-stock levels")
 
     def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
-        """The order (the problem's first action); any other action is zero."""
-        order = torch.relu(levels - self.problem.inventory_position(state))[:, None]
-        rest = order.new_zeros(order.shape[0], len(self.problem.actions) - 1)
-        return torch.cat([order, rest], dim=1)
+        return order_up_to(self.problem, levels, state)
+
+
+def order_up_to(problem: Problem, levels: Tensor, state: Tensor) -> Tensor:
+    """Order max(0, level - inventory position) [B, A] (the problem's first action); any
+    other action is zero."""
+    order = torch.relu(levels - problem.inventory_position(state))[:, None]
+    return torch.cat([order, order.new_zeros(order.shape[0], len(problem.actions) - 1)], dim=1)
 
 
 def per_product(values: Tensor, product_ids: np.ndarray | None, batch: ProductBatch, what: str) -> Tensor:
@@ -78,17 +82,12 @@ def newsvendor_cost(batch: ProductBatch, levels: Tensor) -> Tensor:
             + batch.unit_cost.double() * sold)
 
 
-def _repeat(batch: ProductBatch, k: int) -> ProductBatch:
-    idx = np.repeat(np.arange(batch.size), k)
-    return batch.select(idx)
-
-
 def simulated_level_costs(problem: Problem, batch: ProductBatch, candidates: Tensor, width: int,
                           start: int, horizon: int, warmup: int, objective: str) -> Tensor:
     """Average per-period loss of base-stock at each candidate level [B, K], all candidates
     of a product on the same demand path (common random numbers)."""
     B, K = candidates.shape
-    rep = _repeat(batch, K)
+    rep = batch.select(np.repeat(np.arange(batch.size), K))
     traj = rollout(problem, BaseStockPolicy(problem, candidates.reshape(-1)), rep, start, horizon,
                    width)
     return period_loss(traj, rep, objective)[:, warmup:].mean(dim=1).reshape(B, K)

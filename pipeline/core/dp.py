@@ -39,6 +39,16 @@ def leftover_matrix(pmf: Tensor, n: int) -> Tensor:
     return P
 
 
+def lost_sales_period_cost(pmf: Tensor, holding: float, shortage: float, on_hand: Tensor) -> Tensor:
+    """g(y) = E[h (y - D)^+ + p (D - y)^+] for on-hand y (demand beyond the pmf's support
+    counted as lost)."""
+    d = torch.arange(len(pmf), dtype=torch.float64)
+    y = on_hand.double()[..., None]
+    tail = float((1.0 - pmf.sum()).clamp_min(0.0))
+    return (holding * (pmf * torch.relu(y - d)).sum(-1) + shortage * (pmf * torch.relu(d - y)).sum(-1)
+            + shortage * tail * (len(pmf) - y[..., 0]))
+
+
 def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
                    max_on_hand: int, max_order: int, unit_cost: float = 0.0,
                    tol: float = 1e-6, max_iter: int = 10_000,
@@ -51,11 +61,7 @@ def lost_sales_rvi(pmf: Tensor, holding: float, shortage: float, lead_time: int,
         raise ValueError("lost_sales_rvi needs lead_time >= 1; lead time 0 is the newsvendor")
     pmf = pmf.double()
     N, Q, L = max_on_hand, max_order, lead_time
-    d = torch.arange(len(pmf), dtype=torch.float64)
-    y = torch.arange(N + 1, dtype=torch.float64)[:, None]
-    tail = float((1.0 - pmf.sum()).clamp_min(0.0))  # demand beyond the pmf's support: lost
-    cost = (holding * (pmf * torch.relu(y - d)).sum(1) + shortage * (pmf * torch.relu(d - y)).sum(1)
-            + shortage * tail * (len(pmf) - y[:, 0]))
+    cost = lost_sales_period_cost(pmf, holding, shortage, torch.arange(N + 1))
     P = leftover_matrix(pmf, N)
     hankel = torch.clamp(torch.arange(N + 1)[:, None] + torch.arange(Q + 1)[None, :], max=N)
     shape = [N + 1] + [Q + 1] * (L - 1)
@@ -93,20 +99,15 @@ def lost_sales_optimum(pmf: Tensor, holding: float, shortage: float, lead_time: 
     return solution
 
 
-def state_grid_inventory_position(max_on_hand: int, max_order: int, lead_time: int) -> Tensor:
-    """On hand plus pipeline for every state of the DP grid."""
+def base_stock_table(level: float, max_on_hand: int, max_order: int, lead_time: int,
+                     cap: float | None = None) -> Tensor:
+    """Order up to ``level`` in inventory position (on hand plus pipeline), at most ``cap``
+    (capped base-stock)."""
     ip = torch.arange(max_on_hand + 1, dtype=torch.float64).reshape([-1] + [1] * (lead_time - 1))
     for j in range(1, lead_time):
         shape = [1] * lead_time
         shape[j] = -1
         ip = ip + torch.arange(max_order + 1, dtype=torch.float64).reshape(shape)
-    return ip
-
-
-def base_stock_table(level: float, max_on_hand: int, max_order: int, lead_time: int,
-                     cap: float | None = None) -> Tensor:
-    """Order up to ``level`` in inventory position, at most ``cap`` (capped base-stock)."""
-    ip = state_grid_inventory_position(max_on_hand, max_order, lead_time)
     q = torch.clamp(level - ip, min=0.0, max=float(max_order if cap is None else min(cap, max_order)))
     return q.long()
 
@@ -229,10 +230,14 @@ def lazy(discount: float) -> float:
 def stationary(trans: Transitions, choice: Tensor, tol: float = 1e-12, max_iter: int = 100_000) -> Tensor:
     """Stationary distribution of the chain under a policy, by (lazy) power iteration from
     the uniform distribution: [S]."""
-    S = trans.next.shape[0]
     nxt = trans.next.gather(1, choice[:, None, None].expand(-1, 1, trans.next.shape[2]))[:, 0]  # [S, D]
-    weights = trans.pmf[None, :].expand(S, -1)
-    pi = torch.full((S,), 1.0 / S, dtype=torch.float64)
+    return lazy_power_iteration(nxt, trans.pmf[None, :].expand(len(nxt), -1), tol, max_iter)
+
+
+def lazy_power_iteration(nxt: Tensor, weights: Tensor, tol: float = 1e-12, max_iter: int = 100_000) -> Tensor:
+    """Stationary law [S] of the chain that moves from state s to ``nxt[s, j]`` with
+    probability ``weights[s, j]``, by lazy power iteration from the uniform law."""
+    pi = torch.full((len(nxt),), 1.0 / len(nxt), dtype=torch.float64)
     for _ in range(max_iter):
         moved = torch.zeros_like(pi).index_add_(0, nxt.reshape(-1), (pi[:, None] * weights).reshape(-1))
         moved = 0.5 * pi + 0.5 * moved  # lazy chain: same stationary law, no periodicity
@@ -294,14 +299,6 @@ class TablePolicy:
         return table[index]
 
 
-def lost_sales_table_policy(solution: DPSolution, lead_time: int) -> TablePolicy:
-    """The specialised lost-sales solution as a ``TablePolicy``."""
-    N, Q, L = solution.max_on_hand, solution.max_order, max(1, lead_time)
-    space = StateSpace((0,) * L, (N,) + (Q,) * (L - 1),
-                       torch.arange(Q + 1, dtype=torch.float64)[:, None])
-    return TablePolicy(space, solution.policy.reshape(-1, 1).double())
-
-
 def optimal_policy(problem: Problem, product: ProductBatch, objective: str = "cost", discount: float = 1.0,
                    max_truncation: float = 1e-4) -> TablePolicy:
     """The exact optimal policy of one product's instance (``product``: a batch of one, with
@@ -314,7 +311,9 @@ def optimal_policy(problem: Problem, product: ProductBatch, objective: str = "co
     if problem.name == "lost_sales" and L >= 1 and objective == "cost" and discount == 1.0:
         solution = lost_sales_optimum(pmf, float(product.holding_cost[0]), float(product.shortage_cost[0]),
                                       L, mean, std, unit_cost=float(product.unit_cost[0]))
-        return lost_sales_table_policy(solution, L)
+        N, Q = solution.max_on_hand, solution.max_order
+        space = StateSpace((0,) * L, (N,) + (Q,) * (L - 1), torch.arange(Q + 1, dtype=torch.float64)[:, None])
+        return TablePolicy(space, solution.policy.reshape(-1, 1).double())
     space = problem.dp_space(product, mean, std)
     solution = solve(transitions(problem, product, space, trimmed_pmf(pmf), objective), discount,
                      aperiodic=lazy(discount))

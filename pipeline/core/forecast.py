@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.core.baselines import critical_fractile
+from pipeline.core.baselines import critical_fractile, order_up_to
 from pipeline.core.batch import ProductBatch
 from pipeline.core.protocols import Problem
 
@@ -243,12 +243,6 @@ def fit_forecaster(batch: ProductBatch, train_end: int, quantiles: Sequence[floa
 
 
 # ---------------------------------------------------------------- policies
-
-def order_up_to(problem: Problem, levels: Tensor, state: Tensor) -> Tensor:
-    """Order max(0, level - inventory position) [B, A]; any other action is zero."""
-    order = torch.relu(levels - problem.inventory_position(state))[:, None]
-    return torch.cat([order, order.new_zeros(order.shape[0], len(problem.actions) - 1)], dim=1)
-
 
 class QuantileOrderUpTo:
     """Order up to the forecast quantile, at each product's critical fractile, of the

@@ -22,10 +22,6 @@ def _params(batch: ProductBatch, *values: Level) -> tuple[Tensor, ...]:
     return tuple(torch.as_tensor(v, dtype=batch.demand.dtype, device=batch.demand.device) for v in values)
 
 
-def _orders(q_r: Tensor, q_e: Tensor) -> Tensor:
-    return torch.stack([q_r, q_e], dim=1)
-
-
 @dataclass
 class SingleIndexPolicy:
     """Order up to ``expedited_level`` S_e with the expedited supplier and on to
@@ -42,7 +38,7 @@ class SingleIndexPolicy:
         S_e, S_r = levels
         ip = self.problem.inventory_position(state)
         q_e = torch.relu(S_e - ip)
-        return _orders(torch.relu(S_r - ip - q_e), q_e)
+        return torch.stack([torch.relu(S_r - ip - q_e), q_e], dim=1)
 
 
 @dataclass
@@ -65,7 +61,7 @@ class DualIndexPolicy:
         z_e, z_r, cap, l_e = levels
         q_e = torch.relu(z_e - self.problem.expedited_position(state, l_e))
         q_r = torch.minimum(torch.relu(z_r - self.problem.inventory_position(state) - q_e), cap)
-        return _orders(q_r, q_e)
+        return torch.stack([q_r, q_e], dim=1)
 
 
 @dataclass
@@ -83,7 +79,7 @@ class TailoredBaseSurgePolicy:
     def act(self, params, t: int, state: Tensor) -> Tensor:
         Q, S, l_e = params
         q_e = torch.relu(S - self.problem.expedited_position(state, l_e))
-        return _orders(Q.expand_as(q_e), q_e)
+        return torch.stack([Q.expand_as(q_e), q_e], dim=1)
 
 
 # ---------------------------------------------------------------- parameter searches
@@ -114,9 +110,7 @@ def _sweep(values, make: Callable, cost: Cost, start, lows, highs) -> tuple[obje
     the best policy over all values and its cost."""
     best, best_value = None, math.inf
     for v in values:
-        def objective(p, v=v):
-            return cost(make(v, p))
-        start, value = local_search(objective, start, lows, highs)
+        start, value = local_search(lambda p: cost(make(v, p)), start, lows, highs)
         if value < best_value:
             best, best_value = make(v, start), value
     return best, best_value

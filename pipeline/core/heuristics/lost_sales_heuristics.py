@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.core.demand import true_pmf
 from pipeline.core.batch import ProductBatch
-from pipeline.core.demand import demand_std
-from pipeline.core.dp import leftover_matrix
+from pipeline.core.demand import demand_std, true_pmf
+from pipeline.core.dp import lazy_power_iteration, leftover_matrix, lost_sales_period_cost
 from pipeline.core.problems.lost_sales import lost_sales_grid
 from pipeline.core.heuristics.search import local_search
 from pipeline.core.protocols import Policy
@@ -72,12 +71,7 @@ class Instance:
 def period_cost(inst: Instance, on_hand: Tensor) -> Tensor:
     """g(y) = E[h (y - D)^+ + p (D - y)^+] for on-hand y (demand beyond the pmf's support
     counted as lost, as in ``dp.lost_sales_rvi``)."""
-    pmf = inst.pmf
-    d = torch.arange(len(pmf), dtype=torch.float64)
-    y = on_hand.double()[..., None]
-    tail = float((1.0 - pmf.sum()).clamp_min(0.0))
-    return (inst.holding * (pmf * torch.relu(y - d)).sum(-1) + inst.shortage * (pmf * torch.relu(d - y)).sum(-1)
-            + inst.shortage * tail * (len(pmf) - y[..., 0]))
+    return lost_sales_period_cost(inst.pmf, inst.holding, inst.shortage, on_hand)
 
 
 # ------------------------------------------------------------------------------ policies
@@ -318,16 +312,9 @@ def stationary_distribution(inst: Instance, table: Tensor, tol: float = 1e-12, m
     ``inst.shape``; zero outside its ``PolicyChain``), by lazy power iteration from the
     uniform law on the chain's states, as ``dp.stationary``."""
     chain = PolicyChain.of_table(inst, table)
-    pi = torch.full((len(chain.on_hand),), 1.0 / len(chain.on_hand), dtype=torch.float64)
-    for _ in range(max_iter):
-        moved = torch.zeros_like(pi).index_add_(0, chain.next.reshape(-1), (pi[:, None] * chain.weight).reshape(-1))
-        moved = 0.5 * pi + 0.5 * moved
-        if float((moved - pi).abs().sum()) < tol:
-            break
-        pi = moved
     K, L = int(table.max()), inst.lead_time
     law = torch.zeros(chain.inside.shape, dtype=torch.float64)
-    law[chain.inside] = moved
+    law[chain.inside] = lazy_power_iteration(chain.next, chain.weight, tol, max_iter)
     out = torch.zeros(inst.shape, dtype=torch.float64)
     out[(slice(None),) + (slice(0, K + 1),) * (L - 1)] = law.reshape([inst.max_on_hand + 1] + [K + 1] * (L - 1))
     return out

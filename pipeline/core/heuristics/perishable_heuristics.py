@@ -155,11 +155,8 @@ def best_base_stock(inst: Instance) -> tuple[tuple[int], float]:
     L, mean = int(inst.product.lead_time[0]), float(inst.product.true_mean[0])
     Q, m = (int(inst.problem.param(inst.product, k)) for k in ("max_order", "shelf_life"))  # the product's
     top = Q * (L - 1 + m)
-
-    def cost(p: tuple[int]) -> float:
-        return inst.average_cost(base_stock_order(inst.position, p[0], Q))
-
-    return local_search(cost, (round(mean * (L + 1)),), lows=(0,), highs=(top,))
+    return local_search(lambda p: inst.average_cost(base_stock_order(inst.position, p[0], Q)),
+                        (round(mean * (L + 1)),), lows=(0,), highs=(top,))
 
 
 def best_bsp_low_ew(inst: Instance, start: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int], float]:
@@ -170,8 +167,5 @@ def best_bsp_low_ew(inst: Instance, start: tuple[int, int, int] | None = None) -
     if start is None:
         (level,), _ = best_base_stock(inst)
         start = (level, level, max(1, level))
-
-    def cost(p: tuple[int, int, int]) -> float:
-        return inst.average_cost(bsp_low_ew_order(inst.position, inst.waste, *p, Q))
-
-    return local_search(cost, start, lows=(0, 0, 1), highs=(top, top, top))
+    return local_search(lambda p: inst.average_cost(bsp_low_ew_order(inst.position, inst.waste, *p, Q)),
+                        start, lows=(0, 0, 1), highs=(top, top, top))
