@@ -1,13 +1,6 @@
-"""Ray adapter: Ray Data feeds product histories to a Ray Train ``TorchTrainer``.
-
-Every worker runs ``train_loop_per_worker``: it restores the newest checkpoint, then for
-each remaining epoch streams its shard of the training products through the core's
-``train_epoch`` (DirectBackprop steps, gradients averaged with the other workers) and ends
-the epoch (``end_epoch``: rank 0 validates, logs the epoch to MLflow and writes the
-checkpoint; every worker reports to Ray Train). A job started again with the same run name
-resumes from the latest checkpoint, from Ray (after a worker-group restart) or from the
-run's checkpoint folder.
-"""
+"""Ray adapter: Ray Data feeds product histories to a Ray Train ``TorchTrainer`` whose workers run
+``train_loop_per_worker``: restore, the core's ``train_epoch`` for each remaining epoch, ``end_epoch``
+(docs/architecture.md, Training; faults and resumes: docs/reliability.md)."""
 from __future__ import annotations
 
 import json
@@ -112,13 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
                                 prepare=lambda columns: batch_from_columns(columns).to(w.device))
         except StepFault as e:  # every worker sees it: the gradients are averaged first
             if w.rank == 0:
-                kept = (f"the last good checkpoint (epoch {ckpt.load(w.latest)['epoch'] + 1}) is kept at {w.latest}"
-                        if w.latest.exists() else "no epoch had finished, so there is no checkpoint")
-                message = (f"training stopped at epoch {epoch + 1}, step {e.step + 1}: {e}; {kept}. Lower train.lr "
-                           f"or set train.grad_clip (now {t.grad_clip}), then run again with the same name to "
-                           "resume from that checkpoint")
-                (w.run_dir / FAULT_FILE).write_text(message)
-                log.info(message)
+                report_fault(w, epoch, e)
             return  # no weights were changed by the bad step; the last checkpoint stays
         best = end_epoch(w, epoch, stats, time.time() - t0, best, valid,
                          lambda: eta(epoch + 1 - first_epoch, t.epochs - first_epoch, started))
@@ -128,6 +115,17 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report({k: v for k, v in state["metrics"].items() if k != "best_valid"})
     if w.tracking is not None:  # a last try; what the tracking server still did not take stays in UNSENT_FILE
         w.tracking.close()
+
+
+def report_fault(w: Worker, epoch: int, error: StepFault) -> None:
+    """Why training stopped and which checkpoint is kept, in ``FAULT_FILE`` (the driver raises it)."""
+    kept = (f"the last good checkpoint (epoch {ckpt.load(w.latest)['epoch'] + 1}) is kept at {w.latest}"
+            if w.latest.exists() else "no epoch had finished, so there is no checkpoint")
+    message = (f"training stopped at epoch {epoch + 1}, step {error.step + 1}: {error}; {kept}. Lower train.lr "
+               f"or set train.grad_clip (now {w.cfg.train.grad_clip}), then run again with the same name to "
+               "resume from that checkpoint")
+    (w.run_dir / FAULT_FILE).write_text(message)
+    log.info(message)
 
 
 def start_worker(args: WorkerArgs) -> Worker:

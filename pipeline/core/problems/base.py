@@ -64,6 +64,14 @@ class ProblemBase:
         for name in self.structural:
             self.param(batch, name)
 
+    def initial_state(self, batch: ProductBatch, width: int) -> Tensor:
+        """An empty system: nothing on hand or in transit [B, width]."""
+        return batch.demand.new_zeros(batch.size, width)
+
+    def inventory_position(self, state: Tensor) -> Tensor:
+        """Every unit on hand (net of backlog) and in transit: what base-stock orders up to [B]."""
+        return state.sum(dim=1)
+
     def default_properties(self, width: int) -> list[Property]:
         """The properties the structure penalty enforces by default: the claimed ones, unless
         a problem overrides this with the subset its exact DP confirmed (docs/structure.md)."""

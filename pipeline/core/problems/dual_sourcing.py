@@ -64,9 +64,6 @@ class DualSourcing(ProblemBase):
         return (["net_inventory"] + [f"regular_{j}" for j in range(1, width - E)]
                 + [f"expedited_{j}" for j in range(1, E + 1)])
 
-    def initial_state(self, batch: ProductBatch, width: int) -> Tensor:
-        return batch.demand.new_zeros(batch.size, width)
-
     def setup(self, batch: ProductBatch, width: int) -> tuple[Tensor, Tensor]:
         """The one-hot slots of every product's regular order [B, P + 2] and of the
         expedited order [B, E + 2] (column 0: it arrives at once)."""
@@ -97,10 +94,6 @@ class DualSourcing(ProblemBase):
         arriving_e, expedited = advance_pipeline(expedited, q_e, expedited_slots)
         next_state = torch.cat([(end + arriving_r + arriving_e)[:, None], regular, expedited], dim=1)
         return Step(next_state, cost, demand, held, backlog, torch.zeros_like(held))
-
-    def inventory_position(self, state: Tensor) -> Tensor:
-        """Net inventory plus every order in transit, regular and expedited."""
-        return state.sum(dim=1)
 
     def expedited_position(self, state: Tensor, l_e: int | Tensor | None = None) -> Tensor:
         """Net inventory plus what arrives within the expedited lead time (the orders that

@@ -1,13 +1,5 @@
-"""Lost sales with lead time L >= 0 (docs/problems/lost_sales.md), batched over products.
-
-State after arrivals, one row per product: ``[on_hand, pipeline_1, ..., pipeline_{W-1}]``
-where ``pipeline_j`` arrives in ``j`` periods and ``W = max(1, max_lead_time)``. Products
-in one batch may have different lead times: an order is put into the pipeline slot of its
-own product's lead time (``L = 0``: it serves this period's demand at once).
-
-Every operation is a min/max/add of the inputs, so integer inputs give integer
-trajectories and the cost is differentiable almost everywhere in the orders.
-"""
+"""Lost sales with lead time L >= 0, batched over products (products of one batch may have
+different lead times). State layout, timing and cost: docs/problems/lost_sales.md."""
 from __future__ import annotations
 
 import math
@@ -42,9 +34,6 @@ class LostSales(ProblemBase):
     def state_names(self, width: int) -> list[str]:
         return ["on_hand"] + [f"pipeline_{j}" for j in range(1, width)]
 
-    def initial_state(self, batch: ProductBatch, width: int) -> Tensor:
-        return batch.demand.new_zeros(batch.size, width)
-
     def setup(self, batch: ProductBatch, width: int) -> Tensor:
         return lead_time_slots(batch.lead_time, width, batch.demand.dtype)
 
@@ -60,9 +49,6 @@ class LostSales(ProblemBase):
         # the pipeline moves up by one (its first entry arrives) and what is held stays on hand
         next_state = shift_pipeline(state[:, 1:], order, slots) + F.pad(held[:, None], (0, state.shape[1] - 1))
         return Step(next_state, cost, sales, held, lost, torch.zeros_like(held))
-
-    def inventory_position(self, state: Tensor) -> Tensor:
-        return state.sum(dim=1)
 
     def dp_space(self, product: ProductBatch, mean: float, std: float):
         """The grid of ``dp.lost_sales_grid``: on hand up to the (L+1)-period demand plus 4

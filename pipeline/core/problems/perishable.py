@@ -63,9 +63,6 @@ class Perishable(ProblemBase):
         return ([f"pipeline_{transit - i}" for i in range(transit)]
                 + [f"stock_age_{a}" for a in range(self.shelf_life)])
 
-    def initial_state(self, batch: ProductBatch, width: int) -> Tensor:
-        return batch.demand.new_zeros(batch.size, width)
-
     def setup(self, batch: ProductBatch, width: int) -> Tensor:
         """The one-hot lead-time slot of every product's order [B, W - m + 2]."""
         check_lead_times(self, batch, width)
@@ -111,10 +108,6 @@ class Perishable(ProblemBase):
         arriving, pipeline = advance_pipeline(state[:, :transit].flip(1), order, slots)
         next_state = torch.stack([*pipeline.flip(1).unbind(1), arriving, *left], dim=1)
         return Step(next_state, cost, demand - lost, held, lost, waste)
-
-    def inventory_position(self, state: Tensor) -> Tensor:
-        """Stock of every age plus every order in transit."""
-        return state.sum(dim=1)
 
     def dp_space(self, product: ProductBatch, mean: float, std: float):
         """Every coordinate in 0..max_order (each age class and pipeline entry comes from one

@@ -87,9 +87,6 @@ class Removal(ProblemBase):
         next_state = torch.cat([(held + arriving)[:, None], pipeline], dim=1)
         return Step(next_state, cost, sales, held, lost, removed)
 
-    def inventory_position(self, state: Tensor) -> Tensor:
-        return state.sum(dim=1)
-
     def dp_space(self, product: ProductBatch, mean: float, std: float):
         """On hand up to the lost-sales grid's top or ``initial_stock_periods`` x mean
         demand, whichever is larger; pipeline entries and orders up to one period's demand

@@ -1,12 +1,6 @@
-"""The structural properties each problem claims (`docs/problems/`), checked on exact DP policies.
-
-For every instance of a suite small enough for a transition table, solve the DP, then check
-``problem.claimed_properties`` on the optimal table (``pipeline.core.properties.check_table``)
-over two sets of states: the whole grid (away from its upper edges) and the states the
-optimal policy visits (stationary probability above ``MIN_PROBABILITY``; for a discounted
-suite, the discounted occupancy from the suite's start instead). Each suite module provides
-``dp_instance(instance) -> DPInstance``.
-"""
+"""The structural properties each problem claims, checked on exact DP policies over the whole grid
+and over the states the optimal policy visits (docs/structure.md). Each suite module provides
+``dp_instance(instance) -> DPInstance``."""
 from __future__ import annotations
 
 import pandas as pd

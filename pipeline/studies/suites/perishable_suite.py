@@ -1,13 +1,5 @@
-"""Perishable inventory (docs/problems/perishable.md): De Moor et al. (2022) Scenario A. Demand gamma with mean 4
-and coefficient of variation 0.5 discretised to integers, c = 3, p = 5, h = 1, orders
-0..10; shelf life m, lead time L, waste cost w, FIFO or LIFO issuing.
-
-Every cost is exact (no simulation noise) and is the long-run average cost per period:
-``dp`` by relative value iteration on the full grid of ``Perishable.dp_space`` (every
-coordinate 0..10, so 11^(m + L - 1) states), each heuristic by the stationary law of the
-chain its order table induces on the same grid, its parameters found by a local search
-over those exact costs (``pipeline/core/heuristics/perishable_heuristics.py``).
-"""
+"""Perishable inventory: De Moor et al. (2022) Scenario A, exact long-run average costs of the DP
+and the heuristics (docs/benchmarks.md; grid and evaluation: docs/problems/perishable.md)."""
 from __future__ import annotations
 
 import numpy as np
