@@ -312,8 +312,7 @@ def ray_train_group(s: dict, work: Path, log) -> list[Row]:
     from pipeline.config import load_config
     from pipeline.data.parquet import count_rows
     from pipeline.data.synthetic import materialize
-    from pipeline.core.problems import get_problem
-    from pipeline.adapters.ray_train import fit
+    from pipeline.adapters.training_run import train
     from pipeline.adapters.ray_session import init_ray, local_cpus
     from pipeline.adapters.tracking import Tracker
 
@@ -326,15 +325,14 @@ def ray_train_group(s: dict, work: Path, log) -> list[Row]:
         if not rows:
             most = max(s["train_workers"])
             init_ray(cfg, num_cpus=local_cpus(load_config([*s["train_args"], f"train.num_workers={most}"])))
-        width = get_problem(cfg.problem.name, cfg.problem.params).state_width(cfg.data.lead_time_range[1])
         splits = materialize(cfg.data, cfg.seed, work)
         for old in (work / cfg.name, work / "ray" / cfg.name):  # a fresh run: nothing to resume from
             shutil.rmtree(old, ignore_errors=True)
         tracker = Tracker(cfg)
-        run_id = tracker.start(cfg, kind="train", data=splits["train"].parent, resume=False)
+        tracker.start(cfg, kind="train", data=splits["train"].parent, resume=False)
         log(f"[perf ray_train] fit with {workers} worker(s), {cfg.train.epochs} epochs ...")
         tic = time.time()
-        fit(cfg, splits, work / cfg.name, tracker.uri, run_id, width, storage_path=work / "ray")
+        train(cfg, splits=splits, run_dir=work / cfg.name, tracker=tracker, evaluate=False)
         fit_s = time.time() - tic
         epoch_s = [v for _, v in tracker.metric_history("train/epoch_seconds")]
         steps = [v for _, v in tracker.metric_history("train/steps")]

@@ -211,14 +211,14 @@ def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: fl
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
-        state_width: int, callbacks: list | None = None, storage_path: Path | None = None) -> list:
+        state_width: int, callbacks: list | None = None) -> list:
     """Build the TorchTrainer over Ray Data datasets and run it to the last epoch. Returns
     the epochs' metrics that rank 0 could not send to the tracking server (it was down at
     the end): ``[(metrics, step), ...]``.
 
-    ``callbacks``: extra Ray Train callbacks (a Tune trial passes ``TuneReportCallback``);
-    ``storage_path``: Ray Train's storage folder, by default ``run_dir.parent / "ray"``."""
-    storage = Path(storage_path or run_dir.parent / "ray")
+    ``callbacks``: extra Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
+    Ray Train's storage folder is ``run_dir.parent / "ray"``."""
+    storage = run_dir.parent / "ray"
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = False  # once per epoch otherwise
     # Ray Data's default Parquet reader (DataSourceV2) lists every dataset execution, every
