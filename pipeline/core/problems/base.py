@@ -17,7 +17,8 @@ from pipeline.core.properties import Property
 
 
 class ProblemBase:
-    """Per-product problem parameters. The dataclass fields are population constants; a
+    """What every problem shares: defaults for the empty start, inventory position and default
+    properties; and per-product parameters. The dataclass fields are population constants; a
     ``ProductBatch.params`` column of the same name gives one value per product instead.
     For a ``structural`` field (it sets the state's layout or the DP's grid) the constant is
     the largest value and a column gives each product a value up to it;
