@@ -96,4 +96,3 @@ def held_out_report(cfg, problem: Problem, policies: dict[str, Policy], train: P
         table[f"violation_rate_{region}"] = table.policy.map(
             {k: v[f"{region}/violation_rate"] for k, v in measured.items()})
     return table, baselines, measured
-

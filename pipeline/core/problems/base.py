@@ -29,12 +29,18 @@ class ProblemBase:
     n_param_features: ClassVar[int] = 0  # how many ``param_features`` the network gets
 
     def param(self, batch: ProductBatch, name: str):
-        """Parameter ``name``: the batch's column [B] (a choice as its index in
-        ``choices[name]``, a structural one as whole numbers), or the population constant
-        itself where there is no column."""
+        """Parameter ``name``: the batch's column [B] (``_resolve``), resolved once per column and
+        device (a rollout asks every period), or the population constant where there is none."""
         column = batch.params.get(name)
         if column is None:
             return getattr(self, name)
+        cached = self.__dict__.setdefault("_resolved", {}).get(name)
+        if cached is None or cached[0] is not column or cached[1].device != batch.demand.device:
+            cached = self._resolved[name] = (column, self._resolve(batch, name, column))
+        return cached[1]
+
+    def _resolve(self, batch: ProductBatch, name: str, column) -> Tensor:
+        """A column of ``param``, checked and converted (a choice to indices, structural to whole numbers)."""
         if name in self.structural:
             column, top = torch.as_tensor(column).round().long(), getattr(self, name)
             if bool((column > top).any()):
@@ -47,7 +53,7 @@ class ProblemBase:
             if not match.any(axis=1).all():
                 raise ValueError(f"{self.name}: {name} must be one of {', '.join(allowed)}")
             return torch.as_tensor(match.argmax(axis=1), device=batch.demand.device)
-        return column
+        return torch.as_tensor(column, device=batch.demand.device)
 
     def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
         """Scale-free features [B] of the problem parameters for the policy network's static
