@@ -127,6 +127,13 @@ class BenchmarkConfig:
     policies: List[str] = MISSING  # the suite's policies to run (empty: all); dp is the exact optimum
     results_dir: str = MISSING     # <results_dir>/<suite>.csv
     docs: str = MISSING            # markdown report of every suite's results
+    figures: str = MISSING         # the report's figures (gaps by instance; the learned rows' curves and policies)
+    eval_products: int = MISSING   # learned rows: held-out products per evaluation batch (docs/benchmarks.md)
+    max_eval_products: int = MISSING  # ... batches added until the paired gap's standard error is at most
+    max_se_pct: float = MISSING    # ... this many percentage points, or this many products are used
+    eval_history: int = MISSING    # ... periods of demand history before a path's first decision
+    eval_warmup: int = MISSING     # ... periods from an empty system before scoring (average-cost suites)
+    eval_periods: int = MISSING    # ... periods scored per path
 
 
 @dataclass
@@ -376,8 +383,13 @@ def validate(c: Config) -> None:
     check(set(e.baselines) <= set(BASELINES), "eval.baselines", f"must be a subset of {', '.join(BASELINES)}, got {list(e.baselines)}")
     check(c.benchmark.suite in (*PROBLEMS, "all"), "benchmark.suite",
           f"must be one of {', '.join(PROBLEMS)} or all, got {c.benchmark.suite!r}")
-    check(c.benchmark.suite != "all" or not c.benchmark.policies, "benchmark.policies",
-          "must be empty (every policy) with benchmark.suite=all")
+    check(c.benchmark.suite != "all" or set(c.benchmark.policies) <= {"dp", "learned"}, "benchmark.policies",
+          f"must be a subset of dp, learned (or empty: every policy) with benchmark.suite=all, "
+          f"got {list(c.benchmark.policies)}")
+    check_at_least("benchmark", c.benchmark, ("eval_products", "max_eval_products", "eval_history", "eval_periods"),
+                   low=1)
+    check(c.benchmark.max_se_pct > 0 and c.benchmark.eval_warmup >= 0, "benchmark.max_se_pct",
+          f"must be > 0 (and eval_warmup >= 0), got {c.benchmark.max_se_pct} ({c.benchmark.eval_warmup})")
     check_at_least("eval", e, ("omniscient_sim_periods",), low=100)
     r = c.robustness
     check(set(r.shocks) <= set(SHOCKS), "robustness.shocks", f"must be a subset of {', '.join(SHOCKS)}, got {list(r.shocks)}")

@@ -37,6 +37,32 @@ def policy_metrics(problem: Problem, policy: Policy, batch: ProductBatch, start:
     }
 
 
+@torch.no_grad()
+def product_costs(problem: Problem, policy: Policy, batch: ProductBatch, start: int, horizon: int, warmup: int,
+                  width: int, round_actions: bool, initial_state=None, discount: float = 1.0) -> torch.Tensor:
+    """Each product's cost per period [B] (float64) on its path from ``start``: the average
+    after the first ``warmup`` periods, or with ``discount`` < 1 the discounted cost per
+    period from the start, (1 - discount) x the discounted sum (docs/benchmarks.md, Learned rows)."""
+    traj = rollout(problem, policy, batch, start, horizon, width, round_actions=round_actions,
+                   initial_state=initial_state)
+    cost = traj.cost[:, warmup:].double()
+    if discount >= 1.0:
+        return cost.mean(dim=1)
+    weights = discount ** torch.arange(cost.shape[1], dtype=torch.float64, device=cost.device)
+    return (1 - discount) * (cost * weights).sum(dim=1)
+
+
+def paired_gap(cost: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """The gap in percent of the total of ``cost`` [N] to that of ``reference`` [N] (the same
+    N paths, one value per path), and its standard error in percentage points: the ratio
+    estimator's, sd(cost - ratio x reference) / (sqrt(N) x mean(reference))."""
+    cost, reference = cost.double(), reference.double()
+    ratio = float(cost.sum() / reference.sum())
+    n = len(cost)
+    spread = float((cost - ratio * reference).std()) if n > 1 else float("inf")
+    return 100 * (ratio - 1), 100 * spread / (n ** 0.5 * float(reference.mean()))
+
+
 def evaluation_table(problem: Problem, policies: dict[str, Policy], batch: ProductBatch, start: int, horizon: int,
                      warmup: int, width: int, round_actions: bool, objective: str) -> pd.DataFrame:
     """One row per policy; ``gap_pct`` is relative to the exact optimum (``dp``) where there

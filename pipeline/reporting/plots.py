@@ -188,3 +188,71 @@ def series_sample(trajectories: dict, batch: ProductBatch, start: int, warmup: i
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig
+
+
+def gap_curve(curve, title: str):
+    """A network's gap to the optimum (``valid_gap_pct``) by training wall time (``train_seconds``)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(curve.train_seconds, curve.valid_gap_pct, marker=".")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("gap to the DP policies (%)")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def gap_bars(table, title: str):
+    """The gap to the optimum of every policy (``gap_pct``) by instance: one bar group per
+    instance, one bar per policy (the optimum itself left out)."""
+    policies = [p for p in dict.fromkeys(table.policy) if p != "dp"]
+    wide = table.pivot_table(index="instance", columns="policy", values="gap_pct", sort=False)
+    fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.55 * len(wide)), 4.4))
+    step = 0.8 / max(1, len(policies))
+    for k, policy in enumerate(policies):
+        x = [i + (k - (len(policies) - 1) / 2) * step for i in range(len(wide))]
+        ax.bar(x, wide[policy].clip(lower=0.0), width=step, label=policy,
+               color="black" if policy == "learned" else f"C{k}")
+    ax.set_xticks(range(len(wide)), wide.index, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("gap to the optimum (%)")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(3, len(policies)))
+    fig.tight_layout()
+    return fig
+
+
+def policy_slices(actions: dict, axes: list, names: list[str], action_names: list[str], title: str):
+    """Each policy's actions over a state slice: ``actions`` policy -> [N, A] on the grid of
+    ``axes`` (one or two coordinate ranges, named ``names``); a heatmap per action and policy
+    for two coordinates, lines for one."""
+    n_act = len(action_names)
+    if len(axes) == 1:
+        fig, grid = plt.subplots(1, n_act, figsize=(4.2 * n_act, 3.4), squeeze=False)
+        for a, ax in enumerate(grid[0]):
+            for k, (name, act) in enumerate(actions.items()):
+                ax.step(axes[0], act[:, a], where="mid", lw=2.5 - k, ls="-" if k == 0 else "--", label=name)
+            ax.set_xlabel(names[0])
+            ax.set_ylabel(action_names[a])
+            ax.grid(alpha=0.3)
+        grid[0][0].legend(fontsize=8)
+    else:
+        fig, grid = plt.subplots(n_act, len(actions), figsize=(3.8 * len(actions), 3.2 * n_act),
+                                 squeeze=False, layout="constrained")
+        shape = (len(axes[0]), len(axes[1]))
+        extent = [float(axes[1][0]) - 0.5, float(axes[1][-1]) + 0.5, float(axes[0][0]) - 0.5, float(axes[0][-1]) + 0.5]
+        for a in range(n_act):
+            top = max(float(act[:, a].max()) for act in actions.values())
+            for k, (name, act) in enumerate(actions.items()):
+                ax = grid[a][k]
+                image = ax.imshow(act[:, a].reshape(shape), origin="lower", aspect="auto", extent=extent,
+                                  vmin=0.0, vmax=max(top, 1.0), cmap="viridis")
+                ax.set_title(f"{name}: {action_names[a]}", fontsize=9)
+                ax.set_xlabel(names[1])
+                ax.set_ylabel(names[0])
+            fig.colorbar(image, ax=grid[a].tolist(), shrink=0.8, label=action_names[a])
+    fig.suptitle(title, fontsize=10)
+    return fig

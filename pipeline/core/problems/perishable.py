@@ -21,7 +21,7 @@ class Perishable(ProblemBase):
     name: ClassVar[str] = "perishable"
     structural: ClassVar[tuple[str, ...]] = ("shelf_life", "max_order")
     choices: ClassVar[dict] = {"issuing": ISSUING}
-    n_param_features: ClassVar[int] = 2
+    n_param_features: ClassVar[int] = 3
     actions: ClassVar[tuple[str, ...]] = ("order",)
     discrete: ClassVar[bool] = True  # demand and orders are whole units; evaluation rounds orders
     min_lead_time: ClassVar[int] = 1
@@ -49,11 +49,11 @@ class Perishable(ProblemBase):
                  {"shelf_life": m + 1, "issuing": "lifo", "waste_cost": 3.0, "max_order": 8}) for m in (2, 3)]
 
     def param_features(self, batch: ProductBatch, total: Tensor) -> list[Tensor]:
-        """The waste cost's share and whether the product issues LIFO."""
+        """The waste cost's share, whether the product issues LIFO, and 1 / its shelf life."""
         issuing = self.param(batch, "issuing")
         lifo = issuing == ISSUING.index("lifo") if isinstance(issuing, Tensor) else torch.tensor(issuing == "lifo")
         w = self.per_product(batch, "waste_cost")
-        return [w / (total + w), lifo.to(total).expand(batch.size)]
+        return [w / (total + w), lifo.to(total).expand(batch.size), 1.0 / self.per_product(batch, "shelf_life")]
 
     def state_width(self, max_lead_time: int) -> int:
         return max(1, int(max_lead_time)) - 1 + self.shelf_life

@@ -32,6 +32,7 @@ class Suite:
     dp_instance: Callable | None = None  # instance -> DPInstance (the exact DP's inputs)
     policy_classes: tuple[type, ...] = ()  # the heuristic policy classes of its policies
     timed: tuple[dict, ...] = ()  # instances whose exact DP the performance suite times
+    picture: dict | None = None   # the instance whose learned and DP policies the report draws
 
 
 def suite_module_name(problem: str) -> str:
@@ -46,7 +47,7 @@ def load_suite(problem: str) -> Suite | None:
         return None
     m = importlib.import_module(module_name)
     return Suite(problem, problem, m.POLICIES, m.GRID, m.evaluate, m.NOTES, m.dp_instance,
-                 m.POLICY_CLASSES, m.TIMED)
+                 m.POLICY_CLASSES, m.TIMED, getattr(m, "PICTURE", None))
 
 
 SUITES = {suite.name: suite for suite in map(load_suite, PROBLEMS) if suite is not None}

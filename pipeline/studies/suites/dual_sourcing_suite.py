@@ -28,6 +28,7 @@ GRID = tuple({"l_r": l_r, "c_e": c_e} for l_r in (2, 3, 4) for c_e in (5, 10, 20
 POLICIES = ("dp", "single_index", "dual_index", "capped_dual_index", "tailored_base_surge")
 POLICY_CLASSES = (SingleIndexPolicy, DualIndexPolicy, TailoredBaseSurgePolicy)
 TIMED = tuple({"l_r": l_r, "c_e": 20} for l_r in (2, 3, 4))
+PICTURE = {"l_r": 2, "c_e": 20}  # the report draws its learned and DP policies
 NOTES = suite_notes("dual_sourcing")  # docs/benchmarks.md
 SEARCHES = {"single_index": search_single_index, "dual_index": search_dual_index,
             "capped_dual_index": search_capped_dual_index, "tailored_base_surge": search_tailored_base_surge}

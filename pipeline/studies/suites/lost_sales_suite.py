@@ -22,6 +22,7 @@ GRID = tuple({"p": p, "L": L} for p in (4, 9, 19, 39) for L in (0, 1, 2, 3, 4))
 POLICIES = ("dp", "base_stock", "capped_base_stock", "myopic_1", "myopic_2", "vector_base_stock")
 POLICY_CLASSES = (heuristics.CappedBaseStockPolicy, heuristics.VectorBaseStockPolicy, heuristics.OrderTablePolicy)
 TIMED = ({"p": 4, "L": 2}, {"p": 19, "L": 3})
+PICTURE = {"p": 9, "L": 2}  # the report draws its learned and DP policies
 NOTES = suite_notes("lost_sales")  # docs/benchmarks.md
 
 

@@ -25,6 +25,7 @@ GRID = tuple({"m": m, "L": L, "w": w, "issuing": issuing}
 POLICIES = ("dp", "base_stock", "waste_aware_base_stock")
 POLICY_CLASSES = (PerishableBaseStock, BspLowEw)
 TIMED = tuple({"m": m, "L": L, "w": 7, "issuing": "fifo"} for m, L in ((2, 1), (3, 1), (3, 2)))
+PICTURE = {"m": 2, "L": 1, "w": 7, "issuing": "fifo"}  # the report draws its learned and DP policies
 NOTES = suite_notes("perishable")  # docs/benchmarks.md
 
 

@@ -26,6 +26,7 @@ GRID = tuple({"p": p, "s": s, "L": L, "gamma": 0.95} for L in (0, 1) for p in (4
 POLICIES = ("dp", "base_stock", "interval_stock")
 POLICY_CLASSES = (BaseStockPolicy, IntervalStockPolicy)
 TIMED = ({"p": 4, "s": 0, "L": 0, "gamma": 0.95}, {"p": 19, "s": 1, "L": 1, "gamma": 0.95})
+PICTURE = {"p": 19, "s": 1, "L": 1, "gamma": 0.95}  # the report draws its learned and DP policies
 NOTES = suite_notes("removal")  # docs/benchmarks.md
 MEAN, HOLDING, UNIT_COST = 5.0, 1.0, 2.0
 
