@@ -46,7 +46,7 @@ sipn: $(STAMP)
 favorita: $(STAMP)
 	$(PY) -m jobs.favorita experiment=favorita $(ARGS)
 
-## benchmark: every benchmark suite -> benchmarks/results/<suite>.csv and docs/benchmarks.md
+## benchmark: every benchmark suite, exact and heuristic rows and the learned ones (one network per suite) -> benchmarks/results/<suite>.csv and docs/benchmarks.md
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark suite=all
 

@@ -36,7 +36,7 @@ def main(args: list[str]) -> int:
     from pipeline.reporting.plots import gap_bars
 
     b = cfg.benchmark
-    known = (*SUITES[b.suite].policies, LEARNED) if b.suite != "all" else ()
+    known = (*SUITES[b.suite].policies, LEARNED) if b.suite != "all" else ("dp", LEARNED)
     if not set(b.policies) <= set(known):
         raise ConfigError(f"benchmark.policies must be a subset of {', '.join(known)} (empty: all), "
                           f"got {list(b.policies)}")

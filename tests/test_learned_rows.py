@@ -122,3 +122,25 @@ def test_a_product_plays_its_own_instance_in_the_population_problem(name, picks)
         mine = product_costs(cell.case.problem, policy, batch, 40, 100, 0, cell.width, True, start)
         theirs = product_costs(problem, policy, batch, 40, 100, 0, width, True, wide)
         assert torch.allclose(mine, theirs, rtol=1e-6), cell.instance
+
+
+def test_the_job_adds_learned_rows_beside_the_exact_ones_and_checks_its_policies():
+    import pandas as pd
+
+    from jobs.benchmark import merge
+    from pipeline.config import ConfigError, load_config
+    from pipeline.studies.suites import COLUMNS
+
+    exact = pd.DataFrame([["s", "p", i, pol, 1.0, 0.0] for i in ("a", "b") for pol in ("dp", "base_stock")],
+                         columns=COLUMNS)
+    rows = pd.DataFrame([{"suite": "s", "problem": "p", "instance": i, "policy": "learned", "avg_cost": 1.01,
+                          "gap_pct": 1.0, "gap_se_pct": 0.01} for i in ("a", "b")])
+    table = merge(exact, rows)
+    assert list(zip(table.instance, table.policy)) == [("a", "dp"), ("a", "base_stock"), ("a", "learned"),
+                                                       ("b", "dp"), ("b", "base_stock"), ("b", "learned")]
+    assert table.gap_se_pct.isna().sum() == 4
+    assert load_config(["suite=all", "benchmark.policies=[learned]"]).benchmark.policies == ["learned"]
+    with pytest.raises(ConfigError, match="subset of dp, learned"):
+        load_config(["suite=all", "benchmark.policies=[base_stock]"])
+    with pytest.raises(ConfigError, match="max_se_pct"):
+        load_config(["benchmark.max_se_pct=0"])
