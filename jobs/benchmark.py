@@ -125,8 +125,16 @@ def learned_summary(summary: dict, results, args: list[str]) -> str:
                      "date": time.strftime("%Y-%m-%d")})
     path = results / "learned.csv"
     old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(rows[0]))
-    runs = pd.concat([old[~old.suite.isin(summary)], pd.DataFrame(rows)], ignore_index=True)
-    runs.to_csv(path, index=False)
+    pd.concat([old[~old.suite.isin(summary)], pd.DataFrame(rows)], ignore_index=True).to_csv(path, index=False)
+    return learned_block(path)
+
+
+def learned_block(path) -> str:
+    """The report block of ``learned.csv``: one row per suite, in registry order."""
+    from pipeline.studies.suites import SUITES
+
+    runs = pd.read_csv(path)
+    runs = runs.set_index("suite").loc[[s for s in SUITES if s in set(runs.suite)]].reset_index()
     shown = pd.DataFrame({"suite": runs.suite, "products": runs.products.map("{:,}".format),
                           "mean gap": runs.mean_gap_pct.map("{:+.3f}%".format),
                           "worst gap": runs.worst_gap_pct.map("{:+.3f}%".format),
