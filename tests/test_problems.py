@@ -217,14 +217,15 @@ def test_the_regular_lead_time_must_exceed_each_product_s_expedited_one():
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_the_network_sees_parameter_features_as_column_or_constant(name):
     """With the problem, the network's static inputs end with the problem's parameter
-    features, the same whether a parameter is a column or the population constant; lost
-    sales adds none."""
+    features, the same whether a parameter is a column or the population constant (a
+    structural one as a column up to the population's largest value); lost sales adds none."""
     from pipeline.core.policy import N_STATIC, OrderPolicy, static_features
     params_a, params_b = PROBLEMS[name].mixed_instances()[0]
-    columns = {k: [params_a[k], params_b[k]] for k in params_a if k not in PROBLEMS[name].structural}
-    mixed = make_batch(torch.ones(2, 40), 1, **columns)  # the structural ones are not features
+    columns = {k: [params_a[k], params_b[k]] for k in params_a}
+    largest = get_problem(name, {k: max(params_a[k], params_b[k]) for k in PROBLEMS[name].structural if k in params_a})
+    mixed = make_batch(torch.ones(2, 40), 1, **columns)
     scale = torch.ones(2)
-    feats = static_features(mixed, scale, get_problem(name))
+    feats = static_features(mixed, scale, largest)
     n = PROBLEMS[name].n_param_features
     assert feats.shape == (2, N_STATIC + n) and (n > 0) == bool(columns)
     assert torch.equal(feats[:, :N_STATIC], static_features(mixed, scale))
@@ -232,6 +233,6 @@ def test_the_network_sees_parameter_features_as_column_or_constant(name):
     for i, params in enumerate((params_a, params_b)):
         alone = static_features(make_batch(torch.ones(1, 40), 1), scale[:1], get_problem(name, params))
         assert torch.equal(feats[i], alone[0])
-    policy = OrderPolicy(4, kind="mlp", n_actions=len(PROBLEMS[name].actions), problem=get_problem(name))
+    policy = OrderPolicy(4, kind="mlp", n_actions=len(PROBLEMS[name].actions), problem=largest)
     assert policy.first_exo.in_features == N_STATIC + n + 3
     policy.prepare(mixed, 32, 4)
