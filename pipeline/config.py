@@ -74,6 +74,8 @@ class TrainConfig:
     horizon: int = MISSING         # periods per rollout
     warmup: int = MISSING          # first periods left out of the loss
     grad_clip: float = MISSING     # max gradient norm; 0 disables
+    round_actions: bool = MISSING  # train (and validate) on whole-unit orders of a discrete problem, the
+                                   # gradient passed straight through the rounding (docs/policy.md)
     num_workers: int = MISSING     # Ray Train workers; 0 runs in the driver process
     use_gpu: bool = MISSING
     cpus_per_worker: int = MISSING

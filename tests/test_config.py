@@ -61,7 +61,7 @@ def test_command_line_error_exits_2_without_traceback():
     assert "Traceback" not in out.stderr
     assert out.stderr.strip() == ("config error: unknown config key 'train.lrr' (from command line 'train.lrr=0.1'); "
                                   "train has: epochs, batch_size, windows_per_batch, lr, lr_final_fraction, history, "
-                                  "horizon, warmup, grad_clip, num_workers, use_gpu, cpus_per_worker, "
+                                  "horizon, warmup, grad_clip, round_actions, num_workers, use_gpu, cpus_per_worker, "
                                   "checkpoint_every, max_failures")
 
 

@@ -1,6 +1,7 @@
 """The learned row of a benchmark suite: the paired gap against known answers, the population and
 the state embedding, and one tiny suite end to end through the training path."""
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -144,3 +145,26 @@ def test_the_job_adds_learned_rows_beside_the_exact_ones_and_checks_its_policies
         load_config(["suite=all", "benchmark.policies=[base_stock]"])
     with pytest.raises(ConfigError, match="max_se_pct"):
         load_config(["benchmark.max_se_pct=0"])
+
+
+def test_rounded_training_rolls_out_whole_units_and_passes_the_gradient_straight_through():
+    from pipeline.config import load_config
+    from pipeline.core.policy import build_policy
+    from pipeline.core.rollout import rollout
+    from pipeline.core.training import TrainSpec, train_step
+
+    problem = LostSales()
+    cfg = load_config(["policy.kind=mlp", "train.round_actions=true", "train.horizon=20", "train.warmup=0"])
+    spec = TrainSpec.from_config(cfg, problem, 2)
+    assert spec.round_actions
+    torch.manual_seed(0)
+    policy = build_policy(cfg.policy, 2, problem)
+    batch = learned.batch_from_columns(learned.population([SUITES["lost_sales"].dp_instance({"p": 9, "L": 2})], 16, 80,
+                                                          np.random.default_rng(0)))
+    traj = rollout(problem, policy, batch, 40, 20, 2, round_actions=True)
+    assert traj.actions.requires_grad and torch.equal(traj.actions, torch.round(traj.actions))
+    traj.cost.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in policy.parameters())
+    assert any(float(p.grad.abs().sum()) > 0 for p in policy.parameters())
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    assert math.isfinite(train_step(policy, optimizer, problem, batch, 40, spec)["loss"])

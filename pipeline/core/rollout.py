@@ -53,8 +53,8 @@ def rollout(problem: Problem, policy: Policy, batch: ProductBatch, start: int, h
         if record_states:
             out["states"].append(state)
         action = action_matrix(policy.act(ctx, t, state))
-        if round_actions:
-            action = torch.round(action)
+        if round_actions:  # the gradient passes straight through the rounding
+            action = action + (torch.round(action) - action).detach() if action.requires_grad else torch.round(action)
         step = problem.step(state, action, demand[t], batch, setup)
         state = step.next_state
         for k in ("cost", "sales", "held", "lost", "waste"):

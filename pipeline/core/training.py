@@ -49,6 +49,7 @@ class TrainSpec:
     discount: float
     objective: str             # "cost" or "reward"
     grad_clip: float           # 0: no clipping
+    round_actions: bool        # whole-unit actions in the rollout (gradient straight through)
     history: int               # periods before a rollout start (the policy's input window)
     windows_per_batch: int     # steps on each batch of products, each on a new time window
     lr: float                  # the learning rate at the start
@@ -72,7 +73,8 @@ class TrainSpec:
             props = penalty_properties(problem, width, list(p.properties))
             weights = weights.expand(len(props)).clone()
         return cls(width=width, horizon=t.horizon, warmup=t.warmup, discount=cfg.problem.discount,
-                   objective=cfg.problem.objective, grad_clip=t.grad_clip, history=t.history,
+                   objective=cfg.problem.objective, grad_clip=t.grad_clip,
+                   round_actions=t.round_actions and problem.discrete, history=t.history,
                    windows_per_batch=t.windows_per_batch, lr=t.lr, lr_final_fraction=t.lr_final_fraction,
                    epochs=t.epochs, ramp_epochs=p.ramp_epochs, state_names=tuple(problem.state_names(width)),
                    actions=tuple(problem.actions), penalty=props, weights=weights if props else None,
@@ -87,7 +89,8 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem: Pro
     the (discounted) per-period loss after the warm-up, add the structure penalty when
     ``spec`` has one (its weights times ``penalty_scale``, see ``penalty_ramp``),
     backpropagate through the whole trajectory, average gradients across workers, clip, step."""
-    traj = rollout(problem, policy, batch, start, spec.horizon, spec.width, record_states=spec.penalty is not None)
+    traj = rollout(problem, policy, batch, start, spec.horizon, spec.width, round_actions=spec.round_actions,
+                   record_states=spec.penalty is not None)
     loss = directbackprop_loss(period_loss(traj, batch, spec.objective), spec.warmup, spec.discount)
     total, extra = loss, {}
     if spec.penalty is not None:
@@ -196,11 +199,12 @@ def gradient_averager(world_size: int) -> Optional[Callable[[list[torch.Tensor]]
 
 
 def validation_metrics(policy: nn.Module, problem: Problem, batch: ProductBatch, cfg, width: int) -> dict[str, float]:
-    """Metrics on the validation products over the evaluation window (continuous orders,
-    as trained), and the violations of the structural properties (penalised or not) in the
+    """Metrics on the validation products over the evaluation window (orders as trained:
+    continuous, or whole units with ``train.round_actions``), and the violations of the structural properties (penalised or not) in the
     visited and in probe states, prefixed ``valid/``."""
     e = cfg.eval
     horizon = batch.periods - e.start
-    m = policy_metrics(problem, policy, batch, e.start, horizon, e.warmup, width, round_actions=False)
+    m = policy_metrics(problem, policy, batch, e.start, horizon, e.warmup, width,
+                       round_actions=cfg.train.round_actions and problem.discrete)
     m.update(violation_summary(cfg, policy, problem, batch, width))
     return {f"valid/{k}": v for k, v in m.items()}
