@@ -29,14 +29,13 @@ from pipeline.core.demand import sample_demand
 from pipeline.core.evaluation import paired_gap, product_costs
 from pipeline.core.problems import get_problem
 from pipeline.core.rollout import action_matrix
-from pipeline.data.parquet import SPLITS, to_arrow, write_shards
+from pipeline.data.parquet import SPLITS, read_products, to_arrow, write_shards
 from pipeline.data.synthetic import split_products
 from pipeline.reporting import plots
 from pipeline.reporting.progress import eta
 from pipeline.studies.suites.instances import DPInstance, instance_key
 
 ID_STRIDE = 1_000_000  # product_id = instance index x ID_STRIDE + k: a product's instance is in its id
-EXTRA_COLUMNS = ["sim_cost", "sim_dp_cost", "gap_se_pct", "paths", "periods"]
 
 
 @dataclass
@@ -172,8 +171,6 @@ def validation_reference(cells: list[Cell], problem, cfg: Config, splits: dict[s
     """The DP policies' average cost on the validation products' paths, as the training run's
     validation scores its network (``eval.start`` on, after ``eval.warmup``, each system's own
     start): the reference of the learning curve."""
-    from pipeline.data.parquet import read_products
-
     valid, e = read_products(splits["valid"]), cfg.eval
     instance = torch.as_tensor(valid.product_id // ID_STRIDE)
     total, count = 0.0, 0
@@ -250,7 +247,7 @@ def run(cfg: Config, suite, exact: dict[str, float], progress: Callable[[str], N
             fig.savefig(figures / f"benchmark-{suite.name}-{name}.png", dpi=110)
     timing["total_seconds"] = time.time() - started
     return table, {"timing": timing, "curve": curve, "run_id": result.run_id, "run": tcfg.name,
-                   "products": tcfg.data.num_products, "picture": instance_key(suite.instances[suite_picture(suite)])}
+                   "products": tcfg.data.num_products}
 
 
 def suite_picture(suite) -> int:
