@@ -4,7 +4,7 @@ import torch
 from conftest import make_batch
 from pipeline.core.policy import OrderPolicy
 from pipeline.core.problems import get_problem
-from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
+from pipeline.core.rollout import directbackprop_loss, period_loss, period_reward, rollout
 from test_lost_sales import FixedOrders
 
 PROBLEM = get_problem("lost_sales")
@@ -27,7 +27,19 @@ def test_reward_objective_subtracts_revenue():
     traj = rollout(PROBLEM, FixedOrders([5, 3]), batch, 0, 2, 1)
     # t0: buy 5 (15), sell 4 (40), hold 1 (1); t1: 1 + 3 = 4 available, sell 4, buy 3 (9)
     assert period_loss(traj, batch, "cost")[0].tolist() == [16.0, 9.0]
-    assert period_loss(traj, batch, "reward")[0].tolist() == [-24.0, -31.0]
+    # the unit left at t0 is stock valued at cost (+3), sold at t1 (-3): 40 - 16 + 3, 40 - 9 - 3
+    assert period_loss(traj, batch, "reward")[0].tolist() == [-27.0, -28.0]
+    # over a window that ends with no stock, the plain revenue minus cost: 24 + 31
+    assert period_reward(traj, batch)[0].sum().item() == 55.0
+
+
+def test_stock_bought_in_a_warm_up_is_not_free():
+    # two policies with the same sales in period 1: one buys all in period 0, left out of
+    # the loss, the other buys in period 1; the first must not look better after the warm-up
+    batch = make_batch([0, 4], price=10.0, h=0.0, p=0.0, c=3.0)
+    early = period_reward(rollout(PROBLEM, FixedOrders([4, 0]), batch, 0, 2, 1), batch)
+    late = period_reward(rollout(PROBLEM, FixedOrders([0, 4]), batch, 0, 2, 1), batch)
+    assert early[0, 1].item() == late[0, 1].item() == 40.0 - 12.0
 
 
 def test_gradient_wrt_orders_matches_finite_differences():

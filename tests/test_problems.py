@@ -60,11 +60,16 @@ def test_the_network_learns_on_every_problem(name):
 def test_reward_is_revenue_minus_cost(name):
     cfg, problem, batch = population(name, 8, 60)
     batch.price[:] = 7.0
+    batch.unit_cost[:] = batch.unit_cost + 1.0
     width = problem.state_width(int(batch.lead_time.max()))
     policy = build_policy(cfg.policy, width, problem)
     traj = rollout(problem, policy, batch, 40, 20, width)
     assert traj.actions.shape == (8, 20, len(problem.actions))
-    assert torch.allclose(period_loss(traj, batch, "reward"), traj.cost - 7.0 * traj.sales)
+    # summed over the window: revenue minus cost, with the stock it opened and closed with at unit cost
+    stock = batch.unit_cost * (traj.position[:, -1] - traj.opening)
+    assert bool((traj.position[:, -1] > 0).any())
+    assert torch.allclose(period_loss(traj, batch, "reward").sum(1), (traj.cost - 7.0 * traj.sales).sum(1) - stock,
+                          rtol=1e-4, atol=1e-3)
     assert bool((traj.sales <= traj.demand + 1e-6).all()) and bool((traj.cost >= 0).all())
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from pipeline.core.batch import ProductBatch
-from pipeline.core.rollout import rollout
+from pipeline.core.rollout import period_reward, rollout
 from pipeline.core.baselines import baseline_policies
 from pipeline.core.penalty import penalty_properties, structure_metrics
 from pipeline.core.protocols import Policy, Problem
@@ -24,11 +24,10 @@ def policy_metrics(problem: Problem, policy: Policy, batch: ProductBatch, start:
                    initial_state=initial_state)
     w = slice(warmup, None)
     cost = traj.cost[:, w]
-    revenue = batch.price[:, None] * traj.sales[:, w]
     periods = cost.numel()
     return {
         "avg_cost": float(cost.sum() / periods),
-        "avg_reward": float((revenue - cost).sum() / periods),
+        "avg_reward": float(period_reward(traj, batch)[:, w].sum() / periods),
         "fill_rate": float(traj.sales[:, w].sum() / traj.demand[:, w].sum().clamp_min(1e-9)),
         "avg_on_hand": float(traj.held[:, w].sum() / periods),
         "avg_waste": float(traj.waste[:, w].sum() / periods),

@@ -29,6 +29,8 @@ class Trajectory:
     lost: Tensor     # [B, T]
     waste: Tensor    # [B, T]
     actions: Tensor  # [B, T, A]
+    position: Tensor  # [B, T]: inventory position (units on hand and on order) after each period
+    opening: Tensor   # [B]: ... and before the first
     states: Tensor | None = None  # [B, T, W] state at each decision, if recorded
     context: object = None        # what policy.prepare returned (for the structure penalty)
 
@@ -48,7 +50,8 @@ def rollout(problem: Problem, policy: Policy, batch: ProductBatch, start: int, h
     state = problem.initial_state(batch, width) if initial_state is None else initial_state
     setup = problem.setup(batch, width)
     demand = batch.demand[:, start:start + horizon].t().contiguous()  # [T, B]: each period's contiguous
-    out = {k: [] for k in ("cost", "sales", "held", "lost", "waste", "actions", "states")}
+    opening = state.sum(dim=1)
+    out = {k: [] for k in ("cost", "sales", "held", "lost", "waste", "actions", "states", "position")}
     for t in range(horizon):
         if record_states:
             out["states"].append(state)
@@ -60,16 +63,31 @@ def rollout(problem: Problem, policy: Policy, batch: ProductBatch, start: int, h
         for k in ("cost", "sales", "held", "lost", "waste"):
             out[k].append(getattr(step, k))
         out["actions"].append(action)
+        out["position"].append(state.sum(dim=1))
     # stacked period-major ([T, B, ...], contiguous copies) and viewed as [B, T, ...]:
     # stacking along dim 1 scatters every period's values and is many times slower
     stacked = {k: torch.stack(v).transpose(0, 1) for k, v in out.items() if v}
     return Trajectory(demand=batch.demand[:, start:start + horizon], states=stacked.pop("states", None),
-                      context=ctx, **stacked)
+                      context=ctx, opening=opening, **stacked)
 
 
-def period_loss(traj: Trajectory, batch: ProductBatch, objective: str) -> Tensor:
-    """What is minimised each period: cost, or minus reward (revenue minus cost)."""
+def period_loss(traj: Trajectory, batch: ProductBatch, objective: str, stock_at_cost: bool = True) -> Tensor:
+    """What is minimised each period: cost, or minus ``period_reward`` (``stock_at_cost=False``:
+    minus revenue minus cost, which makes units bought in a warm-up free)."""
+    if objective == "reward" and stock_at_cost:
+        return -period_reward(traj, batch)
     return objective_loss(traj.cost, traj.sales, batch.price[:, None], objective)
+
+
+def period_reward(traj: Trajectory, batch: ProductBatch) -> Tensor:
+    """Revenue minus cost each period [B, T], with the stock valued at unit cost: plus
+    ``unit_cost`` x the change in the inventory position. Summed over any window this is
+    the window's revenue minus its costs minus the unit cost of the stock it opened with
+    plus that of the stock it closed with, so units bought in periods left out of a loss
+    or a score (a warm-up) are not free (docs/favorita.md, The study). Over a long run
+    it is revenue minus cost per period; the DP's criterion is unchanged."""
+    change = torch.diff(traj.position, dim=1, prepend=traj.opening[:, None])
+    return batch.price[:, None] * traj.sales - traj.cost + batch.unit_cost[:, None] * change
 
 
 def objective_loss(cost: Tensor, sales: Tensor, price: Tensor, objective: str) -> Tensor:

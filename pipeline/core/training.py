@@ -50,6 +50,7 @@ class TrainSpec:
     objective: str             # "cost" or "reward"
     grad_clip: float           # 0: no clipping
     round_actions: bool        # whole-unit actions in the rollout (gradient straight through)
+    stock_at_cost: bool        # reward objective: stock valued at unit cost (``rollout.period_reward``)
     history: int               # periods before a rollout start (the policy's input window)
     windows_per_batch: int     # steps on each batch of products, each on a new time window
     lr: float                  # the learning rate at the start
@@ -74,7 +75,8 @@ class TrainSpec:
             weights = weights.expand(len(props)).clone()
         return cls(width=width, horizon=t.horizon, warmup=t.warmup, discount=cfg.problem.discount,
                    objective=cfg.problem.objective, grad_clip=t.grad_clip,
-                   round_actions=t.round_actions and problem.discrete, history=t.history,
+                   round_actions=t.round_actions and problem.discrete, stock_at_cost=t.stock_at_cost,
+                   history=t.history,
                    windows_per_batch=t.windows_per_batch, lr=t.lr, lr_final_fraction=t.lr_final_fraction,
                    epochs=t.epochs, ramp_epochs=p.ramp_epochs, state_names=tuple(problem.state_names(width)),
                    actions=tuple(problem.actions), penalty=props, weights=weights if props else None,
@@ -91,7 +93,8 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem: Pro
     backpropagate through the whole trajectory, average gradients across workers, clip, step."""
     traj = rollout(problem, policy, batch, start, spec.horizon, spec.width, round_actions=spec.round_actions,
                    record_states=spec.penalty is not None)
-    loss = directbackprop_loss(period_loss(traj, batch, spec.objective), spec.warmup, spec.discount)
+    loss = directbackprop_loss(period_loss(traj, batch, spec.objective, spec.stock_at_cost), spec.warmup,
+                               spec.discount)
     total, extra = loss, {}
     if spec.penalty is not None:
         pen, extra = structure_penalty(policy, traj, spec.penalty, penalty_scale * spec.weights.to(loss),
