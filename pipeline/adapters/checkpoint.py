@@ -14,7 +14,8 @@ FILE = "checkpoint.pt"
 
 
 def best_path(run_dir: Path) -> Path:
-    """The checkpoint of a run's best validation epoch so far."""
+    """The checkpoint a run keeps as its policy: its best validation epoch so far, or with
+    ``train.keep=last`` its latest epoch."""
     return Path(run_dir) / "checkpoints" / "best" / FILE
 
 

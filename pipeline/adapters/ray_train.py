@@ -193,9 +193,10 @@ def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: fl
         best = min(best, score)
         metrics["valid/best"] = best
         w.tracking({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-        if (epoch + 1) % t.checkpoint_every == 0 or epoch == t.epochs - 1 or score <= best:
+        keep = score <= best or t.keep == "last"  # the checkpoint the run keeps as its policy
+        if (epoch + 1) % t.checkpoint_every == 0 or epoch == t.epochs - 1 or keep:
             info = {"best_valid": best, **metrics}
-            if score <= best:
+            if keep:
                 ckpt.save(ckpt.best_path(w.run_dir), w.policy, w.optimizer, epoch, cfg, w.spec.width, info)
             path = ckpt.save(w.latest, w.policy, w.optimizer, epoch, cfg, w.spec.width, info)
             checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
