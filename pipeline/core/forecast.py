@@ -245,13 +245,15 @@ def fit_forecaster(batch: ProductBatch, train_end: int, quantiles: Sequence[floa
 # ---------------------------------------------------------------- policies
 
 class QuantileOrderUpTo:
-    """Order up to the forecast quantile, at each product's critical fractile, of the
-    demand over its lead time plus one period (cumulative horizon L + 1), re-forecast
-    every period. ``model`` is anything with ``quantiles`` and
+    """Order up to the forecast quantile, at each product's critical fractile (or at
+    ``level``), of the demand over its lead time plus one period (cumulative horizon
+    L + 1), re-forecast every period. ``model`` is anything with ``quantiles`` and
     ``predict(batch, start, horizon) -> [B, horizon, K, Q]``."""
 
-    def __init__(self, problem: Problem, model: QuantileForecaster, objective: str, interpolate: bool = True):
+    def __init__(self, problem: Problem, model: QuantileForecaster, objective: str, interpolate: bool = True,
+                 level: float | None = None):
         self.problem, self.model, self.objective, self.interpolate = problem, model, objective, interpolate
+        self.level = level  # a service level for every product instead of the critical fractile
 
     def prepare(self, batch: ProductBatch, start: int, horizon: int) -> Tensor:
         """Order-up-to levels [B, horizon]."""
@@ -262,7 +264,8 @@ class QuantileOrderUpTo:
             raise ValueError(f"lead times up to {int(L.max())} need forecast horizons up to "
                              f"{int(L.max()) + 1}; the forecaster has {K}")
         own = forecast.gather(2, L.view(-1, 1, 1, 1).expand(-1, horizon, 1, forecast.shape[3]))[:, :, 0]
-        u = critical_fractile(batch, self.objective)
+        u = critical_fractile(batch, self.objective) if self.level is None else torch.full(
+            (batch.size,), float(self.level), dtype=forecast.dtype, device=forecast.device)
         return quantile_at(own, self.model.quantiles, u, self.interpolate).to(batch.demand.dtype)
 
     def act(self, levels: Tensor, t: int, state: Tensor) -> Tensor:
