@@ -44,7 +44,7 @@ sipn: $(STAMP)
 
 ## favorita: DirectBackprop vs predict-then-optimize on the weekly Favorita data -> results/favorita, docs/favorita.md
 favorita: $(STAMP)
-	$(PY) -m jobs.favorita experiment=favorita $(ARGS)
+	$(PY) -m jobs.favorita favorita.folds=2 favorita.seeds=[0,1,2] favorita.docs=docs/favorita.md $(ARGS)
 
 ## benchmark: every benchmark suite, exact and heuristic rows and the learned ones (one network per suite) -> benchmarks/results/<suite>.csv and docs/benchmarks.md
 benchmark: $(STAMP)

@@ -1,17 +1,21 @@
 """DirectBackprop against predict-then-optimize on retail demand (the paper's Section 3.3).
 
-    python -m jobs.favorita [experiment=favorita] [data.path=<Parquet file or folder>] [output_dir=...]
-                            [key=value ...]
+    python -m jobs.favorita [data.path=<Parquet file or folder>] [output_dir=...] [favorita.folds=2]
+                            [favorita.seeds=[0,1,2]] [favorita.docs=docs/favorita.md] [key=value ...]
 
-For each lead time in ``favorita.lead_times``: writes the time split of every series
+Without ``experiment=`` it reads conf/experiment/favorita.yaml (the paper's comparison).
+
+For each fold of the stores (``favorita.folds``) and each seed (``favorita.seeds``), and
+for each lead time in ``favorita.lead_times``: writes the time split of the fold's series
 (``pipeline/studies/favorita_study.py``, the study), trains DirectBackprop as ``jobs.train``
-does (plain, and with the structure penalty), fits the quantile forecaster of the predict-then-optimize
-pipeline on the training periods, and scores every policy on the same test periods.
-Writes ``summary.csv`` (policy, lead_time, reward, avg_inventory, fill_rate),
-``weekly.csv``, ``forecast.csv`` and plots to ``favorita.output_dir`` (the split data and
-the training runs under it too), all logged to one MLflow run with the training runs
-nested under it. ``data.path=`` and ``output_dir=`` are short for ``favorita.data_path``
-and ``favorita.output_dir``.
+does (plain, and with the structure penalty), fits the quantile forecaster of the
+predict-then-optimize pipeline on the fold's training periods, and scores every policy on
+the same test periods. Writes every run's tables to ``<output_dir>/f<fold>-s<seed>/`` and
+the tables over all runs (``summary.csv``, ``comparison.csv``, ``spread.csv``, ``curve.csv``,
+``events.csv``, ``forecast.csv``) and plots to ``favorita.output_dir``, all logged to one
+MLflow run with the training runs nested under it; nothing else is written unless
+``favorita.docs`` names a report to update. ``data.path=`` and ``output_dir=`` are short for
+``favorita.data_path`` and ``favorita.output_dir``.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ def study_args(args: list[str]) -> list[str]:
 
 def main(args: list[str]) -> int:
     args = study_args(args)
+    if not any(a.startswith("experiment=") for a in args):  # the paper's comparison by default
+        args = ["experiment=favorita", *args]
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
     from pipeline.studies.favorita_study import run
 

@@ -76,11 +76,14 @@ class TrainConfig:
     grad_clip: float = MISSING     # max gradient norm; 0 disables
     round_actions: bool = MISSING  # train (and validate) on whole-unit orders of a discrete problem, the
                                    # gradient passed straight through the rounding (docs/policy.md)
+    stock_at_cost: bool = MISSING  # reward objective: stock valued at unit cost, so a warm-up's purchases are not
+                                   # free (false: revenue minus cost per period, for comparison; docs/favorita.md)
     num_workers: int = MISSING     # Ray Train workers; 0 runs in the driver process
     use_gpu: bool = MISSING
     cpus_per_worker: int = MISSING
     checkpoint_every: int = MISSING  # epochs between checkpoints
     max_failures: int = MISSING      # worker-group restarts from the last checkpoint before the run fails
+    keep: str = MISSING              # the policy a run keeps: best_valid (its best validation epoch) or last
 
 
 @dataclass
@@ -176,14 +179,22 @@ class RetailExperimentConfig:
     output_dir: str = MISSING      # summary.csv, weekly.csv, plots (relative: to the project)
     docs: Optional[str] = None     # markdown report to write this run's section into (null: none)
     lead_times: List[int] = MISSING  # a comparison at each; 0 is the paper's setting
-    train_end: int = MISSING       # training rollouts and forecaster fit use periods < train_end
-    valid_end: int = MISSING       # validation scores periods [train_end, valid_end)
+    folds: int = MISSING           # disjoint groups of the data's stores (sorted, contiguous); 1: every store at once
+    fold: Optional[int] = None     # run this fold only (0 .. folds-1); null: every fold
+    seeds: List[int] = MISSING     # a run per seed and fold; empty: the top-level seed only
+    test_periods: int = MISSING    # the last periods of the data (to test_end) are the test ...
+    valid_periods: int = MISSING   # ... and the ones before them the validation
+    train_end: Optional[int] = None  # training rollouts and forecaster fit use periods < train_end; null: from valid_periods
+    valid_end: Optional[int] = None  # validation scores periods [train_end, valid_end); null: from test_periods
     test_end: Optional[int] = None  # test scores periods [valid_end, test_end); null: to the end
     price: float = MISSING         # per unit sold (every series)
     unit_cost: float = MISSING     # per unit ordered
     holding_cost: float = MISSING  # per unit left at the end of a period
     policies: List[str] = MISSING  # directbackprop, directbackprop_sipn, pto_mqcnn, pto_moving_average
+    headline: str = MISSING        # the DirectBackprop policy the report's verdict is about (fixed before the runs)
     quantiles: List[float] = MISSING  # forecaster quantile levels (the critical fractile is added)
+    curve_levels: List[float] = MISSING  # MQ-CNN pipeline scored again at these service levels (its
+                                         # inventory / fill-rate curve; fitted as quantiles too)
     forecast_epochs: int = MISSING
     forecast_lr: float = MISSING
     moving_average_window: int = MISSING
@@ -365,6 +376,7 @@ def validate(c: Config) -> None:
     check(0 <= t.warmup < t.horizon, "train.warmup", f"must be in [0, train.horizon), got {t.warmup}")
     check_at_least("train", t, ("num_workers", "grad_clip"), low=0)
     check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: no limit), got {t.max_failures}")
+    check(t.keep in ("best_valid", "last"), "train.keep", f"must be best_valid or last, got {t.keep!r}")
     min_history = p.window if p.kind == "cnn" else 1
     check(t.history >= min_history, "train.history", f"must be >= the policy window {min_history}, got {t.history}")
     check(t.history + t.horizon <= d.periods, "train.horizon",
@@ -415,10 +427,16 @@ def validate(c: Config) -> None:
     f = c.favorita
     check(f.source in FAVORITA_SOURCES, "favorita.source", f"must be one of {', '.join(FAVORITA_SOURCES)}, got {f.source!r}")
     check(len(f.lead_times) >= 1 and min(f.lead_times) >= 0, "favorita.lead_times", f"must list lead times >= 0, got {list(f.lead_times)}")
-    check(0 < f.train_end < f.valid_end, "favorita.train_end/valid_end",
-          f"must satisfy 0 < train_end < valid_end, got {f.train_end}/{f.valid_end}")
-    check(f.test_end is None or f.test_end > f.valid_end, "favorita.test_end",
-          f"must be after favorita.valid_end={f.valid_end} (or null), got {f.test_end}")
+    check_at_least("favorita", f, ("test_periods", "valid_periods", "folds"))
+    check(f.fold is None or 0 <= f.fold < f.folds, "favorita.fold", f"must be in 0..{f.folds - 1} (or null), got {f.fold}")
+    check(len(set(f.seeds)) == len(f.seeds), "favorita.seeds", f"must not repeat, got {list(f.seeds)}")
+    ends = [e for e in (f.train_end, f.valid_end, f.test_end) if e is not None]
+    check(ends == sorted(set(ends)) and all(e > 0 for e in ends), "favorita.train_end/valid_end/test_end",
+          f"must increase and be > 0 where set, got {f.train_end}/{f.valid_end}/{f.test_end}")
+    check(f.headline in ("directbackprop", "directbackprop_sipn"), "favorita.headline",
+          f"must be directbackprop or directbackprop_sipn, got {f.headline!r}")
+    check(all(0 < q < 1 for q in f.curve_levels), "favorita.curve_levels",
+          f"must be levels in (0, 1), got {list(f.curve_levels)}")
     check_at_least("favorita", f, ("price", "unit_cost", "holding_cost"), low=0)
     check(f.price > f.unit_cost, "favorita.price", f"must exceed favorita.unit_cost={f.unit_cost}, got {f.price}")
     check(len(f.policies) >= 1 and set(f.policies) <= set(FAVORITA_POLICIES), "favorita.policies",

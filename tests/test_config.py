@@ -61,8 +61,8 @@ def test_command_line_error_exits_2_without_traceback():
     assert "Traceback" not in out.stderr
     assert out.stderr.strip() == ("config error: unknown config key 'train.lrr' (from command line 'train.lrr=0.1'); "
                                   "train has: epochs, batch_size, windows_per_batch, lr, lr_final_fraction, history, "
-                                  "horizon, warmup, grad_clip, round_actions, num_workers, use_gpu, cpus_per_worker, "
-                                  "checkpoint_every, max_failures")
+                                  "horizon, warmup, grad_clip, round_actions, stock_at_cost, num_workers, use_gpu, "
+                                  "cpus_per_worker, checkpoint_every, max_failures, keep")
 
 
 def test_saved_config_without_newer_keys_still_loads():
