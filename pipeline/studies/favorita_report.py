@@ -197,7 +197,9 @@ def report(cfg, args, info, split, dates, groups, n_series, results, tables, fig
              f"features {list(cfg.policy.features)}, keeps its {cfg.train.keep.replace('_', ' ')} epoch "
              f"(`directbackprop_sipn`: penalty weights {list(cfg.penalty.weights)}); MQ-CNN: {f.forecast_epochs} "
              f"epochs; moving average: {f.moving_average_window} periods. Headline policy, fixed before the "
-             f"runs: `{f.headline}`.", ""]
+             f"runs: `{f.headline}`.", "",
+             "Wall time per run (every lead time): " + ", ".join(
+                 f"fold {k} seed {s} {r.seconds / 60:.1f} min" for (k, s), r in sorted(results.items())) + ".", ""]
     for lead_time in sorted(summary.lead_time.unique()):
         part = summary[summary.lead_time == lead_time]
         wide = part.pivot_table(index=["fold", "seed"], columns="policy",

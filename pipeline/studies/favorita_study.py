@@ -262,6 +262,7 @@ class RunResult:
     events: pd.DataFrame
     forecast: pd.DataFrame
     fractile: float
+    seconds: float = 0.0  # the run's wall time
 
 
 def run(cfg, args: list[str]) -> int:
@@ -313,7 +314,8 @@ def run(cfg, args: list[str]) -> int:
             tic = time.time()
             results[k, seed] = run_one(cfg, args, part, split, dates, frequency, k, seed, out / f"f{k}-s{seed}",
                                        run_id, tracker)
-            tracker.log_metrics({f"run_seconds/f{k}-s{seed}": time.time() - tic})
+            results[k, seed].seconds = time.time() - tic
+            tracker.log_metrics({f"run_seconds/f{k}-s{seed}": results[k, seed].seconds})
         tables = combine(results, groups)
         for name, table in tables.items():
             table.to_csv(out / f"{name}.csv", index=False)
