@@ -76,8 +76,8 @@ class TrainSpec:
         return cls(width=width, horizon=t.horizon, warmup=t.warmup, discount=cfg.problem.discount,
                    objective=cfg.problem.objective, grad_clip=t.grad_clip,
                    round_actions=t.round_actions and problem.discrete, stock_at_cost=t.stock_at_cost,
-                   history=t.history,
-                   windows_per_batch=t.windows_per_batch, lr=t.lr, lr_final_fraction=t.lr_final_fraction,
+                   history=t.history, windows_per_batch=t.windows_per_batch, lr=t.lr,
+                   lr_final_fraction=t.lr_final_fraction,
                    epochs=t.epochs, ramp_epochs=p.ramp_epochs, state_names=tuple(problem.state_names(width)),
                    actions=tuple(problem.actions), penalty=props, weights=weights if props else None,
                    probe_share=p.probe_share, probe_widen=p.probe_widen)

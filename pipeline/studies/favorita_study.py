@@ -390,8 +390,8 @@ def run_one(cfg, args: list[str], series: pa.Table, split: TimeSplit, dates: np.
                     train_batch, split.train_end, levels, max(f.lead_times) + 1, epochs=f.forecast_epochs,
                     lr=f.forecast_lr, seed=seed, channels=cfg.policy.channels,
                     dilations=tuple(cfg.policy.dilations),  # the same receptive field as the policy's CNN
-                    progress=lambda epoch, loss: None)
-                plain.info(f"  pinball loss {history[0]:.4f} -> {history[-1]:.4f}")
+                    progress=lambda epoch, loss: (epoch + 1) % 10 == 0 and plain.info(
+                        f"  epoch {epoch + 1}/{f.forecast_epochs}  pinball loss {loss:.4f}"))
                 for epoch, loss in enumerate(history):
                     tracker.log_metrics({f"forecast/{label}/train_pinball": loss}, step=epoch)
             policies["pto_mqcnn"] = QuantileOrderUpTo(problem, forecaster, objective="reward")
