@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from conftest import make_batch
+from pipeline.core import causal_conv
 from pipeline.core.policy import DemandEncoder, OrderPolicy, lookahead_features, running_moments
+
+
+def conv1d_encoder(enc: DemandEncoder, x: torch.Tensor) -> torch.Tensor:
+    """``enc`` computed with ``torch.nn.Conv1d`` the textbook way (causal padding, channels
+    first), at the positions whose whole receptive field is in x: what it must equal."""
+    h = x[:, None, :] if x.ndim == 2 else x.transpose(1, 2)
+    for conv, d in zip(enc.convs, enc.dilations):
+        h = torch.nn.functional.elu(conv(torch.nn.functional.pad(h, (d, 0))))
+    return h.transpose(1, 2)[:, enc.receptive_field - 1:]
 
 
 def test_encoder_sees_exactly_the_last_32_periods():
@@ -13,9 +23,39 @@ def test_encoder_sees_exactly_the_last_32_periods():
     enc = DemandEncoder(channels=8, dilations=(1, 2, 4, 8, 16))
     assert enc.receptive_field == 32
     x = torch.rand(1, 100, requires_grad=True)
-    enc(x)[0, 70].sum().backward()
+    out = enc(x)
+    assert out.shape == (1, 100 - 31, 8)  # output j: inputs j .. j + 31
+    out[0, 70 - 31].sum().backward()
     touched = (x.grad[0] != 0).nonzero()[:, 0]
     assert touched.min().item() == 70 - 31 and touched.max().item() == 70
+
+
+@pytest.mark.parametrize("block_rows", [1, 500, 32768])  # one product per block, several, all
+@pytest.mark.parametrize("inputs", [1, 3])
+def test_encoder_outputs_and_gradients_equal_conv1d(monkeypatch, block_rows, inputs):
+    monkeypatch.setattr(causal_conv, "BLOCK_ROWS", block_rows)
+    torch.manual_seed(inputs)
+    enc = DemandEncoder(channels=16, dilations=(1, 2, 4, 8, 16), inputs=inputs).double()
+    x = torch.rand(23, 81, inputs, dtype=torch.float64) * 4
+    upstream = torch.randn(23, 50, 16, dtype=torch.float64)
+    results = []
+    for encode in (conv1d_encoder, lambda e, v: e(v)):
+        enc.zero_grad()
+        xi = (x[:, :, 0] if inputs == 1 else x).clone().requires_grad_(True)
+        out = encode(enc, xi)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), xi.grad, [p.grad.clone() for p in enc.parameters()]))
+    (ref, ref_dx, ref_dp), (new, new_dx, new_dp) = results
+    assert new.shape == (23, 50, 16)
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new_dx, ref_dx, rtol=1e-12, atol=1e-12)
+    for a, b in zip(new_dp, ref_dp):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_encoder_rejects_a_window_shorter_than_its_receptive_field():
+    with pytest.raises(ValueError, match="at least 32 periods"):
+        DemandEncoder(channels=4, dilations=(1, 2, 4, 8, 16))(torch.rand(2, 31))
 
 
 def test_decision_does_not_see_demand_of_its_own_period_or_later():

@@ -18,13 +18,14 @@ from pipeline.core.policy import OrderPolicy, demand_scale, running_features, ru
 from pipeline.core.problems import get_problem
 from pipeline.core.problems.base import advance_pipeline, lead_time_slots
 from pipeline.core.rollout import directbackprop_loss, rollout
+from test_policy import conv1d_encoder
 
 START, HORIZON = 40, 12
 
 
 class ReferencePolicy:
     """``OrderPolicy`` (kind mlp or cnn, no features) computed the straightforward way, on
-    the same modules and weights."""
+    the same modules and weights (the encoder with ``torch.nn.Conv1d``)."""
 
     def __init__(self, net: OrderPolicy):
         self.net = net
@@ -37,7 +38,7 @@ class ReferencePolicy:
                  running_features(mean, std, scale)]
         if net.encoder is not None:
             x = batch.demand[:, start - net.window:start + horizon - 1] / scale[:, None]
-            parts.append(net.encoder(x)[:, net.window - 1:, :])
+            parts.append(conv1d_encoder(net.encoder, x))
         return net.first_exo(torch.cat(parts, dim=2)), scale  # [B, T, H]
 
     def act(self, ctx, t, state):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core.batch import ProductBatch
+from pipeline.core.causal_conv import CausalConvStack
 from pipeline.core.protocols import Problem
 
 MIN_SCALE = 0.1  # units; keeps scaled inputs finite for products that barely sell
@@ -58,7 +59,10 @@ N_RUNNING = 3
 
 
 class DemandEncoder(nn.Module):
-    """Dilated causal CNN: output at position i depends on inputs i-31 .. i."""
+    """Dilated causal CNN (kernel 2, ELU) over [B, N] (or [B, N, inputs]) -> [B, N - receptive_field + 1, C]:
+    output j sees inputs j .. j + receptive_field - 1, the positions whose whole receptive
+    field is in x. The weights are ``nn.Conv1d``'s; the arithmetic is
+    ``pipeline.core.causal_conv`` (shifted matrix products, blocked, hand-written backward)."""
 
     def __init__(self, channels: int, dilations: tuple[int, ...], inputs: int = 1):
         super().__init__()
@@ -71,11 +75,12 @@ class DemandEncoder(nn.Module):
     def receptive_field(self) -> int:
         return 1 + sum(self.dilations)
 
-    def forward(self, x: Tensor) -> Tensor:  # x [B, N] or [B, N, inputs] -> [B, N, C]
-        h = x[:, None, :] if x.ndim == 2 else x.transpose(1, 2)
-        for conv, d in zip(self.convs, self.dilations):
-            h = F.elu(conv(F.pad(h, (d, 0))))
-        return h.transpose(1, 2)
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] < self.receptive_field:
+            raise ValueError(f"the encoder needs at least {self.receptive_field} periods, got {x.shape[1]}")
+        h = (x[:, :, None] if x.ndim == 2 else x).contiguous()
+        out = CausalConvStack.apply(h, self.dilations, *(c.weight for c in self.convs), *(c.bias for c in self.convs))
+        return out[:, self.receptive_field - 1:]
 
 
 def lookahead_features(feats: Tensor, start: int, horizon: int, lookahead: int) -> Tensor:
@@ -135,7 +140,7 @@ class OrderPolicy(nn.Module):
             x = batch.demand[:, start - self.window:start + horizon - 1] / scale[:, None]
             if feats is not None:  # the past features beside the past demand they went with
                 x = torch.cat([x[:, :, None], feats[:, start - self.window:start + horizon - 1]], dim=2)
-            parts.append(self.encoder(x)[:, self.window - 1:, :])  # decision t sees D_{t-32..t-1}
+            parts.append(self.encoder(x))  # decision t sees D_{t-32..t-1}
         if self.lookahead:  # known in advance: the features of periods t .. t + lookahead - 1
             parts.append(lookahead_features(feats, start, horizon, self.lookahead))
         exogenous = torch.cat(parts, dim=2).transpose(0, 1).contiguous()  # [T, B, n_exo]
