@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pipeline"
 # lowest first: a module may import its own layer and the layers before it
-LAYERS = ("pipeline.errors", "pipeline.core", "pipeline.data", "pipeline.config", "pipeline.reporting",
+LAYERS = ("pipeline.allocator", "pipeline.errors", "pipeline.core", "pipeline.data", "pipeline.config", "pipeline.reporting",
           "pipeline.adapters", "pipeline.studies")
 CORE_FORBIDDEN = ("ray", "mlflow", "pyarrow")
 
