@@ -1,18 +1,27 @@
-"""One training epoch over 100,000 and 1,000,000 product histories (docs/performance.md, Scale).
+"""One training epoch over 100,000 and 1,000,000 product histories, against the step alone
+(docs/performance.md, Scale and the job end to end).
 
-    python -m benchmarks.scale [products=100000,1000000] [workers=1] [periods=104] [work=/tmp/sidbp-scale]
+    python -m benchmarks.scale [products=100000,1000000] [kind=cnn] [threads=2] [workers=1]
+        [periods=104] [work=/tmp/sidbp-scale]
 
-For each size: writes that many synthetic products (104 weeks each) as Parquet shards of
-50,000, chunk by chunk (never the whole population in memory), then runs ``jobs.train``
-for one epoch on them: Ray Data streams the shards into Ray Train, an MLP policy
-[32, 32, 32] on batches of 8,192 products x 50 periods, one time window per batch. Each
-size runs in its own process, so that its peak memory is its own: the driver's (getrusage)
-and every Ray worker's (VmHWM), polled. Writes ``benchmarks/results/scale.csv``
+For each size: writes that many synthetic products (104 weeks each, lost sales with lead
+time 4) as Parquet shards of 50,000, chunk by chunk (never the whole population in memory),
+then runs ``jobs.train`` for one epoch on them: Ray Data streams the shards into Ray Train,
+the ``kind`` policy (cnn: the default network; mlp: hidden [32, 32, 32]) on batches of
+8,192 products x 50 periods, one time window per batch, ``threads`` torch threads per
+worker (``train.cpus_per_worker``). The epoch's wall time is its training (streaming and
+steps), its validation (2,000 products) and its checkpoint; its rate is the epoch's
+product-periods over that. Before the job, the same process times ``benchmarks.step_speed``'s
+forward+backward call on the same policy, batch, horizon, lead time and threads (median
+of 5): the job's rate over that one is the share item of the report. Each size runs in its
+own process, so that its peak memory is its own: the driver's (getrusage) and every Ray
+worker's (VmHWM), polled. Writes ``benchmarks/results/scale.csv``
 (``benchmark,config,value,unit``) and the "Scale" block of ``docs/performance.md``.
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -23,16 +32,42 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import key_values, run_script
-from pipeline.config import PROJECT_ROOT, load_config
+from pipeline.config import PROJECT_ROOT, ConfigError, load_config
 from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table, write_block
 
-DEFAULTS = {"products": "100000,1000000", "workers": 1, "periods": 104, "work": "/tmp/sidbp-scale", "only": 0}
+DEFAULTS = {"products": "100000,1000000", "kind": "cnn", "threads": 2, "workers": 1, "periods": 104,
+            "work": "/tmp/sidbp-scale", "only": 0}
 SHARD = 50_000
+PP = "product-periods/s"
 HELD_OUT = 2_000  # validation and test products each
-TRAIN = ["policy.kind=mlp", "policy.hidden=[32,32,32]", "train.batch_size=8192", "train.windows_per_batch=1",
-         "train.history=40", "train.horizon=50", "train.warmup=10", "train.epochs=1", "eval.start=52",
-         "eval.warmup=10", "eval.baselines=[]", "data.lead_time_range=[0,2]"]
+BATCH, HORIZON, LEAD_TIME = 8192, 50, 4  # step_speed's headline shape
+EPOCHS = 2  # the first starts Ray Data's streaming and fills the cache; the second is the steady state
+TRAIN = [f"train.batch_size={BATCH}", "train.windows_per_batch=1", "train.history=52", f"train.horizon={HORIZON}",
+         "train.warmup=10", f"train.epochs={EPOCHS}", "eval.start=52", "eval.warmup=10", "eval.baselines=[]",
+         f"data.lead_time_range=[{LEAD_TIME},{LEAD_TIME}]"]
+POLICY = {"cnn": ["policy.kind=cnn"], "mlp": ["policy.kind=mlp", "policy.hidden=[32,32,32]"]}
+
+
+def train_args(opts: dict) -> list[str]:
+    if opts["kind"] not in POLICY:
+        raise ConfigError(f"kind takes {' or '.join(POLICY)}, got {opts['kind']!r}")
+    return [*TRAIN, *POLICY[opts["kind"]], f"train.cpus_per_worker={opts['threads']}"]
+
+
+def step_rate(opts: dict) -> float:
+    """Product-periods per second of ``benchmarks.step_speed``'s forward+backward call on the
+    job's policy, batch, horizon and lead time, at ``threads`` threads (median of 5)."""
+    import torch
+
+    from benchmarks.step_speed import setup, step_calls, time_calls
+
+    torch.set_num_threads(opts["threads"])
+    cfg = load_config(train_args(opts))
+    problem, policy, batch, start, width, warmup = setup(BATCH, HORIZON, LEAD_TIME, opts["kind"],
+                                                        tuple(cfg.policy.hidden))
+    call = step_calls(problem, policy, batch, start, HORIZON, width, warmup)["forward+backward"]
+    return BATCH * HORIZON / time_calls({"step": call}, 5, lambda: None)["step"]
 
 
 def options(args: list[str]) -> dict:
@@ -48,7 +83,7 @@ def write_population(folder: Path, products: int, periods: int, seed: int = 0) -
     from pipeline.data.parquet import to_arrow
 
     started = time.perf_counter()
-    base = load_config([f"data.periods={periods}", *TRAIN]).data
+    base = load_config([f"data.periods={periods}", *TRAIN]).data  # the synthetic population's settings
     done = folder / "_SUCCESS"
     if done.exists():
         return 0.0
@@ -76,38 +111,47 @@ def one_size(opts: dict) -> dict:
     from pipeline.config import load_config
 
     n, work = opts["only"], Path(opts["work"])
-    folder = work / f"products-{n}"
+    folder = work / f"products-{n}-L{LEAD_TIME}"
     write_seconds = write_population(folder, n, opts["periods"])
+    step = step_rate(opts)
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    name = f"scale-{n}-w{opts['workers']}"
+    name = f"scale-{n}-{opts['kind']}-w{opts['workers']}-t{opts['threads']}-{time.strftime('%Y%m%d-%H%M%S')}"  # a new run, never resumed
     monitor = PeakMemory()
     monitor.start()
     started = time.perf_counter()
     result = train(load_config([f"name={name}", f"output_dir={work / 'runs'}", f"data.path={folder}",
                                 f"data.periods={opts['periods']}", f"train.num_workers={opts['workers']}",
-                                f"mlflow.tracking_uri={uri}", "mlflow.experiment=scale", *TRAIN]))
+                                f"mlflow.tracking_uri={uri}", "mlflow.experiment=scale", *train_args(opts)]))
     job_seconds = time.perf_counter() - started
     monitor.stop()
-    m = MlflowClient(uri).get_run(result.run_id).data.metrics
-    worker_peak = max(monitor.hwm.values()) if monitor.hwm else 0
-    return {"products": n, "workers": opts["workers"], "epoch_seconds": m["train/epoch_seconds"],
-            "compute_seconds": m["train/compute_seconds"], "steps": m["train/steps"], "job_seconds": job_seconds,
-            "write_seconds": write_seconds,
+    client = MlflowClient(uri)
+    history = {key: [h.value for h in sorted(client.get_metric_history(result.run_id, key), key=lambda h: h.step)]
+               for key in ("train/epoch_seconds", "train/compute_seconds", "valid/seconds",
+                           "train/checkpoint_seconds", "train/steps")}
+    epochs = []
+    for e in range(len(history["train/epoch_seconds"])):
+        train_s, compute_s, valid_s, ckpt_s, steps = (history[k][e] for k in history)
+        wall = train_s + valid_s + ckpt_s
+        epochs.append({"epoch": e + 1, "wall": wall, "compute": compute_s, "data_wait": train_s - compute_s,
+                       "valid": valid_s, "checkpoint": ckpt_s, "steps": steps,
+                       "rate": steps * BATCH * HORIZON * opts["workers"] / wall})
+    return {"products": n, "kind": opts["kind"], "threads": opts["threads"], "workers": opts["workers"],
+            "epochs": epochs, "step_rate": step, "job_seconds": job_seconds, "write_seconds": write_seconds,
             "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_mib": worker_peak / 2**20,
-            "worker_private_peak_mib": max(monitor.anon.values(), default=0) / 2**20,
-            "valid_avg_cost": m.get("valid/avg_cost", float("nan"))}
+            "worker_peak_mib": (max(monitor.hwm.values()) if monitor.hwm else 0) / 2**20,
+            "worker_private_peak_mib": max(monitor.anon.values(), default=0) / 2**20}
 
 
 def main(args: list[str]) -> int:
     opts = options(args)
+    train_args(opts)  # a bad kind fails here, not in a child process
     if opts["only"]:
         print("RESULT " + json.dumps(one_size(opts)), flush=True)  # for the parent process, not a log line
         return 0
     rows, log = [], logs.get("scale")
     for n in (int(x) for x in opts["products"].split(",")):
-        cmd = [sys.executable, "-m", "benchmarks.scale", f"only={n}", f"workers={opts['workers']}",
-               f"periods={opts['periods']}", f"work={opts['work']}"]
+        cmd = [sys.executable, "-m", "benchmarks.scale", f"only={n}",
+               *(f"{k}={opts[k]}" for k in ("kind", "threads", "workers", "periods", "work"))]
         log.info(f"{n:,} products: {' '.join(cmd[1:])}")
         out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -116,34 +160,67 @@ def main(args: list[str]) -> int:
             raise SystemExit(f"scale run for {n} products failed (exit {out.returncode})")
         rows.append(json.loads(lines[-1][len("RESULT "):]))
         r = rows[-1]
-        log.info(f"{n:,} products: epoch {r['epoch_seconds']:.1f} s, driver {r['driver_peak_mib']:.0f} MiB, "
-                 f"largest worker {r['worker_peak_mib']:.0f} MiB")
-    frame = pd.DataFrame(rows)
-    csv = [(f"scale/{k}", f"products={r.products};workers={r.workers}", getattr(r, k), unit)
-           for r in frame.itertuples() for k, unit in (("epoch_seconds", "s"), ("driver_peak_mib", "MiB"),
-                                                       ("worker_peak_mib", "MiB"), ("worker_private_peak_mib", "MiB"))]
-    results = PROJECT_ROOT / "benchmarks" / "results"
-    pd.DataFrame(csv, columns=["benchmark", "config", "value", "unit"]).to_csv(results / "scale.csv", index=False)
-    per_product = frame.epoch_seconds / frame.products
-    lines = ["## Scale: one epoch over 100,000 and 1,000,000 products", "",
-             f"Command: `python -m benchmarks.scale {' '.join(args)}` ({time.strftime('%Y-%m-%d')}). Synthetic "
-             f"products, {opts['periods']} weeks each, Parquet shards of {SHARD:,}; `jobs.train` for one epoch with "
-             f"{opts['workers']} Ray Train worker(s): Ray Data streams the shards, MLP [32, 32, 32], batches of "
-             "8,192 products x 50 periods, one window per batch. Peak memory per process: the driver (getrusage) "
-             "and the largest Ray worker (VmHWM, including object-store pages it mapped).", "",
-             markdown_table(pd.DataFrame({
-                 "products": [f"{r.products:,}" for r in frame.itertuples()],
-                 "epoch time": [f"{r.epoch_seconds:.1f} s" for r in frame.itertuples()],
-                 "per 100,000 products": [f"{1e5 * r.epoch_seconds / r.products:.1f} s" for r in frame.itertuples()],
-                 "driver peak": [f"{r.driver_peak_mib:,.0f} MiB" for r in frame.itertuples()],
-                 "largest worker peak (private)": [f"{r.worker_peak_mib:,.0f} MiB ({r.worker_private_peak_mib:,.0f} MiB)"
-                                                   for r in frame.itertuples()]}))]
-    if len(frame) > 1:
-        lines += ["", f"Epoch time per product, largest over smallest size: "
-                      f"{per_product.iloc[-1] / per_product.iloc[0]:.2f} (1.00 is exactly linear)."]
+        for e in r["epochs"]:
+            log.info(f"{n:,} products, epoch {e['epoch']}: {e['wall']:.1f} s, {e['rate']:,.0f} product-periods/s "
+                     f"({e['rate'] / r['step_rate']:.0%} of the step's {r['step_rate']:,.0f})")
+        log.info(f"{n:,} products: driver {r['driver_peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")
+    lines = report(rows, opts, args)
     write_block(PROJECT_ROOT / "docs" / "performance.md", "perf:scale", "\n".join(lines), header="# Performance\n")
     logs.get("").info("\n".join(lines))
     return 0
+
+
+def report(rows: list[dict], opts: dict, args: list[str]) -> list[str]:
+    """benchmarks/results/scale.csv and the lines of the docs block."""
+    epochs = pd.DataFrame([{**{k: r[k] for k in ("products", "kind", "threads", "workers", "step_rate")}, **e}
+                           for r in rows for e in r["epochs"]])
+    epochs["share"] = epochs.rate / epochs.step_rate
+    config = epochs.apply(lambda r: f"products={r.products};kind={r.kind};threads={r.threads};workers={r.workers};"
+                                    f"epoch={r.epoch}", axis=1)
+    csv = [(f"scale/{k}", c, v, unit) for c, r in zip(config, epochs.itertuples())
+           for k, v, unit in (("epoch_wall_seconds", r.wall, "s"), ("compute_seconds", r.compute, "s"),
+                              ("data_wait_seconds", r.data_wait, "s"), ("valid_seconds", r.valid, "s"),
+                              ("checkpoint_seconds", r.checkpoint, "s"), ("job_rate", r.rate, PP),
+                              ("step_rate", r.step_rate, PP), ("share_of_step", r.share, "ratio"))]
+    csv += [(f"scale/{k}", f"products={r['products']};kind={r['kind']};threads={r['threads']};workers={r['workers']}",
+             r[k], "MiB") for r in rows for k in ("driver_peak_mib", "worker_peak_mib", "worker_private_peak_mib")]
+    results = PROJECT_ROOT / "benchmarks" / "results"
+    pd.DataFrame(csv, columns=["benchmark", "config", "value", "unit"]).to_csv(results / "scale.csv", index=False)
+    policy = "the CNN policy (the default)" if opts["kind"] == "cnn" else "the MLP policy [32, 32, 32]"
+    lines = ["## Scale and the job end to end: epochs over 100,000 and 1,000,000 products", "",
+             f"Command: `python -m benchmarks.scale {' '.join(args)}` ({time.strftime('%Y-%m-%d')}, load average at "
+             f"start {os.getloadavg()[0]:.2f}). Synthetic products, {opts['periods']} weeks each, lost sales with "
+             f"L = {LEAD_TIME}, Parquet shards of {SHARD:,}; `jobs.train` for {EPOCHS} epochs with {opts['workers']} "
+             f"Ray Train worker(s) of {opts['threads']} torch thread(s): Ray Data streams the shards (kept in its "
+             f"object store after the first read, `data.cache_mib`), {policy}, batches of {BATCH:,} products x "
+             f"{HORIZON} periods, one window per batch. An epoch's wall time: its training (streaming and steps), "
+             "validation on 2,000 products and checkpoint. The step: `benchmarks.step_speed`'s forward+backward "
+             "call on the same policy, batch, horizon, lead time and threads, timed in the same process before "
+             "the job (median of 5).", "",
+             markdown_table(pd.DataFrame({
+                 "products": [f"{r.products:,}" for r in epochs.itertuples()],
+                 "epoch": epochs.epoch,
+                 "wall": [f"{r.wall:.2f} s" for r in epochs.itertuples()],
+                 "steps (Adam included)": [f"{r.compute:.2f} s" for r in epochs.itertuples()],
+                 "waiting for data": [f"{r.data_wait:.2f} s" for r in epochs.itertuples()],
+                 "validation": [f"{r.valid:.2f} s" for r in epochs.itertuples()],
+                 "checkpoint": [f"{r.checkpoint:.2f} s" for r in epochs.itertuples()],
+                 "job product-periods/s": [f"{r.rate:,.0f}" for r in epochs.itertuples()],
+                 "step product-periods/s": [f"{r.step_rate:,.0f}" for r in epochs.itertuples()],
+                 "job / step": [f"{r.share:.0%}" for r in epochs.itertuples()]})), "",
+             "Peak memory per process: the driver (getrusage) and the largest Ray worker (VmHWM, including "
+             "object-store pages it mapped).", "",
+             markdown_table(pd.DataFrame({
+                 "products": [f"{r['products']:,}" for r in rows],
+                 "driver peak": [f"{r['driver_peak_mib']:,.0f} MiB" for r in rows],
+                 "largest worker peak (private)": [f"{r['worker_peak_mib']:,.0f} MiB "
+                                                   f"({r['worker_private_peak_mib']:,.0f} MiB)" for r in rows]}))]
+    last = epochs[epochs.epoch == EPOCHS].set_index("products")
+    if len(last) > 1:
+        per_product = last.wall / last.index
+        lines += ["", f"Epoch {EPOCHS} wall time per product, largest over smallest size: "
+                      f"{per_product.iloc[-1] / per_product.iloc[0]:.2f} (1.00 is exactly linear)."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class DataConfig:
     valid_fraction: float = MISSING
     test_fraction: float = MISSING
     shard_rows: int = MISSING
+    cache_mib: int = MISSING       # keep a split in Ray's object store when at most this many MiB (0: stream)
 
 
 @dataclass
@@ -360,6 +361,7 @@ def validate(c: Config) -> None:
     check(0 <= d.valid_fraction < 1 and 0 < d.test_fraction < 1 and d.valid_fraction + d.test_fraction < 1,
           "data.valid_fraction/test_fraction", "must be fractions that leave training products")
     check_at_least("data", d, ("shard_rows",))
+    check(d.cache_mib >= 0, "data.cache_mib", f"must be >= 0 (0: stream every epoch), got {d.cache_mib}")
     p = c.policy
     check(p.kind in ("cnn", "mlp"), "policy.kind", f"must be cnn or mlp, got {p.kind!r}")
     check(len(p.hidden) >= 1 and min(p.hidden) >= 1, "policy.hidden", f"must list layer widths >= 1, got {list(p.hidden)}")

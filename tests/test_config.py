@@ -45,6 +45,7 @@ def test_every_experiment_file_is_valid():
     (['penalty.properties=["nonsense"]'], "penalty.properties: cannot read property 'nonsense'"),
     (["penalty.weights=[1,2]"], "penalty.weights must be one weight >= 0 or one per property (3)"),
     (["penalty.probe_share=1.5"], "penalty.probe_share must be in [0, 1]"),
+    (["data.cache_mib=-1"], "data.cache_mib must be >= 0 (0: stream every epoch), got -1"),
 ])
 def test_user_mistakes_give_one_line_naming_the_key(args, message):
     with pytest.raises(ConfigError) as err:

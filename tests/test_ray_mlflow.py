@@ -36,6 +36,8 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tiny_job):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [0, 1]
     assert len(client.get_metric_history(run.info.run_id, "valid/avg_cost")) == 2
+    for key in ("train/epoch_seconds", "valid/seconds", "train/checkpoint_seconds"):  # an epoch's wall time, in parts
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1]
     m = run.data.metrics
     for policy in ("learned", "omniscient", "estimated", "best_constant"):
         assert m[f"test/{policy}/avg_cost"] > 0
@@ -112,3 +114,22 @@ def test_evaluate_recommend_and_compare_on_the_trained_run(tiny_job, capsys):
     assert kinds[1:] == ["evaluate", "train"]
     gap = next(line for line in printed if line.startswith("test/learned/gap_pct")).split()
     assert gap[1] == gap[2] == f"{trained.set_index('policy').gap_pct['learned']:,.4f}"
+
+
+def test_a_split_within_data_cache_mib_is_read_once_into_the_object_store(tmp_path, ray_session):
+    import ray.data
+    from ray.data.dataset import MaterializedDataset
+
+    from pipeline.adapters.ray_train import cached
+    from pipeline.config import load_config
+    from pipeline.data.parquet import count_rows, memory_size
+    from pipeline.data.synthetic import materialize
+
+    cfg = load_config(["data.num_products=60", "data.shard_rows=20"])
+    train = materialize(cfg.data, 0, tmp_path)["train"]
+    size = memory_size(train)
+    assert count_rows(train) * cfg.data.periods * 4 < size < count_rows(train) * cfg.data.periods * 8  # demand, scalars
+    ds = ray.data.read_parquet(str(train))
+    assert cached(ds, train, 0) is ds  # streamed every epoch
+    kept = cached(ds, train, 1)
+    assert isinstance(kept, MaterializedDataset) and kept.count() == count_rows(train)

@@ -34,7 +34,7 @@ from pipeline.core.training import (
     train_epoch,
     validation_metrics,
 )
-from pipeline.data.parquet import count_rows
+from pipeline.data.parquet import count_rows, memory_size
 from pipeline.errors import FAULT_FILE, NumericalFault
 from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
@@ -183,23 +183,29 @@ def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: fl
     checkpoint (a failure in between redoes the epoch, logged again at its step, rather
     than skipping its metrics), the checkpoints (latest every ``train.checkpoint_every``
     epochs, at the last and at a new best; best at a new best) and the epoch's line. Every
-    worker reports to Ray Train. Returns the best validation score so far."""
+    worker reports to Ray Train. Returns the best validation score so far.
+
+    Times: ``train/epoch_seconds`` (streaming the shard and the steps), ``valid/seconds``
+    (validation) and, logged after the checkpoints are written, ``train/checkpoint_seconds``."""
     cfg, t = w.cfg, w.cfg.train
     metrics = {**stats.metrics(), "train/epoch_seconds": seconds, "epoch": epoch}
     checkpoint = None
     if w.rank == 0:
+        tic = time.time()
         metrics.update(validation_metrics(w.policy, w.problem, valid, cfg, w.spec.width))
+        metrics["valid/seconds"] = time.time() - tic
         score = metrics["valid/avg_cost"] if cfg.problem.objective == "cost" else -metrics["valid/avg_reward"]
         best = min(best, score)
         metrics["valid/best"] = best
         w.tracking({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         keep = score <= best or t.keep == "last"  # the checkpoint the run keeps as its policy
         if (epoch + 1) % t.checkpoint_every == 0 or epoch == t.epochs - 1 or keep:
-            info = {"best_valid": best, **metrics}
+            tic, info = time.time(), {"best_valid": best, **metrics}
             if keep:
                 ckpt.save(ckpt.best_path(w.run_dir), w.policy, w.optimizer, epoch, cfg, w.spec.width, info)
             path = ckpt.save(w.latest, w.policy, w.optimizer, epoch, cfg, w.spec.width, info)
             checkpoint = ray.train.Checkpoint.from_directory(str(path.parent))
+            w.tracking({"train/checkpoint_seconds": time.time() - tic}, step=epoch)
         objective = cfg.problem.objective
         log.info(f"epoch {epoch + 1}/{t.epochs}  loss {metrics['train/loss']:.4f}  "
                  f"valid {objective} {metrics[f'valid/avg_{objective}']:.4f}  "
@@ -209,6 +215,21 @@ def end_epoch(w: Worker, epoch: int, stats: EpochStats, seconds: float, best: fl
                  f"product-periods/s  {seconds:.1f}s  ({time_left()})")
     ray.train.report(metrics, checkpoint=checkpoint)
     return best
+
+
+def cached(ds: ray.data.Dataset, path: Path, cache_mib: int) -> ray.data.Dataset:
+    """``ds`` read once into Ray's object store (``materialize``) when ``path`` is at most
+    ``cache_mib`` MiB in memory: every epoch after that starts from memory instead of
+    reading and decoding the Parquet files again (docs/performance.md, The job end to end);
+    else ``ds`` itself, streamed every epoch."""
+    size = memory_size(path)
+    if size > cache_mib * 2**20:
+        return ds
+    tic = time.time()
+    ds = ds.materialize()
+    log.info(f"{path}: {size / 2**20:,.0f} MiB read into Ray's object store in {time.time() - tic:.1f}s "
+             f"(data.cache_mib={cache_mib})")
+    return ds
 
 
 def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, run_id: str,
@@ -229,7 +250,8 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
     # blocks in file order: with one worker, a run (and a run restarted from a checkpoint)
     # sees the same batches; with several, Ray Data's split among them is dynamic
     data_ctx.execution_options.preserve_order = True
-    datasets = {name: ray.data.read_parquet(str(splits[name])) for name in ("train", "valid")}
+    datasets = {name: cached(ray.data.read_parquet(str(splits[name])), splits[name], cfg.data.cache_mib)
+                for name in ("train", "valid")}
     t = cfg.train
     world = max(1, t.num_workers)
     per_worker = count_rows(splits["train"]) // world

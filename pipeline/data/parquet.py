@@ -62,6 +62,23 @@ def count_rows(path: str | Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
 
 
+WIDTHS = {"FLOAT": 4, "DOUBLE": 8, "INT32": 4, "INT64": 8, "BOOLEAN": 1}  # bytes per value once decoded
+
+
+def memory_size(path: str | Path) -> int:
+    """Bytes of a Parquet file or folder once read, from the footers: each column chunk's
+    values times their width (its uncompressed size for other types, such as strings)."""
+    total = 0
+    for f in parquet_files(path):
+        md = pq.ParquetFile(f).metadata
+        for i in range(md.num_row_groups):
+            for j in range(md.num_columns):
+                col = md.row_group(i).column(j)
+                width = WIDTHS.get(col.physical_type)
+                total += col.num_values * width if width else col.total_uncompressed_size
+    return total
+
+
 def data_version(path: str | Path) -> str:
     """A short hash that changes when a Parquet dataset does: over every Parquet file under
     ``path`` (or the file itself), its path relative to ``path``, size and row count (read
