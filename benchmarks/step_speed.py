@@ -1,14 +1,16 @@
 """Speed of the DirectBackprop core: product-periods per second through rollout and loss.
 
     python -m benchmarks.step_speed [threads=1,2] [repeats=10] [batch=8192] [horizon=50]
-        [lead_time=4] [kind=mlp] [hidden=32,32,32] [device=cpu] [compile=false]
+        [lead_time=4] [kind=mlp] [hidden=] [device=cpu] [compile=false]
         [compile_mode=default] [profile=false] [rows=25] [docs=false]
 
-Headline config (docs/performance.md, The headline step): lost sales with lead time 4, the MLP policy with hidden
-[32, 32, 32] and ELU, 8192 products x 50 periods, float32. Three measurements, each the
-median of ``repeats`` calls after two warm-up calls, interleaved call by call (so that a
-slow spell of the machine falls on all of them alike), at each batch size of ``batch`` and
-each thread count of ``threads``:
+Headline config (docs/performance.md, The headline step): lost sales with lead time 4,
+8192 products x 50 periods, float32, the policies of ``kind`` (comma-separated): ``cnn``, the
+default network (dilated causal CNN encoder, head [32, 32]), and ``mlp`` (no encoder,
+hidden [32, 32, 32]), both ELU; ``hidden`` overrides the head of every kind. Three
+measurements, each the median of ``repeats`` calls after two warm-up calls, interleaved
+call by call (so that a slow spell of the machine falls on all of them alike), for each
+policy, at each batch size of ``batch`` and each thread count of ``threads``:
 
 - ``forward+backward``: ``rollout`` + ``period_loss`` + ``directbackprop_loss`` and
   ``loss.backward()`` (a training step without the optimiser);
@@ -32,9 +34,10 @@ calls took (compilation included). Optional and not used by training: a compiled
 double backward (the structure penalty needs one) and recompiles for every new batch shape.
 
 ``profile=true`` also prints torch.profiler's top ``rows`` ops (by self time, grouped by
-input shape) of one forward+backward call at the first batch size and thread count.
-``docs=true`` writes the table (and the profile) into ``docs/performance.md``, in the block
-``perf:step_<device>``.
+input shape) of one forward+backward call of the first policy at the largest batch size and
+the first thread count. ``docs=true`` writes the table (and the profile) into
+``docs/performance.md``, in the block ``perf:step_<device>``, and the rows to
+``benchmarks/results/step_speed_<device>.csv``.
 """
 from __future__ import annotations
 
@@ -60,9 +63,11 @@ from pipeline.core.problems import get_problem
 from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
 
 DEFAULTS = {"threads": "1,2", "repeats": 10, "batch": "8192", "horizon": 50, "lead_time": 4,
-            "kind": "mlp", "hidden": "32,32,32", "device": "cpu", "compile": False,
+            "kind": "mlp", "hidden": "", "device": "cpu", "compile": False,
             "compile_mode": "default", "profile": False, "rows": 25, "docs": False}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+HIDDEN = {"cnn": (32, 32), "mlp": (32, 32, 32)}  # each kind's head: the default network's; the MLP of the docs
 
 
 def ints(text: str, key: str) -> list[int]:
@@ -121,10 +126,19 @@ def hardware(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads by default"
 
 
+def kinds_and_heads(a: dict) -> dict[str, tuple[int, ...]]:
+    """Each policy kind of ``kind`` with its head (``hidden`` for all when given)."""
+    kinds = a["kind"].split(",")
+    unknown = [k for k in kinds if k not in HIDDEN]
+    if unknown:
+        raise ConfigError(f"kind takes {' and/or '.join(HIDDEN)}, got {unknown[0]!r}")
+    return {k: tuple(ints(a["hidden"], "hidden")) if a["hidden"] else HIDDEN[k] for k in kinds}
+
+
 def main(argv: list[str]) -> None:
     a = key_values(argv, DEFAULTS)
     threads, sizes = ints(a["threads"], "threads"), ints(a["batch"], "batch")
-    hidden = tuple(ints(a["hidden"], "hidden"))
+    heads = kinds_and_heads(a)
     device = a["device"]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device} but torch {torch.__version__} sees no CUDA device")
@@ -132,63 +146,79 @@ def main(argv: list[str]) -> None:
         threads = threads[:1]  # the host threads do not matter for the GPU's kernels
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     mode = f", eager and compiled (mode {a['compile_mode']})" if a["compile"] else ""
-    head = (f"lost sales L={a['lead_time']}, {a['kind']} policy hidden {list(hidden)}, {a['horizon']} periods, "
+    load = os.getloadavg()[0]
+    policies = ", ".join(f"{k} (head {list(h)})" for k, h in heads.items())
+    head = (f"lost sales L={a['lead_time']}, policies {policies}, {a['horizon']} periods, "
             f"float32{mode}; {device}: {hardware(device)}; torch {torch.__version__}; median of {a['repeats']} calls; "
-            f"load average at start {os.getloadavg()[0]:.2f}")
+            f"load average at start {load:.2f}")
     out = logs.get("")
     out.info(head)
     rows, profile = [], ""
     for size in sizes:
-        problem, policy, batch, start, width, warmup = setup(size, a["horizon"], a["lead_time"], a["kind"],
-                                                            hidden, device)
-        calls = step_calls(problem, policy, batch, start, a["horizon"], width, warmup)
-        if a["compile"]:  # the same weights compiled, timed interleaved with the eager calls
-            cproblem, cpolicy = get_problem("lost_sales"), copy.deepcopy(policy)
-            cpolicy.period = torch.compile(cpolicy.period, dynamic=False, mode=a["compile_mode"])
-            cproblem.step = torch.compile(cproblem.step, dynamic=False, mode=a["compile_mode"])
-            compiled = step_calls(cproblem, cpolicy, batch, start, a["horizon"], width, warmup)
-            tic = time.perf_counter()
-            for call in compiled.values():
-                call()
-            sync()
-            out.info(f"  batch {size}: first compiled calls (compilation included) took {time.perf_counter() - tic:.1f} s")
-            calls |= {f"{name}, compiled": call for name, call in compiled.items()}
+        calls = {}
+        for kind, hidden in heads.items():
+            problem, policy, batch, start, width, warmup = setup(size, a["horizon"], a["lead_time"], kind,
+                                                                hidden, device)
+            calls |= {(kind, name): call
+                      for name, call in step_calls(problem, policy, batch, start, a["horizon"], width, warmup).items()}
+            if a["compile"]:  # the same weights compiled, timed interleaved with the eager calls
+                cproblem, cpolicy = get_problem("lost_sales"), copy.deepcopy(policy)
+                cpolicy.period = torch.compile(cpolicy.period, dynamic=False, mode=a["compile_mode"])
+                cproblem.step = torch.compile(cproblem.step, dynamic=False, mode=a["compile_mode"])
+                compiled = step_calls(cproblem, cpolicy, batch, start, a["horizon"], width, warmup)
+                tic = time.perf_counter()
+                for call in compiled.values():
+                    call()
+                sync()
+                out.info(f"  {kind} batch {size}: first compiled calls (compilation included) took "
+                         f"{time.perf_counter() - tic:.1f} s")
+                calls |= {(kind, f"{name}, compiled"): call for name, call in compiled.items()}
         for n in threads:
             torch.set_num_threads(n)
-            for name, m in time_calls(calls, a["repeats"], sync).items():
+            for (kind, name), m in time_calls(calls, a["repeats"], sync).items():
                 rate = size * a["horizon"] / m
-                rows.append((size, n, name, 1000 * m, rate))
-                out.info(f"  batch={size:<8d} threads={n}  {name:27s} {1000 * m:9.1f} ms  "
+                rows.append((kind, size, n, name, 1000 * m, rate))
+                out.info(f"  {kind:4s} batch={size:<8d} threads={n}  {name:27s} {1000 * m:9.1f} ms  "
                          f"{rate / 1e6:8.2f} M product-periods/s")
-        if a["profile"] and not profile:
+        if a["profile"] and size == max(sizes):
+            kind = next(iter(heads))
             torch.set_num_threads(threads[0])
             activities = [torch.profiler.ProfilerActivity.CPU]
             if device.startswith("cuda"):
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-                calls["forward+backward"]()
+                calls[(kind, "forward+backward")]()
                 sync()
             sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
-            profile = prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=a["rows"])
-            out.info(profile)
+            profile = (kind, size, prof.key_averages(group_by_input_shape=True).table(sort_by=sort,
+                                                                                    row_limit=a["rows"]))
+            out.info(profile[2])
     if a["docs"]:
-        key = f"perf:step_{device.split(':')[0]}"
+        key, tag = f"perf:step_{device.split(':')[0]}", device.split(":")[0]
         write_block(DOC, key, report(a, head, rows, profile, threads))
-        out.info(f"wrote the block {key} of {DOC}")
+        frame = pd.DataFrame(rows, columns=["kind", "batch", "threads", "call", "ms", "product_periods_per_s"])
+        frame["date"] = time.strftime("%Y-%m-%d %H:%M")
+        frame["load_at_start"] = load
+        frame["device"] = hardware(device)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(RESULTS / f"step_speed_{tag}.csv", index=False)
+        out.info(f"wrote the block {key} of {DOC} and {RESULTS / f'step_speed_{tag}.csv'}")
 
 
-def report(a: dict, head: str, rows: list, profile: str, threads: list[int]) -> str:
+def report(a: dict, head: str, rows: list, profile, threads: list[int]) -> str:
     args = " ".join(f"{k}={str(a[k]).lower() if isinstance(a[k], bool) else a[k]}"
                     for k in DEFAULTS if a[k] != DEFAULTS[k] and k != "docs")
     lines = [f"### DirectBackprop step on {a['device']}", "",
              f"`python -m benchmarks.step_speed {args} docs=true`, "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. {head}.", "",
-             markdown_table(pd.DataFrame(rows, columns=["batch", "threads", "call", "ms per call", "product-periods/s"]),
+             markdown_table(pd.DataFrame(rows, columns=["policy", "batch", "threads", "call", "ms per call",
+                                                        "product-periods/s"]),
                             {"batch": ",", "ms per call": ".1f", "product-periods/s": ",.0f"})]
     if profile:
-        lines += ["", f"torch.profiler, one forward+backward call at batch {rows[0][0]:,} on "
+        kind, size, table = profile
+        lines += ["", f"torch.profiler, one forward+backward call of the {kind} policy at batch {size:,} on "
                   f"{threads[0]} thread(s): the top {a['rows']} ops by self time.", "", "```"]
-        lines += [line.rstrip() for line in profile.strip().splitlines()] + ["```"]
+        lines += [line.rstrip() for line in table.strip().splitlines()] + ["```"]
     return "\n".join(lines)
 
 
