@@ -25,12 +25,12 @@ def demand_scale(batch: ProductBatch, start: int) -> Tensor:
 def running_moments(demand: Tensor, start: int, horizon: int) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of demand over periods [0, t) for each decision period
     t = start .. start + horizon - 1: what a practitioner knows at t. [B, horizon] each."""
-    csum = torch.cumsum(demand, dim=1)
-    csq = torch.cumsum(demand * demand, dim=1)
-    idx = torch.arange(start - 1, start + horizon - 1, device=demand.device)
-    count = (idx + 1).to(demand.dtype)
-    mean = csum[:, idx] / count
-    var = (csq[:, idx] / count - mean * mean).clamp_min(0.0)
+    seen = demand[:, :start + horizon - 1]  # the last decision sees periods before start + horizon - 1
+    csum = torch.cumsum(seen, dim=1)[:, start - 1:]
+    csq = torch.cumsum(seen * seen, dim=1)[:, start - 1:]
+    count = torch.arange(start, start + horizon, device=demand.device).to(demand.dtype)
+    mean = csum / count
+    var = (csq / count - mean * mean).clamp_min(0.0)
     return mean, var.sqrt()
 
 
@@ -94,7 +94,7 @@ def lookahead_features(feats: Tensor, start: int, horizon: int, lookahead: int) 
 @dataclass
 class PolicyContext:
     exogenous: tuple[Tensor, ...]  # T x [B, n_exo]: the exogenous inputs of each decision period
-    weight: Tensor                 # [n_exo + n_endo, hidden0]: the first layer's, transposed
+    weight: Tensor                 # [n_exo + W, hidden0]: the first layer's, transposed, the inventory position's folded in
     bias: Tensor                   # [hidden0]
     scale: Tensor                  # [B]
 
@@ -144,7 +144,9 @@ class OrderPolicy(nn.Module):
         if self.lookahead:  # known in advance: the features of periods t .. t + lookahead - 1
             parts.append(lookahead_features(feats, start, horizon, self.lookahead))
         exogenous = torch.cat(parts, dim=2).transpose(0, 1).contiguous()  # [T, B, n_exo]
-        weight = torch.cat([self.first_exo.weight, self.first_endo.weight], dim=1).t().contiguous()
+        # the inventory position (the sum of the scaled state) is an input: its weight joins each state entry's
+        endo = self.first_endo.weight[:, :-1] + self.first_endo.weight[:, -1:]
+        weight = torch.cat([self.first_exo.weight, endo], dim=1).t().contiguous()
         return PolicyContext(exogenous.unbind(0), weight, self.first_exo.bias, scale)
 
     def act(self, ctx: PolicyContext, t: int, state: Tensor) -> Tensor:
@@ -156,8 +158,7 @@ class OrderPolicy(nn.Module):
         that ``policy.period = torch.compile(policy.period)`` can compile it (optional:
         ``benchmarks/step_speed.py compile=true``; a compiled period has no double backward,
         which the structure penalty needs)."""
-        scaled = state / scale[:, None]
-        x = torch.cat([exogenous, scaled, scaled.sum(dim=1, keepdim=True)], dim=1)
+        x = torch.cat([exogenous, state / scale[:, None]], dim=1)
         z = self.head(torch.addmm(bias, x, weight))  # first_exo + first_endo, one matmul
         return F.softplus(z) * scale[:, None]  # [B, A]
 
