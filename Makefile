@@ -50,9 +50,14 @@ favorita: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark suite=all
 
-## perf: throughput, solve times and peak memory -> benchmarks/results/perf.csv and docs/performance.md; ARGS="quick=true"
+## perf: throughput, solve times and peak memory, the default step and its profile, the job end to end, time to
+## quality, the targets table -> benchmarks/results/ and docs/performance.md (about 35 min); ARGS go to benchmarks.perf
 perf: $(STAMP)
 	$(PY) -m benchmarks.perf $(ARGS)
+	$(PY) -m benchmarks.step_speed threads=2 kind=cnn,mlp batch=1024,8192 repeats=10 profile=true rows=25 docs=true
+	$(PY) -m benchmarks.scale products=100000,1000000
+	$(PY) -m benchmarks.time_to_quality
+	$(PY) -m benchmarks.targets
 
 ## ui: the MLflow UI on the project's runs at http://127.0.0.1:5000
 ui: $(STAMP)

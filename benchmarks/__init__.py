@@ -30,3 +30,18 @@ def run_script(main) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def record_run(name: str, command: str, load_at_start: float) -> None:
+    """``benchmarks/results/<name>.run.json``: the command, the date and the load average at
+    its start of the run whose results are ``benchmarks/results/<name>.csv`` (read by
+    ``benchmarks.targets``)."""
+    import datetime
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "results" / f"{name}.run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": command, "load_at_start": round(load_at_start, 2),
+                                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
+                               indent=1) + "\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import key_values, run_script
+from benchmarks import key_values, record_run, run_script
 from pipeline.config import PROJECT_ROOT, ConfigError, load_config
 from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table, write_block
@@ -148,7 +148,7 @@ def main(args: list[str]) -> int:
     if opts["only"]:
         print("RESULT " + json.dumps(one_size(opts)), flush=True)  # for the parent process, not a log line
         return 0
-    rows, log = [], logs.get("scale")
+    rows, log, load = [], logs.get("scale"), os.getloadavg()[0]
     for n in (int(x) for x in opts["products"].split(",")):
         cmd = [sys.executable, "-m", "benchmarks.scale", f"only={n}",
                *(f"{k}={opts[k]}" for k in ("kind", "threads", "workers", "periods", "work"))]
@@ -164,13 +164,14 @@ def main(args: list[str]) -> int:
             log.info(f"{n:,} products, epoch {e['epoch']}: {e['wall']:.1f} s, {e['rate']:,.0f} product-periods/s "
                      f"({e['rate'] / r['step_rate']:.0%} of the step's {r['step_rate']:,.0f})")
         log.info(f"{n:,} products: driver {r['driver_peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")
-    lines = report(rows, opts, args)
+    lines = report(rows, opts, args, load)
+    record_run("scale", "python -m benchmarks.scale " + " ".join(args), load)
     write_block(PROJECT_ROOT / "docs" / "performance.md", "perf:scale", "\n".join(lines), header="# Performance\n")
     logs.get("").info("\n".join(lines))
     return 0
 
 
-def report(rows: list[dict], opts: dict, args: list[str]) -> list[str]:
+def report(rows: list[dict], opts: dict, args: list[str], load: float | None = None) -> list[str]:
     """benchmarks/results/scale.csv and the lines of the docs block."""
     epochs = pd.DataFrame([{**{k: r[k] for k in ("products", "kind", "threads", "workers", "step_rate")}, **e}
                            for r in rows for e in r["epochs"]])
@@ -189,7 +190,7 @@ def report(rows: list[dict], opts: dict, args: list[str]) -> list[str]:
     policy = "the CNN policy (the default)" if opts["kind"] == "cnn" else "the MLP policy [32, 32, 32]"
     lines = ["## Scale and the job end to end: epochs over 100,000 and 1,000,000 products", "",
              f"Command: `python -m benchmarks.scale {' '.join(args)}` ({time.strftime('%Y-%m-%d')}, load average at "
-             f"start {os.getloadavg()[0]:.2f}). Synthetic products, {opts['periods']} weeks each, lost sales with "
+             f"start {os.getloadavg()[0] if load is None else load:.2f}). Synthetic products, {opts['periods']} weeks each, lost sales with "
              f"L = {LEAD_TIME}, Parquet shards of {SHARD:,}; `jobs.train` for {EPOCHS} epochs with {opts['workers']} "
              f"Ray Train worker(s) of {opts['threads']} torch thread(s): Ray Data streams the shards (kept in its "
              f"object store after the first read, `data.cache_mib`), {policy}, batches of {BATCH:,} products x "

@@ -52,7 +52,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks import key_values, run_script
+from benchmarks import key_values, record_run, run_script
 from pipeline.config import ConfigError, load_config
 from pipeline.core.batch import batch_from_columns
 from pipeline.data.synthetic import synthetic_population
@@ -66,7 +66,7 @@ DEFAULTS = {"threads": "1,2", "repeats": 10, "batch": "8192", "horizon": 50, "le
             "kind": "mlp", "hidden": "", "device": "cpu", "compile": False,
             "compile_mode": "default", "profile": False, "rows": 25, "docs": False}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = DEFAULT_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 HIDDEN = {"cnn": (32, 32), "mlp": (32, 32, 32)}  # each kind's head: the default network's; the MLP of the docs
 
 
@@ -202,6 +202,8 @@ def main(argv: list[str]) -> None:
         frame["device"] = hardware(device)
         RESULTS.mkdir(parents=True, exist_ok=True)
         frame.to_csv(RESULTS / f"step_speed_{tag}.csv", index=False)
+        if RESULTS == DEFAULT_RESULTS:
+            record_run(f"step_speed_{tag}", "python -m benchmarks.step_speed " + " ".join(argv), load)
         out.info(f"wrote the block {key} of {DOC} and {RESULTS / f'step_speed_{tag}.csv'}")
 
 

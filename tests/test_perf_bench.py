@@ -108,3 +108,36 @@ def test_scale_report_divides_each_epochs_rate_by_the_steps(tmp_path, monkeypatc
     csv = pd.read_csv(tmp_path / "benchmarks" / "results" / "scale.csv")
     share = csv[(csv.benchmark == "scale/share_of_step") & csv.config.str.endswith("epoch=2")].value
     assert share.tolist() == [1_228_800 / 1.6e6]
+
+
+def test_targets_table_judges_each_figure_from_the_results(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import targets
+
+    monkeypatch.setattr(targets, "RESULTS", tmp_path)
+    monkeypatch.setattr(targets, "DOC", tmp_path / "performance.md")
+    pd.DataFrame({"kind": ["cnn", "cnn", "mlp"], "batch": [1024, 8192, 8192], "threads": 2,
+                  "call": "forward+backward", "ms": 1.0,
+                  "product_periods_per_s": [1.1e6, 1.6e6, 2.9e6]}).to_csv(tmp_path / "step_speed_cpu.csv", index=False)
+    (tmp_path / "step_speed_cpu.run.json").write_text(json.dumps({"command": "python -m benchmarks.step_speed",
+                                                                  "date": "2026-12-06", "load_at_start": 0.5}))
+    pd.DataFrame({"benchmark": "scale/share_of_step", "config": ["products=100000;kind=cnn;threads=2;workers=1;epoch=2"],
+                  "value": [0.75], "unit": "ratio"}).to_csv(tmp_path / "scale.csv", index=False)
+    pd.DataFrame({"kind": "cnn", "seed": [0, 0, 1, 1], "seconds": [40.0, 110.0, 50.0, 110.0],
+                  "gap_to_dp_policy_pct": [0.9, 0.25, 0.8, 0.5], "gap_se_pct": [0.02, 0.01, 0.03, 0.01]}
+                 ).to_csv(tmp_path / "time_to_quality.csv", index=False)
+    assert targets.main([]) == 0
+    table = {line.split("|")[1].strip(): line.split("|")[3:5] for line in
+             (tmp_path / "performance.md").read_text().splitlines() if line.startswith("| ") and "---" not in line}
+    met = {k: v[1].strip() for k, v in table.items()}
+    assert met["CNN policy step, 8,192 x 50, 2 threads (product-periods/s)"] == "yes"
+    assert met["CNN step per product-period, 8,192 against 1,024"] == "yes"
+    assert met["MLP policy step, 8,192 x 50, 2 threads (product-periods/s)"] == "**no**"  # 2.9M < 3M
+    assert met["`jobs.train` epoch 2 on 100,000 products, cnn: job rate / step rate (wall time, Ray Data and "
+               "validation included)"] == "yes"
+    assert met["CNN policy, training time to within 1% of the exact optimum"] == "**no**"  # seed 1 at 50 s
+    assert table["CNN policy, training time to within 1% of the exact optimum"][0].strip() == "seed 0: 40 s, seed 1: 50 s"
+    assert met["CNN policy, training time to within 0.3% of the exact optimum"] == "**no**"  # seed 1 never
+    assert met["CNN policy, largest standard error of the paired gap (points)"] == "yes"
+    assert "not measured: no GPU machine was lent" in (tmp_path / "performance.md").read_text()
