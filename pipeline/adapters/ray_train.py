@@ -267,7 +267,9 @@ def fit(cfg: Config, splits: dict[str, Path], run_dir: Path, tracking_uri: str, 
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # several workers split the training set; one reads it whole, without the split's
+        # coordinator, whose start every epoch cost about a second (docs/performance.md)
+        dataset_config=DataConfig(datasets_to_split=["train"] if world > 1 else []),
         run_config=RunConfig(name=cfg.name, storage_path=str(storage),
                              callbacks=list(callbacks or []),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -250,7 +250,7 @@ class EpochLogger:
             if self.down_since is None:
                 self.down_since, self.buffered = time.time(), 0
                 logs.get("mlflow").info(f"tracking server unreachable ({type(e).__name__}); buffering metrics")
-            self.buffered = len(self.pending)
+            self.buffered = len({step for _, step in self.pending})  # epochs: an epoch may log twice
         finally:
             self._keep()
             os.environ.update({k: v for k, v in saved.items() if v is not None})
