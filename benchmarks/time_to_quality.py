@@ -160,6 +160,8 @@ def summary(curves: pd.DataFrame, targets: list[float]) -> pd.DataFrame:
 
 
 def figure(curves: pd.DataFrame, targets: list[float]):
+    from matplotlib.ticker import ScalarFormatter
+
     from pipeline.reporting.plots import plt
 
     fig, axes = plt.subplots(1, curves.kind.nunique(), figsize=(6.4 * curves.kind.nunique(), 3.8), squeeze=False)
@@ -169,6 +171,8 @@ def figure(curves: pd.DataFrame, targets: list[float]):
         for t in targets:
             ax.axhline(t, color="k", lw=0.8, ls="--")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("training wall time (s)")
         ax.set_ylabel("gap to the DP policy on the test paths (%)")
         ax.set_title(f"{kind} policy, lost sales p = 9, L = 4", fontsize=10)
