@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import key_values, record_run, run_script
-from pipeline.config import PROJECT_ROOT, ConfigError, load_config
+from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table, write_block
 
@@ -46,13 +46,12 @@ EPOCHS = 2  # the first starts Ray Data's streaming and fills the cache; the sec
 TRAIN = [f"train.batch_size={BATCH}", "train.windows_per_batch=1", "train.history=52", f"train.horizon={HORIZON}",
          "train.warmup=10", f"train.epochs={EPOCHS}", "eval.start=52", "eval.warmup=10", "eval.baselines=[]",
          f"data.lead_time_range=[{LEAD_TIME},{LEAD_TIME}]"]
-POLICY = {"cnn": ["policy.kind=cnn"], "mlp": ["policy.kind=mlp", "policy.hidden=[32,32,32]"]}
 
 
 def train_args(opts: dict) -> list[str]:
-    if opts["kind"] not in POLICY:
-        raise ConfigError(f"kind takes {' or '.join(POLICY)}, got {opts['kind']!r}")
-    return [*TRAIN, *POLICY[opts["kind"]], f"train.cpus_per_worker={opts['threads']}"]
+    from benchmarks.step_speed import policy_overrides
+
+    return [*TRAIN, *policy_overrides(opts["kind"]), f"train.cpus_per_worker={opts['threads']}"]
 
 
 def step_rate(opts: dict) -> float:

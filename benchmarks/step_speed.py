@@ -126,6 +126,13 @@ def hardware(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads by default"
 
 
+def policy_overrides(kind: str) -> list[str]:
+    """The config overrides of a policy ``kind`` of ``HIDDEN`` (the other benchmarks' policies)."""
+    if kind not in HIDDEN:
+        raise ConfigError(f"kind takes {' or '.join(HIDDEN)}, got {kind!r}")
+    return [f"policy.kind={kind}", f"policy.hidden=[{','.join(map(str, HIDDEN[kind]))}]"]
+
+
 def kinds_and_heads(a: dict) -> dict[str, tuple[int, ...]]:
     """Each policy kind of ``kind`` with its head (``hidden`` for all when given)."""
     kinds = a["kind"].split(",")
