@@ -4,18 +4,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import make_batch
+from conftest import conv1d_encoder, make_batch
 from pipeline.core import causal_conv
 from pipeline.core.policy import DemandEncoder, OrderPolicy, lookahead_features, running_moments
-
-
-def conv1d_encoder(enc: DemandEncoder, x: torch.Tensor) -> torch.Tensor:
-    """``enc`` computed with ``torch.nn.Conv1d`` the textbook way (causal padding, channels
-    first), at the positions whose whole receptive field is in x: what it must equal."""
-    h = x[:, None, :] if x.ndim == 2 else x.transpose(1, 2)
-    for conv, d in zip(enc.convs, enc.dilations):
-        h = torch.nn.functional.elu(conv(torch.nn.functional.pad(h, (d, 0))))
-    return h.transpose(1, 2)[:, enc.receptive_field - 1:]
 
 
 def test_encoder_sees_exactly_the_last_32_periods():

@@ -18,7 +18,7 @@ from pipeline.core.policy import OrderPolicy, demand_scale, running_features, ru
 from pipeline.core.problems import get_problem
 from pipeline.core.problems.base import advance_pipeline, lead_time_slots
 from pipeline.core.rollout import directbackprop_loss, rollout
-from test_policy import conv1d_encoder
+from conftest import conv1d_encoder
 
 START, HORIZON = 40, 12
 
