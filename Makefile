@@ -2,8 +2,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-# CPU build by default; a CUDA build of torch already in .venv is kept (see README).
+# Every dependency at the version of constraints.txt (README: Setup), torch first.
+CONSTRAINTS := constraints.txt
+# torch: the CPU build where pip's indexes offer one (here: the local wheel); PyPI's Linux
+# wheel is the CUDA build, so on other Linux machines TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# selects the CPU build, and .../whl/cu128 (a CUDA version the driver supports) a given CUDA build.
+# Empty by default: CI reaches package registries only. A CUDA build already in .venv is kept.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -14,11 +20,12 @@ export PYTHONUNBUFFERED ?= 1
 
 .PHONY: venv run test sweep sipn favorita benchmark perf ui clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -c $(CONSTRAINTS) \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -25,6 +25,10 @@ from pipeline.reporting import logs
 from pipeline.reporting.report_blocks import markdown_table, write_block
 
 TEMPLATE = PROJECT_ROOT / "docs" / "benchmarks.md"  # its prose heads a report written elsewhere
+
+
+def template() -> str:
+    return TEMPLATE.read_text() if TEMPLATE.exists() else ""  # an installed package carries no docs
 LEARNED = "learned"
 
 
@@ -82,10 +86,10 @@ def main(args: list[str]) -> int:
         csv = results / f"{suite}.csv"
         if csv.exists():
             body = suite_table(pd.read_csv(csv), f"python -m jobs.benchmark suite={suite}").rstrip("\n")
-            write_block(docs, f"benchmark:{suite}", body, header=TEMPLATE.read_text())
+            write_block(docs, f"benchmark:{suite}", body, header=template())
     if summary:
         write_block(docs, "benchmark:learned", learned_summary(summary, results, args),
-                    header=TEMPLATE.read_text())
+                    header=template())
     plain.info(f"Report:  {docs}")
     return 0
 

@@ -10,12 +10,16 @@ for lost sales: the problem's state names), or with ``recommend.state=simulate``
 the policy ends the history in when run from an empty system. Ray Data's ``map_batches``
 runs ``recommend.concurrency`` actors, each holding the policy; each batch is written as a
 Parquet file under ``recommend.output`` with columns ``product_id, period, lead_time``, the
-state, the actions (``order``, ...), ``state_source`` and ``model_version``.
+state, the actions (``order``, ...), ``state_source`` and ``model_version``. Each file is
+named by its products and the model version, so a batch run again after a failure
+replaces its own file; the set is written to a staging folder, checked (one row per
+product and period), listed in ``_manifest.json`` (rows, products, files with their row
+counts, model version, input and its data version) and only then put in place of the
+previous output (docs/mlflow.md, "Orders, exactly once").
 ``model.uri`` as in ``jobs.evaluate`` (default: the registered model's @champion).
 """
 from __future__ import annotations
 
-import shutil
 import time
 
 from jobs import _cli
@@ -29,7 +33,7 @@ def main(args: list[str]) -> int:
     from pipeline.data.parquet import validate_products
     from pipeline.core.problems import get_problem
     from pipeline.adapters.ray_session import init_ray
-    from pipeline.adapters.batch_inference import recommend
+    from pipeline.adapters.batch_inference import MANIFEST, recommend
     from pipeline.adapters.registry import load_model
 
     started = time.time()
@@ -47,15 +51,15 @@ def main(args: list[str]) -> int:
                                 problem=get_problem(cfg.problem.name, cfg.problem.params))
     total = checked["products"]
     output = resolve_path(r.output) if r.output else resolve_path(cfg.output_dir) / cfg.name / "recommendations"
-    if output.exists():  # a fresh set: never a mix of two models' recommendations
-        shutil.rmtree(output)
     logs.get("recommend").info(f"{total:,} products from {source}, state from {r.state}, "
                                f"{r.concurrency} actor(s), batches of {r.batch_size}")
     init_ray(cfg)
-    done = recommend(source, output, model.checkpoint, model.version, r.state,
-                     cfg.eval.round_actions, r.batch_size, r.concurrency, total,
-                     progress=logs.get("").info)
-    logs.get("").info(f"\nRecommendations: {output} ({done:,} products, model {model.version})\n"
+    manifest = recommend(source, output, model.checkpoint, model.version, r.state,
+                         cfg.eval.round_actions, r.batch_size, r.concurrency, total,
+                         progress=logs.get("").info)
+    logs.get("").info(f"\nRecommendations: {output} ({manifest['products']:,} products in "
+                      f"{len(manifest['files'])} files, model {model.version}; checked and listed in "
+                      f"{output / MANIFEST})\n"
                       f"Wall time:  {time.time() - started:.0f}s")
     return 0
 

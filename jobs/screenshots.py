@@ -6,7 +6,7 @@
 Starts ``mlflow server`` on 127.0.0.1 and a free port over the configuration's tracking URI
 (``pipeline.adapters.tracking.tracking_uri``; an ``http(s)://`` URI is a server already, used as it is),
 finds with ``MlflowClient`` the newest training run, evaluate run and sweep run (with its trials
-and the ``champion`` version of the registered model), and drives a headless Chromium through
+and the version of the registered model it registered), and drives a headless Chromium through
 Playwright (``pip install -e '.[docs]'``; it uses the system's ``chromium``, no browser download)
 to save these 1500x950 PNGs under ``out`` (relative to the project root):
 
@@ -17,7 +17,7 @@ to save these 1500x950 PNGs under ``out`` (relative to the project root):
     05-evaluation-table.png        the evaluate run's evaluation.json, an MLflow table, viewed as a table
     06-sweep-pareto.png            the sweep run's artifacts with plots/pareto.png open
     07-compare-trials.png          the compare-runs page of two trials: parameters and metrics that differ
-    08-registered-model.png        the registered model with its @champion version
+    08-registered-model.png        the registered model: its versions and aliases (@champion, @challenger)
 
 The UI opens in its "Model training" mode with the MLflow Assistant panel and the "Detect issues"
 guidance closed: the script sets the localStorage keys the UI reads on load (``mlflow.workflowType_v1``
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from jobs import _cli
-from pipeline.config import PROJECT_ROOT, ConfigError, load_config
+from pipeline.config import PROJECT_ROOT, ConfigError, load_config, resolve_path
 from pipeline.errors import DataError
 from pipeline.reporting import logs
 
@@ -180,11 +180,11 @@ class Targets:
     sweep: Run
     trials: list[Run]    # the sweep's first two
     model: str           # the registered model
-    champion: ModelVersion
+    version: ModelVersion  # the one the sweep registered
 
 
 def find_targets(client, experiment_name: str, uri: str) -> Targets:
-    from pipeline.adapters.registry import CHAMPION
+    from pipeline.adapters.registry import CHALLENGER
     from pipeline.adapters.tracking import KIND_TAG, PARENT_TAG
 
     experiment = client.get_experiment_by_name(experiment_name)
@@ -204,22 +204,22 @@ def find_targets(client, experiment_name: str, uri: str) -> Targets:
     if train is None:
         raise missing("training run (tag sidbp.kind = 'train')", "train")
     evaluate = next(iter(runs(f"tags.`{KIND_TAG}` = 'evaluate'", 1)), None)
-    sweep = next((r for r in runs(f"tags.`{KIND_TAG}` = 'sweep'") if CHAMPION in r.data.tags), None)
+    sweep = next((r for r in runs(f"tags.`{KIND_TAG}` = 'sweep'") if CHALLENGER in r.data.tags), None)
     if sweep is None:
-        raise missing(f"sweep run with a {CHAMPION!r} tag", "sweep")
+        raise missing(f"sweep run with a {CHALLENGER!r} tag", "sweep")
     trials = runs(f"tags.`{PARENT_TAG}` = '{sweep.info.run_id}'", 2, "ASC")
     if len(trials) < 2:
         raise missing(f"two trials of sweep run {sweep.info.run_id}", "sweep")
-    model = model_name(sweep.data.tags[CHAMPION])
+    model = model_name(sweep.data.tags[CHALLENGER])
     return Targets(eid, train, evaluate or train, sweep, trials, model,
-                   client.get_model_version_by_alias(model, CHAMPION))
+                   client.get_model_version(model, sweep.data.tags[CHALLENGER].rsplit("/", 1)[1]))
 
 
 def model_name(model_uri: str) -> str:
     """``NAME`` of ``models:/NAME/VERSION``."""
     match = re.fullmatch(r"models:/(.+)/[^/]+", model_uri)
     if not match:
-        raise DataError(f"expected models:/NAME/VERSION in the sweep run's champion tag, got {model_uri!r}")
+        raise DataError(f"expected models:/NAME/VERSION in the sweep run's challenger tag, got {model_uri!r}")
     return match.group(1)
 
 
@@ -292,11 +292,10 @@ def compare_trials(page, base: str, t: Targets) -> None:
 
 
 def registered_model(page, base: str, t: Targets) -> None:
-    from pipeline.adapters.registry import CHAMPION
-
     page.goto(f"{base}#/models/{urllib.parse.quote(t.model)}")
-    page.get_by_role("link", name=f"Version {t.champion.version}", exact=True).wait_for()
-    page.locator(f'[role=cell] [title="{CHAMPION}"]').wait_for()
+    page.get_by_role("link", name=f"Version {t.version.version}", exact=True).wait_for()
+    for alias in t.version.aliases[:1]:  # promoted (champion), or still the challenger
+        page.locator(f'[role=cell] [title="{alias}"]').wait_for()
 
 
 SHOTS: list[tuple[str, Callable]] = [
@@ -408,7 +407,7 @@ def main(args: list[str]) -> int:
 
     uri = tracking_uri(cfg)
     out = Path(opts["out"])
-    out = out if out.is_absolute() else PROJECT_ROOT / out
+    out = resolve_path(str(out))
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
@@ -417,7 +416,7 @@ def main(args: list[str]) -> int:
             targets = find_targets(MlflowClient(base), cfg.mlflow.experiment, uri)
             logs.get("").info(f"MLflow UI at {base} over {uri}: experiment {cfg.mlflow.experiment!r}, training run "
                               f"{targets.train.info.run_id}, sweep {targets.sweep.info.run_id}, "
-                              f"models:/{targets.model}/{targets.champion.version}")
+                              f"models:/{targets.model}/{targets.version.version}")
             paths = screenshot_all(base, targets, out, opts["chromium"])
     except ScreenshotError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -44,7 +44,7 @@ def main(args: list[str]) -> int:
 
     docs = resolve_path(b.docs).with_name("structure.md")
     write_block(docs, "structure:suites", report_sections(results, "structure_", render, "structure").rstrip("\n"),
-                header=TEMPLATE.read_text())
+                header=TEMPLATE.read_text() if TEMPLATE.exists() else "")
     plain.info(f"Report: {docs}")
     return 0
 

@@ -8,7 +8,11 @@ time, each an MLflow run nested under the sweep's, named ``<name>-trial-<k>``. A
 trials that fall behind on the validation objective. The sweep run ends with the results
 table (every trial: parameters, status, validation cost, violation rates, on the Pareto
 front or not) and the plot of validation cost against the out-of-distribution violation
-rate. The best finished trial is registered as ``models:/sidbp-<problem>@champion``.
+rate. The best finished trial's checkpoint is logged to its run as the MLflow model and
+registered as a new version of ``models:/sidbp-<problem>`` with the alias ``challenger``
+(``mlflow.registered_model``; smoke sweeps register as ``sidbp-smoke-<problem>``);
+``python -m jobs.promote`` compares it with ``@champion`` and moves that alias only if
+it is better.
 
 A failed trial is reported and the sweep goes on; the exit code is 1 only when every trial
 failed. A sweep whose driver died is resumed by the same command: finished trials are kept,

@@ -5,7 +5,10 @@
 Reads the config, writes (or finds) the product histories as Parquet, opens the MLflow run
 of this run name, trains on Ray Train fed by Ray Data, then evaluates the best checkpoint
 on the held-out products against the baselines and logs the table, checkpoint and plots
-(``pipeline.adapters.training_run.train``, which the other jobs call too).
+(``pipeline.adapters.training_run.train``, which the other jobs call too). The best
+checkpoint is logged as the MLflow model ``runs:/<run_id>/policy`` and, with
+``mlflow.register`` (the default), registered as a new version with the alias
+``challenger``; ``python -m jobs.promote`` decides whether it becomes the champion.
 """
 from __future__ import annotations
 
@@ -21,6 +24,12 @@ def main(args: list[str]) -> int:
     result = train(cfg)
     out = logs.get("")
     out.info("\n" + result.summary)
+    if cfg.mlflow.register:
+        from pipeline.adapters.registry import register_training_run
+
+        version = register_training_run(result.tracker.client, cfg, result.run_id, result.model_id, result.table)
+        out.info(f"\nModel:      models:/{version.name}/{version.version} (@challenger); compare it with the "
+                 "champion and promote it: `python -m jobs.promote` with this job's arguments")
     out.info(result.footer)
     return 0
 

@@ -8,6 +8,7 @@ dataclasses. User mistakes raise ``ConfigError`` with a one-line message.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -20,8 +21,13 @@ from pipeline.core.problems import PROBLEMS, get_problem
 from pipeline.data.retail import validate_retail
 from pipeline.errors import ConfigError, check, check_at_least, check_range
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = PROJECT_ROOT / "conf"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (site-packages when installed from a wheel)
+# The configs: conf/ at the top of the checkout; a wheel ships the same files as package data in
+# pipeline/conf (pyproject.toml maps conf/ there), and that folder exists only in an installed copy.
+# So: the installed copy when there is one, else the checkout's conf/ (source tree, editable install,
+# a Ray job's working_dir).
+_INSTALLED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _INSTALLED_CONF if (_INSTALLED_CONF / "config.yaml").is_file() else PROJECT_ROOT / "conf"
 
 
 @dataclass
@@ -177,7 +183,7 @@ class RetailConfig:
 class RetailExperimentConfig:
     source: str = MISSING          # synthetic (retail.*) or a path, see data_path
     data_path: Optional[str] = None  # Parquet (file or folder): series layout, or series_id,store,item,week,units
-    output_dir: str = MISSING      # summary.csv, weekly.csv, plots (relative: to the project)
+    output_dir: str = MISSING      # summary.csv, weekly.csv, plots (relative: to the current folder)
     docs: Optional[str] = None     # markdown report to write this run's section into (null: none)
     lead_times: List[int] = MISSING  # a comparison at each; 0 is the paper's setting
     folds: int = MISSING           # disjoint groups of the data's stores (sorted, contiguous); 1: every store at once
@@ -210,9 +216,10 @@ class RayConfig:
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db (in the current folder)
     experiment: str = MISSING
-    registered_model: Optional[str] = None  # null: sidbp-<problem.name>; a sweep's best is its @champion
+    registered_model: Optional[str] = None  # null: sidbp-<problem.name>
+    register: bool = MISSING                # jobs.train registers its policy as @challenger (a sweep always does)
 
 
 @dataclass
@@ -230,6 +237,12 @@ class RecommendConfig:
 
 
 @dataclass
+class PromoteConfig:
+    margin: float = MISSING               # the challenger's objective must beat the champion's by this fraction
+    violation_tolerance: float = MISSING  # and its violation rates be at most the champion's plus this
+
+
+@dataclass
 class CompareConfig:
     runs: int = MISSING            # newest runs shown
     kind: Optional[str] = None     # only runs of this kind (train, evaluate, sweep, trial); null: all
@@ -240,7 +253,7 @@ class CompareConfig:
 class Config:
     name: str = MISSING            # run name; running again with the same name resumes
     seed: int = MISSING
-    output_dir: str = MISSING      # data, checkpoints and results (relative: to the project)
+    output_dir: str = MISSING      # data, checkpoints and results (relative: to the current folder)
     problem: ProblemConfig = field(default_factory=ProblemConfig)
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -257,12 +270,13 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 BASELINES = ("dp", "omniscient", "estimated", "best_constant")
 RECOMMEND_STATES = ("columns", "simulate")
-RUN_KINDS = ("train", "evaluate", "sweep", "trial", "favorita", "benchmark", "sipn")
+RUN_KINDS = ("train", "evaluate", "sweep", "trial", "favorita", "benchmark", "sipn", "promote")
 DISTRIBUTIONS = ("poisson", "negbin", "zip", "gamma", "uniform")
 SHOCKS = ("up", "down", "spike")
 PREPARE_SOURCES = ("favorita", "favorita_weekly", "synthetic_retail")
@@ -330,8 +344,49 @@ def load_config(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> Con
     if missing:
         raise ConfigError(f"config key {missing[0]!r} has no value")
     config: Config = OmegaConf.to_object(cfg)
+    absolute_paths(config)
     validate(config)
     return config
+
+
+# The config's file and folder keys. Relative values are taken from the driver's current folder
+# and made absolute once, by load_config, so that the config a run saves and hands to Ray
+# workers (which run in folders of their own) names the same places.
+PATH_KEYS = ("output_dir", "data.path", "benchmark.results_dir", "benchmark.docs", "benchmark.figures",
+             "prepare.input", "prepare.output", "favorita.data_path", "favorita.output_dir", "favorita.docs",
+             "recommend.input", "recommend.output")
+
+
+def portable(c: Config) -> Config:
+    """A copy of ``c`` with the ``PATH_KEYS`` under the current folder written relative to
+    it again: what identifies a run's settings apart from where it was started (a hash of
+    the config)."""
+    c = copy.deepcopy(c)
+    here = Path.cwd()
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = c
+        for part in parents:
+            node = getattr(node, part)
+        value = getattr(node, leaf)
+        if value and "://" not in value and Path(value).is_relative_to(here):
+            setattr(node, leaf, Path(value).relative_to(here).as_posix() or ".")
+    return c
+
+
+def absolute_paths(c: Config) -> None:
+    """``PATH_KEYS`` (where set) and a relative ``sqlite:///`` tracking URI made absolute, in place."""
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = c
+        for part in parents:
+            node = getattr(node, part)
+        value = getattr(node, leaf)
+        if value and "://" not in value:
+            setattr(node, leaf, str(resolve_path(value)))
+    uri = c.mlflow.tracking_uri
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        c.mlflow.tracking_uri = f"sqlite:///{resolve_path(uri[len('sqlite:///'):])}"
 
 
 def validate(c: Config) -> None:
@@ -449,6 +504,9 @@ def validate(c: Config) -> None:
     rec = c.recommend
     check(rec.state in RECOMMEND_STATES, "recommend.state", f"must be one of {', '.join(RECOMMEND_STATES)}, got {rec.state!r}")
     check_at_least("recommend", rec, ("batch_size", "concurrency"))
+    check(0 <= c.promote.margin < 1, "promote.margin", f"must be in [0, 1), got {c.promote.margin}")
+    check(c.promote.violation_tolerance >= 0, "promote.violation_tolerance",
+          f"must be at least 0, got {c.promote.violation_tolerance}")
     check_at_least("compare", c.compare, ("runs",))
     check(c.compare.kind in (None, *RUN_KINDS), "compare.kind",
           f"must be one of {', '.join(RUN_KINDS)} or null, got {c.compare.kind!r}")
@@ -491,5 +549,8 @@ def required_periods(c: Config) -> dict[str, int]:
 
 
 def resolve_path(path: str) -> Path:
+    """``path`` made absolute: a relative one is taken from the current folder (never the
+    package's), as a command-line tool does. ``load_config`` applies it to the config's paths
+    once, in the driver, since Ray Train and Tune workers run in folders of their own."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    return p if p.is_absolute() else Path.cwd() / p

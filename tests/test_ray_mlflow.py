@@ -1,6 +1,8 @@
 """End to end on Ray: a 2-worker Ray Train job with the structure penalty on tiny data
 leaves a complete MLflow run, and running it again with the same name resumes from its
 checkpoint."""
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -53,6 +55,12 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tiny_job):
             "plots/order_vs_on_hand.png", "checkpoint/checkpoint.pt"} <= artifacts
     table = (root / "runs" / "two-workers" / "evaluation.csv").read_text().splitlines()
     assert table[0].startswith("policy,avg_cost,avg_reward,fill_rate") and len(table) == 5
+    # every Ray Train worker logged its system metrics to the run, under its rank
+    for rank in (0, 1):
+        for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "process_memory_megabytes"):
+            assert len(client.get_metric_history(run.info.run_id, f"system/rank_{rank}/{key}")) >= 1, (rank, key)
+        assert m[f"system/rank_{rank}/process_memory_megabytes"] > 10
+    assert not any(k.startswith("system/rank_2/") for k in m)
 
 
 def test_same_run_name_resumes_from_checkpoint_in_process(tiny_job):
@@ -63,11 +71,25 @@ def test_same_run_name_resumes_from_checkpoint_in_process(tiny_job):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [0, 1, 2]  # epochs 0 and 1 were not trained again
     assert run.data.params["train.num_workers"] == "2"  # the params of the run's first job
+    # ... and the change is recorded: a tag, a list of the changes, the config it had before
+    changed = run.data.tags["sidbp.config_changed"]
+    assert "train.epochs: 2 -> 3" in changed and "train.num_workers: 2 -> 0" in changed
+    assert "penalty.weights: [1.0] -> [0.0]" in changed and "train.lr" not in changed
+    [changes] = client.list_artifacts(run.info.run_id, "config_changes")
+    assert changes.path.endswith(".txt") and changed.startswith(changes.path.split("/")[1][:-4] + ": ")
+    read = lambda path: Path(client.download_artifacts(run.info.run_id, path, str(root))).read_text()
+    assert "train.epochs: 2 -> 3\n" in read(changes.path)
+    [history] = client.list_artifacts(run.info.run_id, "config_history")
+    before, now = read(history.path), read("config.yaml")
+    assert "\n  epochs: 2\n" in before and "\n  epochs: 3\n" in now
 
 
 def test_every_run_carries_the_review_tags_and_a_description(tiny_job):
+    import getpass
+    import json
+
     from pipeline.data.parquet import data_version
-    from pipeline.adapters.tracking import NOTE_TAG, git_commit
+    from pipeline.adapters.tracking import NOTE_TAG, git_commit, source_tags
 
     root, uri, _ = tiny_job
     _, run = the_run(uri)
@@ -79,6 +101,16 @@ def test_every_run_carries_the_review_tags_and_a_description(tiny_job):
     assert tags["data_version"] == data_version(data_root) and len(tags["data_version"]) == 12
     assert tags["git_commit"] == git_commit() != "unknown"
     assert tags[NOTE_TAG].startswith("**train** run `two-workers`: cnn policy") and "weights [0.0]" in tags[NOTE_TAG]
+    # MLflow's user and source tags: the runs table shows a user, not "unknown"
+    assert tags["mlflow.user"] == run.info.user_id == getpass.getuser() != "unknown"
+    assert tags["mlflow.source.name"] == source_tags()["mlflow.source.name"] != ""
+    assert tags["mlflow.source.type"] == "LOCAL"  # a test; the project's jobs are JOB
+    assert tags["mlflow.source.git.commit"] == git_commit().removesuffix("-dirty")
+    # the data as an MLflow dataset input, its digest the data version (resumed on the same data: one input)
+    [given] = run.inputs.dataset_inputs
+    assert given.dataset.digest == tags["data_version"] and given.dataset.name == data_root.name
+    assert json.loads(given.dataset.source) == {"uri": data_root.resolve().as_uri()}
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
 
 
 def test_evaluate_recommend_and_compare_on_the_trained_run(tiny_job, capsys):

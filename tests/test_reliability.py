@@ -270,8 +270,8 @@ def test_a_killed_sweep_resumes_its_unfinished_trials(tmp_path, ray_session):
     """A sweep whose driver is killed (its process group) once its trial has checkpointed an
     epoch: the same command resumes it into the same MLflow run, and the trial continues
     from its latest checkpoint (the epochs it holds are not trained again). The kill lands
-    after at least one epoch; on a busy machine the trial may checkpoint another before it
-    does, so the test reads which checkpoint the kill left and has epochs to spare. One
+    after at least one epoch; on a busy machine the trial may checkpoint more before it
+    takes effect, so the test has epochs to spare and reads where the trial resumed. One
     trial keeps the test short; each unfinished trial is restored the same way."""
     import os
     import signal
@@ -299,6 +299,8 @@ def test_a_killed_sweep_resumes_its_unfinished_trials(tmp_path, ray_session):
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(timeout=60)
     assert not (tmp_path / "runs" / "sw-kill" / "sweep_results.csv").exists()  # it was cut short
+    # at least this many epochs were checkpointed; Ray's worker processes may outlive the
+    # killed driver for a moment and checkpoint one more
     done = ckpt.load(trials / "sw-kill-trial-0" / "checkpoints" / "latest" / ckpt.FILE)["epoch"] + 1
     assert 1 <= done < epochs, f"the kill came after {done} of {epochs} epochs"
 
@@ -312,10 +314,11 @@ def test_a_killed_sweep_resumes_its_unfinished_trials(tmp_path, ray_session):
     assert sorted(children) == ["sw-kill-trial-0"]
     for run in children.values():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "valid/avg_cost")]
+        (resumed,) = client.get_metric_history(run.info.run_id, "train/resumed_after_epoch")
+        after = int(resumed.value)
+        assert resumed.step == after and done <= after < epochs  # from the latest checkpoint
         assert sorted(set(steps)) == list(range(epochs))
-        assert all(steps.count(e) == 1 for e in range(done))  # checkpointed epochs not trained again
-        resumed = client.get_metric_history(run.info.run_id, "train/resumed_after_epoch")
-        assert [(m.step, m.value) for m in resumed] == [(done, float(done))]
+        assert all(steps.count(e) == 1 for e in range(after))  # checkpointed epochs not trained again
         assert client.get_run(run.info.run_id).info.status == "FINISHED"
     table = pd.read_csv(tmp_path / "runs" / "sw-kill" / "sweep_results.csv")
     assert list(table.status) == ["finished"] and list(table.epochs) == [epochs]

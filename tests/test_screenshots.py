@@ -1,5 +1,5 @@
 """The pure helpers of ``jobs.screenshots`` (no server, no browser): its own arguments apart from
-the configuration's, the registered model's name from a sweep's champion tag, the blank-screenshot
+the configuration's, the registered model's name from a sweep's challenger tag, the blank-screenshot
 check, and a bad argument as one line and exit code 2."""
 import sys
 
@@ -19,7 +19,7 @@ def test_split_args_takes_out_and_chromium_and_passes_the_rest_on():
     assert split_args([])[1] == screenshots.DEFAULTS
 
 
-def test_model_name_of_a_champion_tag():
+def test_model_name_of_a_challenger_tag():
     assert model_name("models:/sidbp-lost_sales/3") == "sidbp-lost_sales"
     with pytest.raises(DataError, match="models:/NAME/VERSION"):
         model_name("runs:/abc/checkpoint")

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.adapters import tune_sweep as sweep
@@ -172,7 +173,10 @@ def test_sweep_nests_trials_and_logs_table_and_plot(tiny_sweep):
     assert (root / "runs" / "sw" / "pareto.png").stat().st_size > 0
 
 
-def test_sweep_registers_its_best_finished_trial_as_champion(tiny_sweep):
+def test_sweep_registers_its_best_finished_trial_as_challenger_not_champion(tiny_sweep):
+    """The best finished trial becomes a new version with the alias @challenger, its
+    checkpoint logged to the trial's run as the MLflow model; @champion is only moved by
+    jobs.promote, and a smoke sweep registers under the smoke name."""
     from pipeline.adapters.checkpoint import load
 
     root, uri = tiny_sweep
@@ -180,13 +184,19 @@ def test_sweep_registers_its_best_finished_trial_as_champion(tiny_sweep):
     table = pd.read_csv(root / "runs" / "sw" / "sweep_results.csv", keep_default_na=False)
     done = table[table.status == "finished"]
     best = done.loc[pd.to_numeric(done.valid_avg_cost).idxmin()]
-    version = client.get_model_version_by_alias("sidbp-lost_sales", "champion")
+    name = "sidbp-smoke-lost_sales"
+    version = client.get_model_version_by_alias(name, "challenger")
     assert version.run_id == best.run_id and version.tags["trial"] == best.trial
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")
+    assert not client.search_registered_models("name = 'sidbp-lost_sales'")
     parent = client.search_runs([client.get_experiment_by_name("test").experiment_id], f"tags.`{RUN_NAME_TAG}` = 'sw'")
-    assert parent[0].data.tags["champion"] == f"models:/sidbp-lost_sales/{version.version}"
+    assert parent[0].data.tags["challenger"] == f"models:/{name}/{version.version}"
+    assert client.get_logged_model(version.tags["model_id"]).source_run_id == best.run_id
     import mlflow
 
-    folder = mlflow.artifacts.download_artifacts("models:/sidbp-lost_sales@champion", tracking_uri=uri)
+    folder = mlflow.artifacts.download_artifacts(f"models:/{name}@challenger", tracking_uri=uri)
+    folder = f"{folder}/artifacts"  # the pyfunc model keeps the checkpoint among its artifacts
     registered = load(f"{folder}/checkpoint.pt")
     on_disk = load(root / "runs" / "sw" / "trials" / best.trial / "checkpoints" / "best" / "checkpoint.pt")
     assert all(torch.equal(registered["policy"][k], v) for k, v in on_disk["policy"].items())

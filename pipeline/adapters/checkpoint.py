@@ -1,5 +1,9 @@
 """Policy checkpoints: the weights, the optimiser, the epoch reached and the config that
-made them, in one file, written atomically so a crash never leaves half a checkpoint."""
+made them, in one file, written atomically so a crash never leaves half a checkpoint.
+
+A checkpoint holds only tensors and plain Python values (the config as YAML text, the
+metrics as floats): it is read with ``torch.load(weights_only=True)``, which runs no code
+from the file (a checkpoint may come from the model registry)."""
 from __future__ import annotations
 
 import os
@@ -31,13 +35,21 @@ def save(path: Path, policy: torch.nn.Module, optimizer, epoch: int, cfg: Config
     torch.save({"policy": policy.state_dict(),
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "epoch": epoch, "config": to_yaml(cfg), "state_width": state_width,
-                "metrics": metrics or {}}, tmp)
+                "metrics": {k: plain(v) for k, v in (metrics or {}).items()}}, tmp)
     os.replace(tmp, path)
     return path
 
 
+def plain(value):
+    """A numpy or torch scalar as the Python number it holds (what ``weights_only`` loads)."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+
+
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's contents, unpickling tensors and plain values only: a file that holds
+    anything else (an object whose unpickling could run code) raises
+    ``pickle.UnpicklingError``."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_policy(path: Path) -> tuple[OrderPolicy, Config, dict]:

@@ -12,17 +12,19 @@ from pipeline.reporting.plots import order_vs_on_hand
 
 
 def evaluate_and_log(cfg, policy, problem, splits: dict[str, Path], width: int, tracker, run_dir: Path,
-                     split: str = "test") -> tuple[pd.DataFrame, str]:
+                     split: str = "test", model_id: str | None = None) -> tuple[pd.DataFrame, str]:
     """``held_out_report`` of the learned policy (``learned``) on ``splits[split]``
     (baselines fitted on ``splits["train"]``), logged through ``tracker`` (a
-    ``pipeline.adapters.tracking.Tracker``); returns the table and its printout."""
+    ``pipeline.adapters.tracking.Tracker``; the metrics linked to the logged model
+    ``model_id`` when given); returns the table and its printout."""
     test, train = read_products(splits[split]), read_products(splits["train"])
     table, baselines, measured = held_out_report(cfg, problem, {"learned": policy}, train, test, width)
     tracker.log_table(table, "evaluation")
     tracker.log_metrics({f"test/{row.policy}/{k}": getattr(row, k)  # NaN: not measured for it
                          for row in table.itertuples() for k in table.columns
-                         if k != "policy" and getattr(row, k) == getattr(row, k)})
-    tracker.log_metrics({f"test/learned/{k}": v for k, v in measured["learned"].items()})  # per property, in and out
+                         if k != "policy" and getattr(row, k) == getattr(row, k)}, model_id=model_id)
+    tracker.log_metrics({f"test/learned/{k}": v for k, v in measured["learned"].items()},  # per property, in and out
+                        model_id=model_id)
     shown = {k: v for k, v in baselines.items() if k in ("dp", "omniscient", "estimated")}
     tracker.log_figure(order_vs_on_hand(policy, shown, test, cfg.eval.start, width, cfg.eval.plot_products,
                                         problem.state_names(width)), "plots/order_vs_on_hand.png")

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from pipeline.adapters import checkpoint as ckpt
 from pipeline.adapters.ray_session import quiet_ray_logs
-from pipeline.adapters.tracking import EpochLogger
+from pipeline.adapters.tracking import EpochLogger, WorkerSystemMetrics
 from pipeline.config import Config, from_yaml, to_yaml
 from pipeline.core.batch import ProductBatch, batch_from_columns, concat_batches
 from pipeline.core.policy import build_policy
@@ -50,7 +50,7 @@ class WorkerArgs:
     config: str            # the run's config, as YAML
     run_dir: str           # the run's folder: checkpoints, the spool of unsent metrics, faults
     tracking_uri: str
-    run_id: str            # the MLflow run rank 0 logs the epochs to
+    run_id: str            # the MLflow run rank 0 logs the epochs to, and every worker its system metrics
     state_width: int
     steps_per_epoch: int   # of each worker: full batches of its shard x windows per batch
     batch_size: int
@@ -76,8 +76,19 @@ class Worker:
 
 def train_loop_per_worker(config: dict) -> None:
     """Restore, train the remaining epochs, end each one (validate, log, checkpoint,
-    report). A non-finite step stops every worker (rank 0 writes ``FAULT_FILE``)."""
-    w = start_worker(WorkerArgs(**config))
+    report). A non-finite step stops every worker (rank 0 writes ``FAULT_FILE``). Every
+    worker logs its system metrics to the run while it trains (``WorkerSystemMetrics``:
+    ``system/rank_<k>/...``), stopped however the loop ends."""
+    args = WorkerArgs(**config)
+    system = WorkerSystemMetrics(args.tracking_uri, args.run_id, ray.train.get_context().get_world_rank()).start()
+    try:
+        train_worker(start_worker(args))
+    finally:
+        system.stop()
+
+
+def train_worker(w: Worker) -> None:
+    """One worker's training, from its checkpoint to the last epoch (``train_loop_per_worker``)."""
     state = restore(w)
     first_epoch = state["epoch"] + 1 if state is not None else 0
     best = state["metrics"].get("best_valid", math.inf) if state is not None else math.inf

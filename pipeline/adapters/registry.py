@@ -1,5 +1,7 @@
-"""The MLflow model registry: the champion a sweep registers, and finding the checkpoint
-behind a model URI (a file, ``runs:/``, ``models:/``)."""
+"""The MLflow model registry: a training job's or a sweep's policy registered as a new
+version with the alias ``challenger`` (``jobs.promote`` decides whether it becomes the
+``champion``), and finding the checkpoint behind a model URI (a file, ``runs:/``,
+``models:/``). docs/mlflow.md, "Models: challenger and champion"."""
 from __future__ import annotations
 
 import copy
@@ -8,43 +10,74 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.adapters import checkpoint as ckpt
+from pipeline.adapters.mlflow_model import log_policy_model
 from pipeline.adapters.tracking import KIND_TAG, RUN_NAME_TAG, tracking_uri
 from pipeline.config import Config, ConfigError
 from pipeline.reporting import logs
 
 log = logs.get("model")
 
-CHAMPION = "champion"
+CHAMPION = "champion"      # what jobs.recommend and jobs.evaluate use by default; only jobs.promote moves it
+CHALLENGER = "challenger"  # the latest version a training job or a sweep registered
 
 
 def registered_model_name(cfg: Config) -> str:
     return cfg.mlflow.registered_model or f"sidbp-{cfg.problem.name}"
 
 
-def register_champion(client: MlflowClient, cfg: Config, best, value_col: str, checkpoint: Path,
-                      sweep_run_id: str) -> None:
-    """Log ``checkpoint``, the best checkpoint of a sweep's best trial (``best``: its row of the
-    results table), to the trial's run and register it as a new version of the registered
-    model, with the alias ``champion``; tag the sweep's run with it."""
-    client.log_artifact(best.run_id, str(checkpoint), "checkpoint")
+def register_challenger(client: MlflowClient, cfg: Config, run_id: str, model_id: str, tags: dict,
+                        description: str) -> ModelVersion:
+    """Register the logged model ``model_id`` (of run ``run_id``) as a new version of
+    ``registered_model_name(cfg)`` with the alias ``challenger``; ``@champion`` is left
+    where it is."""
     name = registered_model_name(cfg)
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="Order policies trained with structure-informed "
-                                       "DirectBackprop; @champion: the best trial of the latest sweep.")
+        client.create_registered_model(name, description=(
+            "Order policies trained with structure-informed DirectBackprop. @challenger: the latest version a "
+            "training job or a sweep registered; @champion: the version `python -m jobs.promote` last promoted "
+            "after comparing it with the champion before it (what jobs.recommend and jobs.evaluate use)."))
+    version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                          tags={"model_id": model_id, **{k: str(v) for k, v in tags.items()}},
+                                          description=description)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    logs.get("mlflow").info(f"registered models:/{name}/{version.version} (alias @{CHALLENGER}); "
+                            f"`python -m jobs.promote` compares it with @{CHAMPION}")
+    return version
+
+
+def register_training_run(client: MlflowClient, cfg: Config, run_id: str, model_id: str, table) -> ModelVersion:
+    """A training job's logged model registered as the ``challenger``, described by its
+    held-out evaluation (``table``: the learned policy's row)."""
+    row = table.set_index("policy").loc["learned"]
+    value = f"avg_{cfg.problem.objective}"
+    return register_challenger(
+        client, cfg, run_id, model_id, {"run_name": cfg.name, f"test_{value}": row[value]},
+        f"Training run {cfg.name}: held-out {value} {row[value]:.4f}, violation rates "
+        f"{row.violation_rate_in:.2%} in the visited states and {row.violation_rate_out:.2%} outside them.")
+
+
+def register_sweep_best(client: MlflowClient, cfg: Config, best, value_col: str, checkpoint: Path,
+                        sweep_run_id: str, data: Path) -> ModelVersion:
+    """The best finished trial of a sweep (``best``: its row of the results table): its
+    ``checkpoint`` logged to the trial's run as the MLflow model and registered as the
+    ``challenger``; the sweep's run tagged with it."""
+    model_id = log_policy_model(client.tracking_uri, best.run_id, checkpoint, data, cfg.eval.round_actions,
+                                step=int(ckpt.load(checkpoint)["epoch"]))
+    client.log_artifact(best.run_id, str(checkpoint), "checkpoint")
     tags = {"sweep": cfg.name, "trial": best.trial, value_col: best[value_col], "sweep_run_id": sweep_run_id}
-    version = client.create_model_version(
-        name, source=f"runs:/{best.run_id}/checkpoint", run_id=best.run_id, tags={k: str(v) for k, v in tags.items()},
-        description=f"Best finished trial {best.trial} of sweep {cfg.name}: {value_col} {best[value_col]:.4f}, "
-                    f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.").version
-    client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_tag(sweep_run_id, "champion", f"models:/{name}/{version}")
-    logs.get("mlflow").info(f"registered {best.trial} as models:/{name}/{version}, alias @champion")
+    version = register_challenger(
+        client, cfg, best.run_id, model_id, tags,
+        f"Best finished trial {best.trial} of sweep {cfg.name}: {value_col} {best[value_col]:.4f}, "
+        f"out-of-distribution violation rate {best.valid_out_violation_rate:.2%}.")
+    client.set_tag(sweep_run_id, CHALLENGER, f"models:/{version.name}/{version.version}")
+    return version
 
 
 @dataclass
@@ -110,7 +143,9 @@ def resolve_model(uri: str | None, cfg: Config) -> ResolvedModel:
         raise ConfigError(f"model.uri {uri!r} not found at {tracking}: {str(e).splitlines()[0]}") from None
     except ValueError as e:  # a malformed models:/ reference
         raise ConfigError(f"model.uri {uri!r}: {e}") from None
-    checkpoint = local / ckpt.FILE if local.is_dir() else local
+    # a version registered from a logged model holds the checkpoint in its artifacts/
+    found = [local] if local.is_file() else [local / ckpt.FILE, local / "artifacts" / ckpt.FILE]
+    checkpoint = next((f for f in found if f.is_file()), found[0])
     if not checkpoint.is_file():
         raise ConfigError(f"model.uri {uri!r} has no {ckpt.FILE} (found {local})")
     return ResolvedModel(checkpoint, uri, version, run_id)

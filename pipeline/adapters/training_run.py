@@ -15,6 +15,7 @@ from pipeline.adapters.tracking import PARENT_TAG, Tracker
 from pipeline.config import Config, required_periods, resolve_path, to_yaml
 from pipeline.reporting import logs
 from pipeline.adapters.evaluation_log import evaluate_and_log
+from pipeline.adapters.mlflow_model import NAME as MODEL_NAME, log_policy_model
 from pipeline.adapters.ray_session import init_ray
 from pipeline.adapters.ray_train import fit
 from pipeline.core.problems import get_problem
@@ -32,6 +33,7 @@ class TrainResult:
     run_id: str
     tracker: Tracker
     policy: object = None            # pipeline.core.policy.OrderPolicy, in eval mode
+    model_id: str | None = None      # the best checkpoint as an MLflow logged model (runs:/<run_id>/policy)
     table: pd.DataFrame | None = None
     summary: str = ""
     footer: str = ""
@@ -91,13 +93,20 @@ def prepare_data(cfg: Config, out_dir: Path, problem=None) -> dict[str, Path]:
 
 def evaluate_best(cfg: Config, problem, splits: dict[str, Path], width: int, result: TrainResult,
                   started: float) -> None:
-    """The best checkpoint on the held-out products against the baselines, logged to the
-    run with the checkpoint, the best epoch, the wall time and the learning curve."""
+    """The best checkpoint logged to the run as the MLflow model ``policy`` (linked to that
+    epoch's metrics), evaluated on the held-out products against the baselines (the
+    metrics linked to the model too), and logged with the checkpoint file, the best epoch,
+    the wall time and the learning curve."""
     tracker = result.tracker
-    logs.get("eval").info("evaluating the best checkpoint on held-out products ...")
     policy, _, state = ckpt.load_policy(result.best_checkpoint)
     result.policy = policy
-    result.table, result.summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, result.run_dir)
+    result.model_id = log_policy_model(tracker.uri, tracker.run_id, result.best_checkpoint, splits["test"],
+                                       cfg.eval.round_actions, step=state["epoch"])
+    logs.get("mlflow").info(f"logged the best checkpoint as the MLflow model runs:/{tracker.run_id}/{MODEL_NAME} "
+                            f"(models:/{result.model_id})")
+    logs.get("eval").info("evaluating the best checkpoint on held-out products ...")
+    result.table, result.summary = evaluate_and_log(cfg, policy, problem, splits, width, tracker, result.run_dir,
+                                                    model_id=result.model_id)
     tracker.log_metrics({"best_epoch": state["epoch"], "wall_seconds": time.time() - started})
     tracker.log_artifact(result.best_checkpoint, "checkpoint")
     history = {"train loss": tracker.metric_history("train/loss"),

@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle, tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipeline.config import Config, ConfigError, from_yaml, resolve_path, to_yaml
 from pipeline.core.penalty import penalty_properties
@@ -25,8 +27,8 @@ from pipeline.reporting import logs
 from pipeline.reporting.progress import eta
 from pipeline.adapters.checkpoint import best_path
 from pipeline.adapters.ray_session import init_ray, local_cpus as per_runs, quiet_ray_logs
-from pipeline.adapters.registry import register_champion
-from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker, tracking_uri
+from pipeline.adapters.registry import register_sweep_best
+from pipeline.adapters.tracking import PARENT_TAG, RUN_NAME_TAG, Tracker, source_tags, tracking_uri
 from pipeline.adapters.training_run import prepare_data, train
 from pipeline.core.problems import get_problem
 from pipeline.reporting.plots import pareto_plot
@@ -37,6 +39,7 @@ FINISHED, STOPPED, FAILED = "finished", "stopped by ASHA", "failed"
 SWEEP_TAG = "sidbp.sweep"          # on a trial's run: the sweep's name
 STATUS_TAG = "sidbp.trial_status"  # finished / stopped by ASHA / failed
 ERROR_TAG = "sidbp.error"          # a failed trial: the first line of its error
+SEED_TAG = "sidbp.sweep_seed"      # on a sweep's run: the seed its trials' parameters were drawn from
 DONE_FILE = "_SWEEP_DONE"          # in the sweep's folder once Tune has run every trial
 OOD, IN = "valid/out/violation_rate", "valid/in/violation_rate"
 
@@ -61,6 +64,20 @@ def search_space(cfg: Config, n_properties: int) -> dict:
     """Log-uniform learning rate and penalty weight(s)."""
     return {"lr": tune.loguniform(*cfg.sweep.lr_range),
             **{k: tune.loguniform(*cfg.sweep.weight_range) for k in weight_keys(cfg, n_properties)}}
+
+
+def draw_trials(cfg: Config, n_properties: int) -> list[dict]:
+    """The parameters of the sweep's ``sweep.num_samples`` trials, drawn up front from
+    ``search_space``'s distributions (log-uniform) with numpy's ``default_rng(cfg.seed)``:
+    two sweeps with the same seed run the same trials; trial k gets the k-th draw."""
+    rng = np.random.default_rng(cfg.seed)
+
+    def loguniform(lo: float, hi: float) -> float:
+        return min(max(float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), lo), hi)
+
+    keys = weight_keys(cfg, n_properties)
+    return [{"lr": loguniform(*cfg.sweep.lr_range), **{k: loguniform(*cfg.sweep.weight_range) for k in keys}}
+            for _ in range(cfg.sweep.num_samples)]
 
 
 def trial_weights(params: dict) -> list[float]:
@@ -188,7 +205,8 @@ def run_trial(params: dict, ctx: dict) -> None:
     cfg = trial_config(base, name, params)
     tracker = Tracker(cfg)
     run_id = tracker.start(cfg, kind="trial", data=Path(ctx["splits"]["train"]).parent,
-                           parent_run_id=ctx["parent_run_id"], tags={SWEEP_TAG: base.name, "sidbp.trial": k})
+                           parent_run_id=ctx["parent_run_id"],
+                           tags={**ctx["source"], SWEEP_TAG: base.name, "sidbp.trial": k})
     error = None
     try:
         if k in ctx["fail_trials"]:
@@ -309,7 +327,8 @@ def run_sweep(cfg: Config) -> SweepOutcome:
     tracker = Tracker(cfg)  # creates the experiment once, before any trial; fails at once if unreachable
     splits = prepare_data(cfg, out_dir, problem)
 
-    run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore)
+    run_id = tracker.start(cfg, kind="sweep", data=splits["train"].parent, resume=restore,
+                           tags={SEED_TAG: cfg.seed})
     log_mlflow.info(f"sweep run {run_id} ({'resumed' if tracker.resumed else 'new'}) at {tracker.uri}")
     if restore:
         log_sweep.info(f"resuming the interrupted sweep in {sweep_dir / 'tune'}: finished trials are kept, "
@@ -323,9 +342,12 @@ def run_sweep(cfg: Config) -> SweepOutcome:
                            f"{s.max_concurrent_trials} trials at once with CPUs to spare for Ray Data")
         log_sweep.info(f"{s.num_samples} trials, {s.max_concurrent_trials} at a time, ASHA on {metric} ({mode}), "
                        f"grace {grace} of {cfg.train.epochs} epochs, reduction factor {s.reduction_factor}; "
-                       f"lr in {list(s.lr_range)}, {' '.join(weight_columns)} in {list(s.weight_range)} (log-uniform)")
+                       f"lr in {list(s.lr_range)}, {' '.join(weight_columns)} in {list(s.weight_range)} (log-uniform, "
+                       f"drawn from seed {cfg.seed})")
+        # the trials' runs carry the driver's user and source, not those of a Ray worker process
         ctx = {"config": to_yaml(cfg), "splits": {k: str(v) for k, v in splits.items()},
-               "trials_dir": str(sweep_dir / "trials"), "parent_run_id": run_id, "fail_trials": set(FAIL_TRIALS)}
+               "trials_dir": str(sweep_dir / "trials"), "parent_run_id": run_id, "fail_trials": set(FAIL_TRIALS),
+               "source": source_tags()}
         # the trial itself only waits on its Ray Train run: a token share of a CPU (Tune
         # refuses none), so the logical CPUs go to the workers and Ray Data
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
@@ -342,7 +364,11 @@ def run_sweep(cfg: Config) -> SweepOutcome:
                     scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
                                             max_t=cfg.train.epochs, grace_period=grace,
                                             reduction_factor=s.reduction_factor, stop_last_trials=False),
-                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                    # the trials drawn from the seed (draw_trials), in order; the generator limits
+                    # the concurrent trials (Tune ignores max_concurrent_trials with a generator)
+                    search_alg=BasicVariantGenerator(points_to_evaluate=draw_trials(cfg, len(props)),
+                                                     max_concurrent=s.max_concurrent_trials),
+                    num_samples=s.num_samples,
                     trial_name_creator=lambda t: trial_name(name, trial_number(t.trial_id)),
                     trial_dirname_creator=lambda t: trial_name(name, trial_number(t.trial_id))),
                 run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
@@ -373,14 +399,14 @@ def run_sweep(cfg: Config) -> SweepOutcome:
                    "sweep/trials_failed": counts.get(FAILED, 0), "sweep/trials_on_front": int(table.on_front.sum()),
                    "wall_seconds": time.time() - started}
         finished = table[(table.status == FINISHED) & table[value_col].notna()]
-        if not finished.empty:  # the champion: the finished trial with the best validation objective
+        if not finished.empty:  # the challenger: the finished trial with the best validation objective
             best = finished.loc[finished[value_col].idxmax() if mode == "max" else finished[value_col].idxmin()]
             summary[f"sweep/best_{value_col}"] = best[value_col]
             path = best_path(sweep_dir / "trials" / best.trial)
             if best.run_id and path.exists():
-                register_champion(tracker.client, cfg, best, value_col, path, run_id)
+                register_sweep_best(tracker.client, cfg, best, value_col, path, run_id, splits["test"])
             else:
-                log_mlflow.info(f"no champion registered: {best.trial} has no run or no {path}")
+                log_mlflow.info(f"no challenger registered: {best.trial} has no run or no {path}")
         tracker.log_metrics(summary)
     return SweepOutcome(table, run_id, tracker, sweep_dir, time.time() - started)
 

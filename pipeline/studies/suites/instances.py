@@ -21,6 +21,8 @@ def instance_key(instance: dict) -> str:
 def suite_notes(problem: str) -> str:
     """What the suite of ``problem`` reproduces: the paragraph above its table in
     docs/benchmarks.md (the block ``benchmark:notes:<problem>``); "" when it has none."""
+    if not NOTES_DOC.exists():  # an installed package carries no docs
+        return ""
     return read_block(NOTES_DOC.read_text(), f"benchmark:notes:{problem}") or ""
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from pipeline.adapters import checkpoint as ckpt
 from pipeline.adapters.training_run import TrainResult, train
-from pipeline.config import Config, resolve_path, to_yaml, validate
+from pipeline.config import Config, portable, resolve_path, to_yaml, validate
 from pipeline.core import dp
 from pipeline.core.batch import ECONOMICS, ProductBatch, batch_from_columns
 from pipeline.core.demand import sample_demand
@@ -95,7 +95,7 @@ def training_config(cfg: Config, suite, cases: list[DPInstance]) -> Config:
     c.data = dataclasses.replace(cfg.data, path=None, lead_time_range=[min(lead_times), max(lead_times)])
     validate(c)
     key = hashlib.sha256(json.dumps({"suite": suite.name, "instances": list(map(instance_key, suite.instances)),
-                                     "config": to_yaml(c)}).encode()).hexdigest()[:8]
+                                     "config": to_yaml(portable(c))}).encode()).hexdigest()[:8]
     c.name = f"benchmark-{suite.name}-learned-{key}"
     return c
 
