@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Every dependency at the version of constraints.txt (README: Setup), torch first.
 CONSTRAINTS := constraints.txt
-# torch: the CPU build where pip's indexes offer one (here: the local wheel); PyPI's Linux
-# wheel is the CUDA build, so on other Linux machines TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# selects the CPU build, and .../whl/cu128 (a CUDA version the driver supports) a given CUDA build.
-# Empty by default: CI reaches package registries only. A CUDA build already in .venv is kept.
+# torch: the CPU build by default (PyPI's Linux wheel is the CUDA build): PyTorch's CPU index
+# is an extra index, where 2.13.0+cpu wins over PyPI's 2.13.0. TORCH_INDEX=.../whl/cu128 (a CUDA
+# version the driver supports) takes that CUDA build; TORCH_INDEX= (empty) only the usual indexes
+# (CI: its machines hold a CPU wheel locally and reach package registries only). A CUDA build
+# already in .venv is kept.
 TORCH_SPEC ?= torch==2.13.0
-TORCH_INDEX ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0

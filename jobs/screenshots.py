@@ -18,6 +18,7 @@ to save these 1500x950 PNGs under ``out`` (relative to the project root):
     06-sweep-pareto.png            the sweep run's artifacts with plots/pareto.png open
     07-compare-trials.png          the compare-runs page of two trials: parameters and metrics that differ
     08-registered-model.png        the registered model: its versions and aliases (@champion, @challenger)
+    09-logged-model.png            the training run's logged model (Models tab): its metrics, its run
 
 The UI opens in its "Model training" mode with the MLflow Assistant panel and the "Detect issues"
 guidance closed: the script sets the localStorage keys the UI reads on load (``mlflow.workflowType_v1``
@@ -181,6 +182,7 @@ class Targets:
     trials: list[Run]    # the sweep's first two
     model: str           # the registered model
     version: ModelVersion  # the one the sweep registered
+    logged_model: str      # the training run's MLflow model (its model id)
 
 
 def find_targets(client, experiment_name: str, uri: str) -> Targets:
@@ -211,8 +213,12 @@ def find_targets(client, experiment_name: str, uri: str) -> Targets:
     if len(trials) < 2:
         raise missing(f"two trials of sweep run {sweep.info.run_id}", "sweep")
     model = model_name(sweep.data.tags[CHALLENGER])
+    outputs = client.get_run(train.info.run_id).outputs
+    logged = [m.model_id for m in (outputs.model_outputs if outputs else [])]
+    if not logged:
+        raise missing(f"MLflow model logged by training run {train.info.run_id}", "train")
     return Targets(eid, train, evaluate or train, sweep, trials, model,
-                   client.get_model_version(model, sweep.data.tags[CHALLENGER].rsplit("/", 1)[1]))
+                   client.get_model_version(model, sweep.data.tags[CHALLENGER].rsplit("/", 1)[1]), logged[-1])
 
 
 def model_name(model_uri: str) -> str:
@@ -297,6 +303,11 @@ def registered_model(page, base: str, t: Targets) -> None:
     for alias in t.version.aliases[:1]:  # promoted (champion), or still the challenger
         page.locator(f'[role=cell] [title="{alias}"]').wait_for()
 
+def logged_model(page, base: str, t: Targets) -> None:
+    page.goto(f"{base}#/experiments/{t.experiment_id}/models/{t.logged_model}")
+    page.get_by_text(t.logged_model).first.wait_for()
+    page.get_by_text("test/learned/avg_cost").first.wait_for()
+
 
 SHOTS: list[tuple[str, Callable]] = [
     ("01-runs-table.png", runs_table),
@@ -307,6 +318,7 @@ SHOTS: list[tuple[str, Callable]] = [
     ("06-sweep-pareto.png", artifact(lambda t: t.sweep, PARETO)),
     ("07-compare-trials.png", compare_trials),
     ("08-registered-model.png", registered_model),
+    ("09-logged-model.png", logged_model),
 ]
 
 

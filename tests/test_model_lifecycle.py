@@ -83,6 +83,7 @@ def test_the_logged_model_gives_the_orders_jobs_recommend_writes(trained, ray_se
     assert "order" in signature.outputs.input_names() and signature.params.to_dict()[0]["default"] == "columns"
     logged = client.get_logged_model(version.tags["model_id"])  # an MLflow 3 logged model of the run, with its metrics
     assert logged.source_run_id == run_id and logged.name == "policy"
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": MODEL, "version": version.version}]
     linked = {m.key: m.value for m in logged.metrics}
     run_metrics = client.get_run(run_id).data.metrics
     assert linked["test/learned/avg_cost"] == pytest.approx(run_metrics["test/learned/avg_cost"])

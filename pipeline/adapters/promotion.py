@@ -150,7 +150,7 @@ def record(client: MlflowClient, tracker: Tracker, name: str, challenger: ModelV
     client.update_model_version(name, challenger.version,
                                 description=((challenger.description or "").rstrip() + "\n\n" + line).strip())
     for k, v in {DECISION_TAG: verdict, "promotion.run_id": run_id, "promotion.compared_with": against,
-                 "promotion.objective_change": f"{decision.change:+.4%}",
+                 "promotion.objective_change": f"{decision.change:+.4%}" if champion else "none (no champion)",
                  "promotion.margin": cfg.promote.margin,
                  "promotion.violation_tolerance": cfg.promote.violation_tolerance}.items():
         client.set_model_version_tag(name, challenger.version, k, str(v))

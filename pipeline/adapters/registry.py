@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from pipeline.adapters import checkpoint as ckpt
 from pipeline.adapters.mlflow_model import log_policy_model
@@ -46,6 +48,11 @@ def register_challenger(client: MlflowClient, cfg: Config, run_id: str, model_id
     version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
                                           tags={"model_id": model_id, **{k: str(v) for k, v in tags.items()}},
                                           description=description)
+    # the logged model lists its versions (its page in the Models tab), as mlflow.register_model
+    # records them; that function would need the process-wide registry URI set
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        listed + [{"name": name, "version": version.version}])})
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     logs.get("mlflow").info(f"registered models:/{name}/{version.version} (alias @{CHALLENGER}); "
                             f"`python -m jobs.promote` compares it with @{CHAMPION}")
