@@ -19,7 +19,7 @@ export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK ?= true
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: venv run test sweep sipn favorita benchmark perf ui clean
+.PHONY: venv run test sweep sipn favorita benchmark perf screenshots ui clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,20 @@ perf: $(STAMP)
 	$(PY) -m benchmarks.scale products=100000,1000000
 	$(PY) -m benchmarks.time_to_quality
 	$(PY) -m benchmarks.targets
+
+## screenshots: the README's reference experiment, a 4-trial sweep of it, two promotions and the orders, into
+## runs/reference (its own MLflow store), then the MLflow UI screenshots in docs/figures/mlflow (about 8 min;
+## needs Debian's chromium and the docs extra: .venv/bin/pip install -c constraints.txt -e ".[docs]")
+REFERENCE := experiment=zipkin_p19_L4 output_dir=runs/reference/runs mlflow.tracking_uri=sqlite:///runs/reference/mlflow.db
+screenshots: $(STAMP)
+	rm -rf runs/reference
+	$(PY) -m jobs.train $(REFERENCE)
+	$(PY) -m jobs.evaluate $(REFERENCE)
+	$(PY) -m jobs.promote $(REFERENCE)
+	$(PY) -m jobs.sweep $(REFERENCE) name=zipkin-sweep sweep.num_samples=4
+	$(PY) -m jobs.promote $(REFERENCE)
+	$(PY) -m jobs.recommend $(REFERENCE) recommend.state=simulate
+	$(PY) -m jobs.screenshots mlflow.tracking_uri=sqlite:///runs/reference/mlflow.db
 
 ## ui: the MLflow UI on the project's runs at http://127.0.0.1:5000
 ui: $(STAMP)

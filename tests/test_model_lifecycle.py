@@ -135,7 +135,10 @@ def test_mlflow_models_serve_answers_with_the_same_orders(trained):
 
 
 def test_recommend_twice_writes_the_same_files_once_with_a_manifest(trained, ray_session):
+    import mlflow
+
     root, version = trained["root"], trained["version"]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'elsewhere.db'}")  # the job must use its configured store
     output, uri = root / "twice", f"model.uri=models:/{MODEL}/{version.version}"
     assert recommend(root, output, uri) == 0
     first = sorted(p.name for p in output.glob("part-*.parquet"))

@@ -134,6 +134,7 @@ def resolve_model(uri: str | None, cfg: Config) -> ResolvedModel:
         return ResolvedModel(path.resolve(), uri, f"file:{path.resolve()}#sha256={sha}", None)
     tracking = tracking_uri(cfg)
     client = MlflowClient(tracking)
+    mlflow.set_tracking_uri(tracking)  # a version's models:/<model_id> source is looked up in the process's store
     try:
         if uri.startswith("models:/"):
             ref = uri[len("models:/"):]
