@@ -16,6 +16,8 @@ is nothing to compare.
 """
 from __future__ import annotations
 
+import time
+
 from jobs import _cli
 from pipeline.config import load_config
 from pipeline.reporting import logs
@@ -23,8 +25,6 @@ from pipeline.reporting import logs
 
 def main(args: list[str]) -> int:
     cfg = load_config(args)  # before the heavy imports, so mistakes are reported at once
-    import time
-
     from pipeline.adapters.promotion import promote, summary
 
     started = time.time()

@@ -60,16 +60,14 @@ def columns(frame: pd.DataFrame) -> dict:
             for c in frame.columns}
 
 
-def input_example(data: Path, checkpoint: Path, rows: int = 2) -> pd.DataFrame:
+def input_example(data: Path, model: PolicyModel, rows: int = 2) -> pd.DataFrame:
     """The first ``rows`` products of the Parquet ``data`` with the state columns a
-    request carries (the state the policy ends each history in), ground truth dropped."""
+    request carries (the state ``model``'s policy ends each history in), ground truth dropped."""
     frame = pads.dataset(str(data), format="parquet").head(rows).to_pandas()
     frame = frame.drop(columns=[c for c in GROUND_TRUTH if c in frame.columns])
     frame["demand"] = [np.asarray(v, dtype=np.float64).tolist() for v in frame["demand"]]
-    policy, cfg, saved = ckpt.load_policy(checkpoint)
-    problem = get_problem(cfg.problem.name, cfg.problem.params)
-    width = saved["state_width"]
-    state = simulated_state(problem, policy, batch_from_columns(columns(frame)), width, problem.discrete)
+    problem, width = model.problem, model.width
+    state = simulated_state(problem, model.policy, batch_from_columns(columns(frame)), width, problem.discrete)
     for i, name in enumerate(problem.state_names(width)):
         frame[name] = state[:, i].double().numpy()
     return frame
@@ -82,10 +80,10 @@ def log_policy_model(tracking_uri: str, run_id: str, checkpoint: Path, data: Pat
     MLflow 3 model id. The run's metrics at ``step`` (the checkpoint's epoch) are linked to
     it; log more with ``model_id``."""
     mlflow.set_tracking_uri(tracking_uri)  # Model.log reads the fluent tracking URI
-    example = input_example(data, checkpoint)
+    config = {"round_actions": round_actions, "version": f"runs:/{run_id}/{NAME}"}
     model = PolicyModel()
-    model.load_context(_Context({"checkpoint": str(checkpoint)},
-                                {"round_actions": round_actions, "version": f"runs:/{run_id}/{NAME}"}))
+    model.load_context(_Context({"checkpoint": str(checkpoint)}, config))
+    example = input_example(data, model)
     output = model.predict(None, example)
     with warnings.catch_warnings():  # product ids and lead times are integers and never missing
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
@@ -101,7 +99,7 @@ def log_policy_model(tracking_uri: str, run_id: str, checkpoint: Path, data: Pat
     info = Model.log(None, mlflow.pyfunc, name=NAME, run_id=run_id, step=step, model_id=logged.model_id,
                      python_model=str(Path(__file__).with_name("policy_model_code.py")),  # code, not a pickle
                      artifacts={"checkpoint": str(checkpoint)}, signature=signature, input_example=example,
-                     model_config={"round_actions": round_actions, "version": f"runs:/{run_id}/{NAME}"},
+                     model_config=config,
                      code_paths=code_paths(),
                      pip_requirements=[_pinned(p) for p in REQUIREMENTS])
     return info.model_id
