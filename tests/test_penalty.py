@@ -188,6 +188,7 @@ def _ddp_worker(rank, port, folder):
     cfg, batch = _ddp_setup()
     half = batch.select(list(range(32 * rank, 32 * rank + 32)))
     torch.save(_step_gradients(half, cfg, gradient_averager(2)), f"{folder}/grads_{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 
