@@ -357,25 +357,8 @@ PATH_KEYS = ("output_dir", "data.path", "benchmark.results_dir", "benchmark.docs
              "recommend.input", "recommend.output")
 
 
-def portable(c: Config) -> Config:
-    """A copy of ``c`` with the ``PATH_KEYS`` under the current folder written relative to
-    it again: what identifies a run's settings apart from where it was started (a hash of
-    the config)."""
-    c = copy.deepcopy(c)
-    here = Path.cwd()
-    for key in PATH_KEYS:
-        *parents, leaf = key.split(".")
-        node = c
-        for part in parents:
-            node = getattr(node, part)
-        value = getattr(node, leaf)
-        if value and "://" not in value and Path(value).is_relative_to(here):
-            setattr(node, leaf, Path(value).relative_to(here).as_posix() or ".")
-    return c
-
-
-def absolute_paths(c: Config) -> None:
-    """``PATH_KEYS`` (where set) and a relative ``sqlite:///`` tracking URI made absolute, in place."""
+def map_paths(c: Config, change) -> None:
+    """Each set ``PATH_KEYS`` value that is a path (not a URI) replaced by ``change(value)``, in place."""
     for key in PATH_KEYS:
         *parents, leaf = key.split(".")
         node = c
@@ -383,7 +366,21 @@ def absolute_paths(c: Config) -> None:
             node = getattr(node, part)
         value = getattr(node, leaf)
         if value and "://" not in value:
-            setattr(node, leaf, str(resolve_path(value)))
+            setattr(node, leaf, change(value))
+
+
+def portable(c: Config) -> Config:
+    """A copy of ``c`` with the ``PATH_KEYS`` under the current folder written relative to
+    it again: what identifies a run's settings apart from where it was started (a hash of
+    the config)."""
+    c, here = copy.deepcopy(c), Path.cwd()
+    map_paths(c, lambda v: Path(v).relative_to(here).as_posix() or "." if Path(v).is_relative_to(here) else v)
+    return c
+
+
+def absolute_paths(c: Config) -> None:
+    """``PATH_KEYS`` (where set) and a relative ``sqlite:///`` tracking URI made absolute, in place."""
+    map_paths(c, lambda v: str(resolve_path(v)))
     uri = c.mlflow.tracking_uri
     if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         c.mlflow.tracking_uri = f"sqlite:///{resolve_path(uri[len('sqlite:///'):])}"
