@@ -24,7 +24,8 @@ export PYTHONUNBUFFERED ?= 1
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -c $(CONSTRAINTS) \
+	# torch alone from its index (--no-deps: only torch is looked up there); its dependencies come with the project's
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) \
 		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
