@@ -3,6 +3,9 @@ properties of ``pipeline.core.properties``, and the violation metrics. How: docs
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -81,13 +84,43 @@ def probe_box(states: Tensor, widen: float) -> tuple[Tensor, Tensor]:
     return s.amin(dim=0).clamp_max(0.0) * widen, s.amax(dim=0).clamp_min(1.0) * widen
 
 
+@dataclass(frozen=True)
+class ShockProbes:
+    """Probes where demand shocks lead: the policy's context after a level shift of demand
+    (x a factor drawn per product, log-uniform on ``factors``, from 1 .. ``max_lag``
+    periods before the penalised period on), with probe states from the wide box.
+    ``share``: their weight in the penalty beside the nominal context's states (0: none)."""
+    share: float = 0.0
+    factors: tuple[float, float] = (0.25, 4.0)
+    max_lag: int = 12
+
+
+def shocked_context(policy: Policy, batch: ProductBatch, start: int, t: int, shocks: ShockProbes,
+                    discrete: bool, generator: torch.Generator | None = None):
+    """The policy's context for decision periods ``start`` .. ``start + t`` of ``batch`` with
+    its demand shifted as ``shocks`` says, before period ``start + t``."""
+    from pipeline.core.robustness import shocked  # robustness evaluates with this module's metrics
+
+    lag = 1 + int(torch.randint(shocks.max_lag, (1,), generator=generator))
+    lo, hi = math.log(shocks.factors[0]), math.log(shocks.factors[1])
+    u = torch.rand(batch.size, 1, generator=generator, dtype=batch.demand.dtype)
+    factor = torch.exp(lo + u.to(batch.demand.device) * (hi - lo))
+    at = max(0, start + t - lag)  # a level shift ("up" and "down" differ only in the factor)
+    return policy.prepare(shocked(batch, "up", at, factor, discrete), start, t + 1)
+
+
 def structure_penalty(policy: Policy, traj: Trajectory, properties: list[Property], weights: Tensor, state_names: list[str],
                       action_names: list[str], probe_share: float, probe_widen: float,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                      generator: torch.Generator | None = None, shocks: ShockProbes = ShockProbes(),
+                      batch: ProductBatch | None = None, start: int = 0,
+                      discrete: bool = False) -> tuple[Tensor, dict[str, float]]:
     """The penalty at one random decision period of a recorded rollout: each product's
-    visited state there, a ``probe_share`` of them replaced by probes from the wider box.
-    Returns the weighted penalty (differentiable) and the violation rates in and out of
-    the visited region."""
+    visited state there, a ``probe_share`` of them replaced by probes from the wider box;
+    with ``shocks.share`` > 0 (and the rollout's ``batch`` and ``start``), also the wide
+    probes in the context after a demand shock (``shocked_context``), weighted
+    ``shocks.share`` against ``1 - shocks.share`` for the nominal context. Returns the
+    weighted penalty (differentiable) and the violation rates in and out of the visited
+    region (and under shocks)."""
     T = traj.states.shape[1]
     t = int(torch.randint(T, (1,), generator=generator))
     visited = traj.states[:, t].detach()
@@ -96,11 +129,19 @@ def structure_penalty(policy: Policy, traj: Trajectory, properties: list[Propert
     _, J = jacobian(policy, traj.context, t, state)
     loss = penalty(violations(J, properties, state_names, action_names, direction=True), weights)
     bad = (violations(J.detach(), properties, state_names, action_names) > 1e-6).any(dim=1).double()
-    metrics = {"penalty": float(loss.detach())}
+    metrics = {}
     if n_out:
         metrics["violation_rate_out"] = float(bad[:n_out].mean())
     if n_out < len(bad):
         metrics["violation_rate_in"] = float(bad[n_out:].mean())
+    if shocks.share > 0 and batch is not None:
+        ctx = shocked_context(policy, batch, start, t, shocks, discrete, generator)
+        _, Js = jacobian(policy, ctx, t, probe_states(visited, probe_widen, generator))
+        shock_loss = penalty(violations(Js, properties, state_names, action_names, direction=True), weights)
+        loss = (1 - shocks.share) * loss + shocks.share * shock_loss
+        bad = (violations(Js.detach(), properties, state_names, action_names) > 1e-6).any(dim=1).double()
+        metrics["violation_rate_shock"] = float(bad.mean())
+    metrics["penalty"] = float(loss.detach())
     return loss, metrics
 
 

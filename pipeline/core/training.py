@@ -18,11 +18,11 @@ from torch import nn
 
 from pipeline.core.batch import ProductBatch
 from pipeline.core.evaluation import policy_metrics, violation_summary
-from pipeline.core.penalty import penalty_properties, structure_penalty
+from pipeline.core.penalty import ShockProbes, penalty_properties, structure_penalty
 from pipeline.core.rollout import directbackprop_loss, period_loss, rollout
 from pipeline.core.protocols import Problem
 
-PENALTY_KEYS = ("penalty", "violation_rate_in", "violation_rate_out")  # train_step's, with the penalty on
+PENALTY_KEYS = ("penalty", "violation_rate_in", "violation_rate_out", "violation_rate_shock")  # train_step's, with the penalty on
 
 
 def cosine_lr(base: float, final_fraction: float, progress: float) -> float:
@@ -63,6 +63,8 @@ class TrainSpec:
     weights: Optional[torch.Tensor] = None
     probe_share: float = 0.0
     probe_widen: float = 1.0
+    shocks: ShockProbes = ShockProbes()
+    discrete: bool = False     # the problem's: shocked demand is rounded to whole units
 
     @classmethod
     def from_config(cls, cfg, problem: Problem, width: int) -> "TrainSpec":
@@ -80,7 +82,9 @@ class TrainSpec:
                    lr_final_fraction=t.lr_final_fraction,
                    epochs=t.epochs, ramp_epochs=p.ramp_epochs, state_names=tuple(problem.state_names(width)),
                    actions=tuple(problem.actions), penalty=props, weights=weights if props else None,
-                   probe_share=p.probe_share, probe_widen=p.probe_widen)
+                   probe_share=p.probe_share, probe_widen=p.probe_widen,
+                   shocks=ShockProbes(p.shock_share, tuple(p.shock_factors), p.shock_max_lag),
+                   discrete=problem.discrete)
 
 
 def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem: Problem, batch: ProductBatch,
@@ -99,7 +103,8 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, problem: Pro
     if spec.penalty is not None:
         pen, extra = structure_penalty(policy, traj, spec.penalty, penalty_scale * spec.weights.to(loss),
                                        list(spec.state_names), list(spec.actions),
-                                       spec.probe_share, spec.probe_widen)
+                                       spec.probe_share, spec.probe_widen, shocks=spec.shocks,
+                                       batch=batch, start=start, discrete=spec.discrete)
         total = loss + pen
     optimizer.zero_grad(set_to_none=True)
     total.backward()
