@@ -80,7 +80,7 @@ def test_scenario_table_gives_violation_rates_for_networks():
 
 
 def test_docs_sections_are_replaced_in_place_and_the_header_kept_current(tmp_path):
-    from pipeline.studies.penalty_comparison import write_section
+    from pipeline.studies.sipn_study import write_section
 
     doc = tmp_path / "sipn.md"
     header = (PROJECT_ROOT / "docs" / "sipn.md").read_text().split("<!-- sipn:")[0]
@@ -97,26 +97,3 @@ def test_docs_sections_are_replaced_in_place_and_the_header_kept_current(tmp_pat
     new = tmp_path / "new.md"
     write_section(new, "a", "first A")
     assert new.read_text().startswith("# Structure-informed") and "first A" in new.read_text()
-
-
-def test_figure_one_shows_each_policy_over_the_probe_box_of_the_first_two_state_entries():
-    """Two hand-built policies, q = relu(30 - w . y): one row each, four products, and the
-    contours drawn over 0 .. widen x the largest visited on hand and next arrival."""
-    from pipeline.reporting.plots import order_contours
-
-    class Linear(Constant):
-        def __init__(self, w):
-            self.w = torch.tensor(w)
-
-        def act(self, ctx, t, state):
-            return torch.relu(30.0 - state @ self.w)
-
-    b = batch(n=6, periods=80, lead_time=3)
-    visited = {"plain": torch.rand(6, 10, 3) * 8, "sipn": torch.rand(6, 10, 3) * 4}
-    fig = order_contours({"plain": Linear([1.0, 0.5, 0.2]), "sipn": Linear([0.5, 0.75, 1.0])}, b, 40, 3,
-                         ["on_hand", "pipeline_1", "pipeline_2"], visited, widen=3.0)
-    grid = fig.axes[0]  # the 2 x 4 subplots come first (row by row), then the colour bars
-    assert len([ax for ax in fig.axes if ax.collections]) >= 8  # 2 rows x 4 products drawn
-    top = max(float(v[0].amax(dim=0)[0]) for v in visited.values()) * 3.0
-    assert abs(grid.get_xlim()[1] - top) < 1e-3 * top  # product 0: on hand up to 3 x the largest visited
-    assert grid.get_ylabel().startswith("plain") and fig.axes[4].get_ylabel().startswith("sipn")

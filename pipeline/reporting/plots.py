@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.core.batch import ProductBatch  # noqa: E402
-from pipeline.core.penalty import probe_box  # noqa: E402
+from pipeline.core.penalty import jacobian, violations  # noqa: E402
+from pipeline.core.policy import demand_scale  # noqa: E402
 from pipeline.core.rollout import action_matrix  # noqa: E402
 
 
@@ -76,45 +77,118 @@ def order_vs_on_hand(policy, baselines: dict, batch: ProductBatch, start: int, w
 
 
 @torch.no_grad()
-def order_contours(policies: dict, batch: ProductBatch, start: int, width: int, state_names: list[str],
-                   visited: dict, widen: float, products: int = 4, grid: int = 61):
-    """The paper's Figure 1: contours of the order quantity over the first two state entries
-    (on hand y0 and the order arriving next period y1, for lost sales), every other entry 0,
-    at the first evaluated period, for a few products; one row per policy (unpenalized on
-    top, penalized below). The box is the penalty's probe box for that product
-    (``pipeline.core.penalty.probe_box``: 0 .. ``widen`` x the largest visited value of each entry);
-    dots mark the states the policy visits (their other entries are not 0)."""
+def slice_states(problem, batch: ProductBatch, start: int, width: int, row: int, multiple: float = 8.0,
+                 grid: int = 41) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The state-space slice of ``violation_map`` for product ``row`` of ``batch``: state
+    entries 0 and 1 (only 0 when ``width`` is 1) each on ``grid`` points from ``low`` to
+    ``multiple`` x the product's mean demand before ``start``, where ``low`` is minus half
+    that for an entry named ``net_inventory`` (a backlog) and 0 otherwise; every other entry 0.
+    Returns (the coordinates of each varied entry [grid], the states [grid ** k, W]), entry 0
+    varying slowest."""
+    names = problem.state_names(width)
+    scale = float(demand_scale(batch, start)[row])
+    coords = [torch.linspace(-multiple / 2 * scale if names[k] == "net_inventory" else 0.0, multiple * scale, grid,
+                             dtype=batch.demand.dtype) for k in range(min(width, 2))]
+    state = batch.demand.new_zeros(grid ** len(coords), width)
+    for k, mesh in enumerate(torch.meshgrid(*coords, indexing="ij")):
+        state[:, k] = mesh.reshape(-1)
+    return coords, state
+
+
+def slice_violations(policy, problem, properties: list, batch: ProductBatch, start: int, row: int,
+                     state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(actions [N, A], whether each state violates at least one property [N]) of ``policy``
+    at the first period from ``start`` in each row of ``state`` [N, W], for product ``row``."""
+    rep = batch.select([row] * len(state))
+    with torch.enable_grad():
+        actions, J = jacobian(policy, policy.prepare(rep, start, 1), 0, state, create_graph=False)
+    if not properties:
+        return actions.detach(), torch.zeros(len(state), dtype=torch.bool)
+    size = violations(J.detach(), properties, problem.state_names(state.shape[1]), list(problem.actions))
+    return actions.detach(), (size > 1e-6).any(dim=1)
+
+
+def slice_violation_share(policy, problem, properties: list, batch: ProductBatch, start: int, width: int,
+                          multiple: float = 8.0, grid: int = 41) -> float:
+    """The share of the states of each product's ``slice_states`` slice where ``policy``
+    violates at least one property, averaged over the products of ``batch``."""
+    shares = []
+    for j in range(batch.size):
+        _, state = slice_states(problem, batch, start, width, j, multiple, grid)
+        shares.append(float(slice_violations(policy, problem, properties, batch, start, j, state)[1].double().mean()))
+    return sum(shares) / len(shares)
+
+
+def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in a 1-D mask."""
+    out, begin = [], None
+    for i, v in enumerate(mask.tolist() + [False]):
+        if v and begin is None:
+            begin = i
+        elif not v and begin is not None:
+            out.append((begin, i - 1))
+            begin = None
+    return out
+
+
+def violation_map(policies: dict, problem, properties: list, batch: ProductBatch, start: int, width: int,
+                  products: int = 3, grid: int = 41, multiple: float = 8.0):
+    """The paper's Figure 1 with the violations marked: the first action over the
+    ``slice_states`` slice (state entries 0 and 1 from 0, or a backlog, to ``multiple`` x
+    mean demand, every other entry 0) at the first period from ``start``, for a few products
+    (columns), one row per policy; the states where the policy violates at least one of
+    ``properties`` hatched red, and their share of the slice in a box. For a one-entry state
+    (``width`` 1): every action against entry 0 as lines, the violating stretches shaded red."""
     idx, sub = spread_sample(batch, products)
     n = len(idx)
+    names, action_names = problem.state_names(width), list(problem.actions)
     fig, axes = plt.subplots(len(policies), n, figsize=(3.4 * n, 3.0 * len(policies)), squeeze=False,
                              layout="constrained")
     for j in range(n):
-        rep = sub.select([j] * grid * grid)
-        lows, highs = zip(*(probe_box(v[idx[j]], widen) for v in visited.values()))
-        low, high = torch.stack(lows).amin(dim=0), torch.stack(highs).amax(dim=0)
-        y0, y1 = torch.meshgrid(torch.linspace(float(low[0]), float(high[0]), grid),
-                                torch.linspace(float(low[1]), float(high[1]), grid), indexing="ij")
-        state = torch.zeros(grid * grid, width)
-        state[:, 0], state[:, 1] = y0.reshape(-1), y1.reshape(-1)
-        orders = {name: first_action(pol, rep, start, state).reshape(grid, grid) for name, pol in policies.items()}
-        levels = torch.linspace(0, max(float(o.max()) for o in orders.values()) + 1e-6, 13).tolist()
-        for i, (name, q) in enumerate(orders.items()):
+        coords, state = slice_states(problem, sub, start, width, j, multiple, grid)
+        drawn = {name: slice_violations(pol, problem, properties, sub, start, j, state)
+                 for name, pol in policies.items()}
+        if width > 1:
+            y0, y1 = torch.meshgrid(*coords, indexing="ij")
+            top = max(float(a[:, 0].max()) for a, _ in drawn.values())
+            bottom = min(float(a[:, 0].min()) for a, _ in drawn.values())
+            levels = torch.linspace(bottom, max(top, bottom + 1e-6), 13).tolist()
+        step = float(coords[0][1] - coords[0][0]) if grid > 1 else 0.0
+        for i, (name, (actions, bad)) in enumerate(drawn.items()):
             ax = axes[i][j]
-            filled = ax.contourf(y0, y1, q, levels=levels, cmap="viridis")
-            ax.contour(y0, y1, q, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
-            seen = visited[name][idx[j]]
-            ax.scatter(seen[:, 0], seen[:, 1], s=4, c="red", alpha=0.5, linewidths=0)
+            if width > 1:
+                q, mask = actions[:, 0].reshape(grid, grid), bad.reshape(grid, grid).double()
+                filled = ax.contourf(y0, y1, q, levels=levels, cmap="viridis")
+                ax.contour(y0, y1, q, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+                if bool(bad.any()):
+                    hatched = ax.contourf(y0, y1, mask, levels=[0.5, 1.5], colors="none", hatches=["xxx"])
+                    hatched.set_edgecolor("red")
+                    hatched.set_linewidth(0.0)
+                if j == 0:
+                    ax.set_ylabel(f"{name}\n{names[1]}")
+            else:
+                x = coords[0]
+                for a, action in enumerate(action_names):
+                    ax.plot(x, actions[:, a], lw=1.5, color=f"C{a}", label=action)
+                for k, (first, last) in enumerate(_runs(bad)):
+                    ax.axvspan(max(float(x[first]) - step / 2, float(x[0])),
+                               min(float(x[last]) + step / 2, float(x[-1])), color="red", alpha=0.2, lw=0,
+                               label="violates" if k == 0 else None)
+                ax.grid(alpha=0.3)
+                if j == 0:
+                    ax.set_ylabel(f"{name}\naction")
+                    ax.legend(fontsize=7, loc="center left")
+            share = float(bad.double().mean())
+            ax.text(0.03, 0.97, f"violates in {100 * share:.0f}% of the slice", transform=ax.transAxes,
+                    fontsize=7, va="top", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
             if i == 0:
                 ax.set_title(f"product {sub.product_id[j]}  L={int(sub.lead_time[j])}\n"
                              f"h={float(sub.holding_cost[j]):.1f} p={float(sub.shortage_cost[j]):.1f}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"{name}\n{state_names[1]}")
             if i == len(policies) - 1:
-                ax.set_xlabel(state_names[0])
-            if i == 0:
-                fig.colorbar(filled, ax=axes[:, j].tolist(), shrink=0.8, label="order")
+                ax.set_xlabel(names[0])
+        if width > 1:
+            fig.colorbar(filled, ax=axes[:, j].tolist(), shrink=0.8, label=action_names[0])
     return fig
-
 
 def pareto_plot(table, x: str, y: str, xlabel: str, ylabel: str, higher_x_better: bool = False):
     """A sweep's trials: validation ``x`` (cost, or reward with ``higher_x_better``) against
@@ -258,4 +332,38 @@ def policy_slices(actions: dict, axes: list, names: list[str], action_names: lis
                 ax.set_ylabel(names[0])
             fig.colorbar(image, ax=grid[a].tolist(), shrink=0.8, label=action_names[a])
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+SEED_STYLES = {"plain": ("C0", "o"), "penalized": ("C1", "s"), "by_construction": ("C2", "^")}
+
+
+def seed_scatter(table, objective: str = "cost"):
+    """Cost against structure across seeds, nominal scenario only (``table``: columns
+    ``problem, seed, policy, scenario, avg_cost, violation_in, violation_out``, and
+    ``avg_reward`` for the reward objective): one panel per problem, one point per policy
+    and seed; x the violation rate (the larger of in and out) in %, symlog; y the objective
+    relative to the plain policy of the same problem and seed in %, positive where worse."""
+    key = "avg_cost" if objective == "cost" else "avg_reward"
+    sign = 1.0 if objective == "cost" else -1.0
+    nominal = table[table.scenario == "nominal"]
+    problems = list(dict.fromkeys(nominal.problem))
+    fig, axes = plt.subplots(1, len(problems), figsize=(4.6 * len(problems), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], problems):
+        part = nominal[nominal.problem == name]
+        plain = part[part.policy == "plain"].set_index("seed")[key]
+        for k, (policy, rows) in enumerate(part.groupby("policy", sort=False)):
+            color, marker = SEED_STYLES.get(policy, (f"C{k + 3}", "D"))
+            base = plain.reindex(rows.seed).to_numpy(dtype=float)
+            y = sign * 100.0 * (rows[key].to_numpy(dtype=float) - base) / abs(base)
+            x = 100.0 * rows[["violation_in", "violation_out"]].max(axis=1).to_numpy(dtype=float)
+            ax.scatter(x, y, color=color, marker=marker, s=36, alpha=0.8, label=policy)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("violation rate (%, larger of in and out)")
+        ax.set_ylabel(f"{objective} vs plain, same seed (%, + is worse)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
