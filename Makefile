@@ -44,11 +44,14 @@ test: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m jobs.sweep experiment=sweep_smoke $(ARGS)
 
-## sipn: plain vs structure-penalized training on lost sales L=5, perishable, dual sourcing -> docs/sipn.md
+## sipn: plain, penalized and structured policies over 5 seeds on all four problems -> docs/sipn.md
 sipn: $(STAMP)
-	$(PY) -m jobs.sipn experiment=sipn_lost_sales_L5
-	$(PY) -m jobs.sipn experiment=sipn_perishable
-	$(PY) -m jobs.sipn experiment=sipn_dual_sourcing
+	@start=$$(date +%s); \
+	$(PY) -m jobs.sipn experiment=sipn_lost_sales_L5 && \
+	$(PY) -m jobs.sipn experiment=sipn_perishable && \
+	$(PY) -m jobs.sipn experiment=sipn_dual_sourcing && \
+	$(PY) -m jobs.sipn problem=removal experiment=sipn_removal && \
+	echo "make sipn: $$(( $$(date +%s) - start )) s in all"
 	$(PY) -m benchmarks.penalty_step
 
 ## favorita: DirectBackprop vs predict-then-optimize on the weekly Favorita data -> results/favorita, docs/favorita.md

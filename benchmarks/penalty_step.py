@@ -95,7 +95,7 @@ def main() -> None:
                      f"{1000 * penalized:.1f} ms, overhead {overhead:+.0f}%")
     out = PROJECT_ROOT / "benchmarks" / "results" / "penalty_step.csv"
     pd.DataFrame(rows, columns=["benchmark", "config", "value", "unit"]).to_csv(out, index=False)
-    from pipeline.studies.penalty_comparison import write_section
+    from pipeline.studies.sipn_study import write_section
 
     body = "\n".join([
         "## Cost of the penalty per step", "",

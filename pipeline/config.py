@@ -68,6 +68,9 @@ class PolicyConfig:
     hidden: List[int] = MISSING
     features: List[str] = MISSING  # covariates of the data (feature_<name> columns) the policy reads
     feature_lookahead: int = MISSING  # periods of known-ahead features at each decision (t .. t+k-1)
+    structure: str = MISSING       # free, or by_construction: slopes in the state obey the problem's
+                                   # properties by the network's form (docs/policy.md)
+    terms: int = MISSING           # by_construction: smoothed base-stock terms mixed per action
 
 
 @dataclass
@@ -100,6 +103,9 @@ class PenaltyConfig:
     probe_share: float = MISSING     # share of the penalised states drawn outside the visited region
     probe_widen: float = MISSING     # probe box: 0 .. this x the largest visited value of each coordinate
     ramp_epochs: float = MISSING     # the weights grow linearly from 0 over this many epochs (0: at once)
+    shock_share: float = MISSING     # weight of probes in the context after a demand shock (0: none; docs/sipn.md)
+    shock_factors: List[float] = MISSING  # [low, high]: the shock's factor, log-uniform, drawn per product
+    shock_max_lag: int = MISSING     # the shock starts 1 .. this many periods before the penalised one
 
 
 @dataclass
@@ -120,6 +126,14 @@ class RobustnessConfig:
     down_factor: float = MISSING   # level shift down: demand x this from shock_at on
     spike_factor: float = MISSING  # one-week spike: demand x this in period shock_at only
     initial_multiples: List[float] = MISSING  # unusual starts: every state entry = k x mean demand
+
+
+@dataclass
+class SipnConfig:
+    seeds: List[int] = MISSING     # python -m jobs.sipn: every policy is trained once per seed (data and weights)
+    policies: List[str] = MISSING  # plain, penalized, by_construction (plain first: the others are compared with it)
+    results: str = MISSING         # folder of sipn.csv and sipn_time.csv (relative: to the current folder)
+    slice_multiple: float = MISSING  # the violation map's slice: 0 .. this x mean demand per state entry
 
 
 @dataclass
@@ -261,6 +275,7 @@ class Config:
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    sipn: SipnConfig = field(default_factory=SipnConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -354,7 +369,7 @@ def load_config(args: list[str] | None = None, conf_dir: Path = CONF_DIR) -> Con
 # workers (which run in folders of their own) names the same places.
 PATH_KEYS = ("output_dir", "data.path", "benchmark.results_dir", "benchmark.docs", "benchmark.figures",
              "prepare.input", "prepare.output", "favorita.data_path", "favorita.output_dir", "favorita.docs",
-             "recommend.input", "recommend.output")
+             "recommend.input", "recommend.output", "sipn.results")
 
 
 def map_paths(c: Config, change) -> None:
@@ -416,6 +431,9 @@ def validate(c: Config) -> None:
     check(d.cache_mib >= 0, "data.cache_mib", f"must be >= 0 (0: stream every epoch), got {d.cache_mib}")
     p = c.policy
     check(p.kind in ("cnn", "mlp"), "policy.kind", f"must be cnn or mlp, got {p.kind!r}")
+    check(p.structure in ("free", "by_construction"), "policy.structure",
+          f"must be free or by_construction, got {p.structure!r}")
+    check(p.terms >= 1, "policy.terms", f"must be >= 1, got {p.terms}")
     check(len(p.hidden) >= 1 and min(p.hidden) >= 1, "policy.hidden", f"must list layer widths >= 1, got {list(p.hidden)}")
     check(p.feature_lookahead >= 1 or not p.features, "policy.feature_lookahead",
           f"must be >= 1 when policy.features are set, got {p.feature_lookahead}")
@@ -445,6 +463,18 @@ def validate(c: Config) -> None:
     check(0 <= pen.probe_share <= 1, "penalty.probe_share", f"must be in [0, 1], got {pen.probe_share}")
     check_at_least("penalty", pen, ("probe_widen",))
     check_at_least("penalty", pen, ("ramp_epochs",), low=0)
+    sp = c.sipn
+    check(len(sp.seeds) >= 1 and len(set(sp.seeds)) == len(sp.seeds), "sipn.seeds",
+          f"must list distinct seeds, got {list(sp.seeds)}")
+    check(len(sp.policies) >= 2 and sp.policies[0] == "plain"
+          and set(sp.policies) <= {"plain", "penalized", "by_construction"}
+          and len(set(sp.policies)) == len(sp.policies), "sipn.policies",
+          f"must be plain followed by penalized and/or by_construction, got {list(sp.policies)}")
+    check_at_least("sipn", sp, ("slice_multiple",))
+    check(0 <= pen.shock_share <= 1, "penalty.shock_share", f"must be in [0, 1], got {pen.shock_share}")
+    check(len(pen.shock_factors) == 2 and 0 < pen.shock_factors[0] <= pen.shock_factors[1], "penalty.shock_factors",
+          f"must be [low, high] with 0 < low <= high, got {list(pen.shock_factors)}")
+    check_at_least("penalty", pen, ("shock_max_lag",), low=1)
     e = c.eval
     check(min_history <= e.start < d.periods, "eval.start", f"must be in [{min_history}, data.periods), got {e.start}")
     check(0 <= e.warmup < d.periods - e.start, "eval.warmup", f"must leave evaluated periods, got {e.warmup}")
