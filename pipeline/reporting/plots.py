@@ -360,6 +360,7 @@ def seed_scatter(table, objective: str = "cost"):
             ax.scatter(x, y, color=color, marker=marker, s=36, alpha=0.8, label=policy)
         ax.axhline(0.0, color="k", lw=0.8)
         ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(-0.02, 150.0)  # rates are never negative: 0 (by construction) at the left edge
         ax.set_xlabel("violation rate (%, larger of in and out)")
         ax.set_ylabel(f"{objective} vs plain, same seed (%, + is worse)")
         ax.set_title(name, fontsize=10)

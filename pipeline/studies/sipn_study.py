@@ -28,7 +28,7 @@ log = logs.get("sipn")
 out = logs.get("")
 TITLE = "# Structure-informed policy networks: plain, penalized and structured by construction\n"
 COLUMNS = ["problem", "seed", "policy", "scenario", "avg_cost", "violation_in", "violation_out"]
-TIME_COLUMNS = ["problem", "seed", "policy", "train_seconds", "epochs"]
+TIME_COLUMNS = ["problem", "seed", "policy", "epochs", "train_seconds"]
 # what each policy of the study changes in the configuration
 VARIANTS = {"plain": ["penalty.weights=[0.0]"],
             "penalized": [],
@@ -58,11 +58,10 @@ def run(cfg: Config, args: list[str]) -> int:
                 extra = [f"seed={seed}", f"name={cfg.name}-s{seed}-{label}", "mlflow.register=false", *VARIANTS[label]]
                 out.info("")
                 log.info(f"seed {seed}, {label}: python -m jobs.train {' '.join(args + extra)}")
-                t0 = time.time()
                 result = train(load_config(args + extra), parent_run_id=run_id, evaluate=False)
                 policies[label], _, _ = ckpt.load_policy(result.best_checkpoint)
-                times.append(dict(problem=problem.name, seed=seed, policy=label,
-                                  train_seconds=round(time.time() - t0, 1), epochs=cfg.train.epochs))
+                times.append(dict(problem=problem.name, seed=seed, policy=label, epochs=cfg.train.epochs,
+                                  train_seconds=round(training_seconds(tracker.client, result.run_id), 1)))
                 tracker.client.set_tag(run_id, f"run_s{seed}_{label}", result.run_id)
             test = read_products(materialize(seed_cfg.data, seed, out_dir)["test"])
             log.info(f"seed {seed}: nominal, shocks and unusual starts on {test.size} held-out products ...")
@@ -103,6 +102,17 @@ def run(cfg: Config, args: list[str]) -> int:
     out.info(f"\nResults: {results_dir}/sipn.csv  {resolve_path(cfg.sipn.results) / 'sipn.csv'}  docs/sipn.md  {fig_path}")
     out.info(f"MLflow run: {run_id} at {tracker.uri}  ({time.time() - started:.0f}s)")
     return 0
+
+
+def training_seconds(client, run_id: str) -> float:
+    """The seconds a training run spent in its epochs and validations, from its MLflow
+    metrics (``train/epoch_seconds``, ``valid/seconds``; the last value of each epoch), so
+    that a run reused by a later invocation keeps the time it took."""
+    total = 0.0
+    for key in ("train/epoch_seconds", "valid/seconds"):
+        total += sum({m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                      key=lambda m: m.timestamp)}.values())
+    return total
 
 
 def store(frame: pd.DataFrame, path: Path, problem: str) -> pd.DataFrame:
@@ -157,14 +167,19 @@ def summarize(frame: pd.DataFrame, spent: pd.DataFrame) -> pd.DataFrame:
             "nominal cost vs plain": f"{mean:+.2f}% [{low:+.2f}, {high:+.2f}]",
             "violations in / out (nominal)": f"{100 * viol.loc['nominal', 'violation_in']:.2f}% / "
                                              f"{100 * viol.loc['nominal', 'violation_out']:.2f}%",
-            "worst scenario in / out": f"{100 * viol.violation_in.max():.2f}% ({viol.violation_in.idxmax()}) / "
-                                       f"{100 * viol.violation_out.max():.2f}% ({viol.violation_out.idxmax()})",
+            "worst scenario in / out": f"{worst(viol.violation_in)} / {worst(viol.violation_out)}",
             "shock and start mean cost vs plain": f"{100 * (shock_mine - shock_plain) / shock_plain:+.2f}%",
             "lower cost under": f"{len(wins)} of {len(scen)}" + (f" ({', '.join(wins)})" if wins else ""),
             "train s (plain)": f"{seconds.get(label, math.nan):.0f} ({seconds.get('plain', math.nan):.0f})",
             "_mean": mean, "_high": high, "_viol": float(viol[["violation_in", "violation_out"]].max().max()),
             "_shock": (shock_mine - shock_plain) / shock_plain, "_wins": len(wins), "_scen": len(scen)})
     return pd.DataFrame(rows)
+
+
+def worst(rates: pd.Series) -> str:
+    """The largest of the scenarios' violation rates, and its scenario where it is not 0."""
+    top = float(rates.max())
+    return f"{100 * top:.2f}%" + (f" ({rates.idxmax()})" if top > 0 else "")
 
 
 def targets(s: pd.Series) -> str:
@@ -189,7 +204,8 @@ def section(cfg, problem, command, frame, summary, figure, seconds) -> str:
     for p in dict.fromkeys(frame.policy):
         vt[f"{p} in / out"] = [f"{100 * viol.loc[s, ('violation_in', p)]:.2f}% / "
                                f"{100 * viol.loc[s, ('violation_out', p)]:.2f}%" for s in order]
-    policies = [c for c in per_seed.columns if c not in ("scenario", "seed")]
+    policies = list(dict.fromkeys(frame.policy))  # as trained: plain first
+    per_seed = per_seed[["scenario", "seed", *policies]]
     lines = [f"## {problem.name}: {cfg.name}, lead times {cfg.data.lead_time_range}", "",
              f"Command: `{command}` ({seconds / 60:.0f} min on this machine for the last invocation; runs that "
              f"had already finished are reused). Seeds {list(cfg.sipn.seeds)}; {cfg.data.num_products} products, "
