@@ -67,7 +67,7 @@ def penalty_cost(name: str, kind: str, steps: int, batch: int = BATCH,
                  horizon: int = HORIZON) -> tuple[float, float, int, str]:
     """(plain, penalized) median seconds per step of problem ``name`` (``CASES`` settings)
     with policy ``kind``, the number of properties penalized, and the config's label."""
-    base = [f"problem={name}", f"policy.kind={kind}", f"data.num_products={batch}",
+    base = [f"problem={name}", f"policy.kind={kind}", "policy.structure=free", f"data.num_products={batch}",
             f"train.horizon={horizon}", "train.warmup=0", *CASES[name]]
     plain, penalized = step_seconds([base + ["penalty.weights=[0.0]"], base + ["penalty.weights=[1.0]"]], steps)
     cfg = load_config(base)

@@ -92,7 +92,8 @@ UNITS = {**{b: u for _, _, bs in GROUPS.values() for b, u in bs.items()}, **MEMO
 # every registered problem at its conf/problem defaults, but lost sales with L = 4 (the headline)
 SETTINGS = {"lost_sales": ["data.lead_time_range=[4,4]"]}
 PROBLEMS = {name: SETTINGS.get(name, []) for name in REGISTERED}
-POLICIES = {"mlp": ["policy.kind=mlp", "policy.hidden=[32,32,32]"], "cnn": ["policy.kind=cnn"]}
+POLICIES = {"mlp": ["policy.kind=mlp", "policy.hidden=[32,32,32]", "policy.structure=free"],
+            "cnn": ["policy.kind=cnn", "policy.structure=free"]}
 HEADLINE = ("lost_sales", "mlp")  # on the whole grid, at every thread count
 TARGET = 3_000_000  # product-periods/s of the headline step on 2 cores (docs/performance.md)
 TEMPLATE = PROJECT_ROOT / "docs" / "performance.md"  # the prose around the blocks this suite writes

@@ -30,8 +30,8 @@ TITLE = "# Structure-informed policy networks: plain, penalized and structured b
 COLUMNS = ["problem", "seed", "policy", "scenario", "avg_cost", "violation_in", "violation_out"]
 TIME_COLUMNS = ["problem", "seed", "policy", "epochs", "train_seconds"]
 # what each policy of the study changes in the configuration
-VARIANTS = {"plain": ["penalty.weights=[0.0]"],
-            "penalized": [],
+VARIANTS = {"plain": ["policy.structure=free", "penalty.weights=[0.0]"],
+            "penalized": ["policy.structure=free"],
             "by_construction": ["policy.structure=by_construction", "penalty.weights=[0.0]"]}
 
 
