@@ -51,8 +51,8 @@ sipn: $(STAMP)
 	$(PY) -m jobs.sipn experiment=sipn_perishable && \
 	$(PY) -m jobs.sipn experiment=sipn_dual_sourcing && \
 	$(PY) -m jobs.sipn problem=removal experiment=sipn_removal && \
+	$(PY) -m benchmarks.penalty_step && \
 	echo "make sipn: $$(( $$(date +%s) - start )) s in all"
-	$(PY) -m benchmarks.penalty_step
 
 ## favorita: DirectBackprop vs predict-then-optimize on the weekly Favorita data -> results/favorita, docs/favorita.md
 favorita: $(STAMP)
