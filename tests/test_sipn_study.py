@@ -75,7 +75,7 @@ def tiny_study(tmp_path_factory, ray_session):
     args = ["experiment=smoke", "name=sipn-smoke", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
             "mlflow.experiment=test-sipn", "sipn.seeds=[3,4]", "penalty.weights=[1.0]", "penalty.shock_share=0.5",
             "data.num_products=30", "train.epochs=1", "eval.plot_products=2", "robustness.shocks=[down]",
-            "robustness.initial_multiples=[6.0]"]
+            "robustness.initial_multiples=[6.0]", "train.num_workers=0"]
     here = os.getcwd()
     os.chdir(root)  # results, docs and runs land beside the study, as for a user in their own folder
     try:
