@@ -6,7 +6,8 @@ import torch
 from conftest import make_batch
 from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.core.problems import get_problem
-from pipeline.core.robustness import off_distribution_state, robustness_table, scenarios, shocked
+from pipeline.core.batch import shocked
+from pipeline.core.robustness import off_distribution_state, robustness_table, scenarios
 
 PROBLEM = get_problem("lost_sales")
 

@@ -162,3 +162,17 @@ def make_batch(demand, lead_time=0, h=1.0, p=4.0, c=0.0, price=0.0, mean=5.0, di
         "unit_cost": number(c), "price": number(price), "lead_time": number(lead_time).astype(int),
         "true_dist": full(dist), "true_mean": number(mean), "true_shape": number(shape),
         **{k: full(v) for k, v in params.items()}})
+
+
+def shocked(batch: ProductBatch, kind: str, at: int, factor: float | Tensor, discrete: bool) -> ProductBatch:
+    """``batch`` with demand x ``factor`` (a number, or one per product [B, 1]) from period
+    ``at`` on (``up``, ``down``) or in period ``at`` only (``spike``); rounded to whole units
+    where ``discrete``. The robustness scenarios and the penalty's shock probes use it."""
+    if kind not in ("up", "down", "spike"):
+        raise ValueError(f"unknown shock {kind!r}; use up, down or spike")
+    demand = batch.demand.clone()
+    span = slice(at, at + 1) if kind == "spike" else slice(at, None)
+    demand[:, span] = demand[:, span] * factor
+    if discrete:
+        demand = torch.round(demand)
+    return replace(batch, demand=demand)

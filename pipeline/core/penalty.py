@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.core.batch import ProductBatch
+from pipeline.core.batch import ProductBatch, shocked
 from pipeline.core.properties import Property, parse_property
 from pipeline.core.protocols import Policy, Problem
 from pipeline.core.rollout import Trajectory, action_matrix, rollout
@@ -99,8 +99,6 @@ def shocked_context(policy: Policy, batch: ProductBatch, start: int, t: int, sho
                     discrete: bool, generator: torch.Generator | None = None):
     """The policy's context for decision periods ``start`` .. ``start + t`` of ``batch`` with
     its demand shifted as ``shocks`` says, before period ``start + t``."""
-    from pipeline.core.robustness import shocked  # robustness evaluates with this module's metrics
-
     lag = 1 + int(torch.randint(shocks.max_lag, (1,), generator=generator))
     lo, hi = math.log(shocks.factors[0]), math.log(shocks.factors[1])
     u = torch.rand(batch.size, 1, generator=generator, dtype=batch.demand.dtype)

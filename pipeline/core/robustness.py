@@ -3,29 +3,13 @@ states off the training distribution (pure torch). The scenarios: docs/sipn.md, 
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pandas as pd
-import torch
 from torch import Tensor
 
-from pipeline.core.batch import ProductBatch
+from pipeline.core.batch import ProductBatch, shocked
 from pipeline.core.evaluation import policy_metrics, violation_summary
 from pipeline.core.policy import demand_scale
 from pipeline.core.protocols import Policy, Problem
-
-
-def shocked(batch: ProductBatch, kind: str, at: int, factor: float, discrete: bool) -> ProductBatch:
-    """``batch`` with demand x ``factor`` from period ``at`` on (``up``, ``down``) or in
-    period ``at`` only (``spike``)."""
-    if kind not in ("up", "down", "spike"):
-        raise ValueError(f"unknown shock {kind!r}; use up, down or spike")
-    demand = batch.demand.clone()
-    span = slice(at, at + 1) if kind == "spike" else slice(at, None)
-    demand[:, span] = demand[:, span] * factor
-    if discrete:
-        demand = torch.round(demand)
-    return replace(batch, demand=demand)
 
 
 def off_distribution_state(problem: Problem, batch: ProductBatch, start: int, width: int, multiple: float) -> Tensor:

@@ -97,7 +97,7 @@ def run(cfg: Config, args: list[str]) -> int:
                       section(cfg, problem, command, frame, summary, fig_path.relative_to(docs), time.time() - started))
         write_section(docs / "sipn.md", "overview", overview(csv, spent))
         tracker.log_table(frame, "sipn")
-        tracker.log_table(summary, "summary")
+        tracker.log_table(public(summary), "summary")
     out.info("\n" + markdown_table(public(summary)))
     out.info(f"\nResults: {results_dir}/sipn.csv  {resolve_path(cfg.sipn.results) / 'sipn.csv'}  docs/sipn.md  {fig_path}")
     out.info(f"MLflow run: {run_id} at {tracker.uri}  ({time.time() - started:.0f}s)")
